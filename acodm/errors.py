@@ -1,0 +1,19 @@
+"""Error types. Every error acodm raises for bad input says what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class AcodmError(Exception):
+    """Base class of acodm's user-facing errors (the CLI prints them without a traceback)."""
+
+
+class CorpusError(AcodmError):
+    """A corpus is missing, malformed, or cannot be built."""
+
+
+class StoreError(AcodmError):
+    """A tokenized store is missing, truncated, or does not match its manifest."""
+
+
+class SamplerError(AcodmError):
+    """Invalid sampler configuration, weights, or state."""
