@@ -1,0 +1,268 @@
+"""The weighted domain sampler: batches of token windows drawn by domain weights.
+
+Each training sequence is a window of ``seq_len + 1`` tokens (inputs plus the shifted
+target) cut from one domain's flat token array at a multiple of ``seq_len``; windows cross
+document boundaries (documents are joined with EOS), as in standard packed pretraining.
+
+How a batch is drawn (deterministic from ``(seed, rank, step)`` and the sampler's state):
+
+1. The domain of each of the ``batch_size`` sequences is drawn i.i.d. from the current
+   weights (which may change before any batch: :meth:`DomainSampler.set_weights`).
+2. Inside a domain, windows are taken **without replacement** in the order of a seeded
+   permutation per ``(seed, domain name, epoch)``; when a domain's windows run out its epoch
+   counter increases and a new permutation starts. Small domains therefore repeat, and how
+   often is reported (:meth:`DomainSampler.epochs`): information the mixer needs.
+3. Data parallel: rank ``r`` of ``world_size`` takes every ``world_size``-th window of each
+   epoch's permutation, so ranks read disjoint windows with the same weights.
+
+``state_dict()`` / ``load_state_dict()`` hold the step and each domain's (epoch, cursor), so a
+restarted run continues with exactly the same stream. Validation windows are fixed: the
+first non-overlapping windows of each domain's held-out split, the same at every evaluation.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from acodm.data.store import TokenStore
+from acodm.errors import SamplerError
+
+SAMPLER_STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch of training or validation sequences.
+
+    ``tokens``: ``(batch, seq_len + 1)`` int64 token ids; inputs are ``tokens[:, :-1]``,
+    targets ``tokens[:, 1:]``. ``domains``: ``(batch,)`` int64 index into the store's domains.
+    ``step``: the sampler step that produced it (``-1`` for validation batches).
+    """
+
+    tokens: np.ndarray
+    domains: np.ndarray
+    step: int
+
+
+def _domain_key(name: str) -> int:
+    """A stable 32-bit key per domain name, so adding a domain never shifts another's stream."""
+    return zlib.crc32(name.encode("utf-8"))
+
+
+class DomainSampler:
+    """Draw batches of token windows from a :class:`TokenStore` by domain weights.
+
+    >>> s = DomainSampler(store, seq_len=512, batch_size=8, seed=0)  # doctest: +SKIP
+    >>> s.set_weights({"code": 0.5, "wiki": 0.5})                    # doctest: +SKIP
+    >>> batch = s.next_batch()                                       # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        store: TokenStore,
+        *,
+        seq_len: int,
+        batch_size: int,
+        seed: int = 0,
+        weights: Sequence[float] | Mapping[str, float] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if seq_len < 1 or batch_size < 1:
+            raise SamplerError(f"seq_len and batch_size must be >= 1, got {seq_len}, {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise SamplerError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.store = store
+        self.domains: list[str] = store.domains
+        self.seq_len = int(seq_len)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self._arrays = [store.tokens(d, "train") for d in self.domains]
+        self._n_windows = np.array([(a.size - 1) // self.seq_len for a in self._arrays])
+        for d, n in zip(self.domains, self._n_windows, strict=True):
+            if n < self.world_size:
+                raise SamplerError(
+                    f"domain {d!r} has {store.num_tokens(d)} training tokens: fewer than one "
+                    f"window of seq_len+1={self.seq_len + 1} tokens per rank "
+                    f"({self.world_size} ranks). Lower seq_len, add data, or drop the domain"
+                )
+        k = len(self.domains)
+        self.step = 0
+        self._epoch = np.zeros(k, dtype=np.int64)
+        self._cursor = np.zeros(k, dtype=np.int64)
+        self._order: list[tuple[int, np.ndarray] | None] = [None] * k
+        self._weights = np.full(k, 1.0 / k)
+        if weights is not None:
+            self.set_weights(weights)
+
+    # -- weights ----------------------------------------------------------------------
+    @property
+    def weights(self) -> np.ndarray:
+        """The current domain weights (a copy), in the store's domain order."""
+        return self._weights.copy()
+
+    def set_weights(self, weights: Sequence[float] | Mapping[str, float] | np.ndarray) -> None:
+        """Set the weights used from the next batch on; normalised to sum to 1.
+
+        A mapping must name every domain (missing names get 0 only if listed explicitly).
+        """
+        if isinstance(weights, Mapping):
+            unknown = sorted(set(weights) - set(self.domains))
+            if unknown:
+                raise SamplerError(f"unknown domains {unknown}; the store has {self.domains}")
+            missing = [d for d in self.domains if d not in weights]
+            if missing:
+                raise SamplerError(f"weights for domains {missing} are missing (give 0 to skip)")
+            w = np.array([float(weights[d]) for d in self.domains])
+        else:
+            w = np.asarray(weights, dtype=np.float64).reshape(-1)
+            if w.size != len(self.domains):
+                raise SamplerError(
+                    f"got {w.size} weights for {len(self.domains)} domains {self.domains}"
+                )
+        if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+            raise SamplerError(f"weights must be finite, non-negative, not all zero: {w.tolist()}")
+        self._weights = w / w.sum()
+
+    # -- drawing ----------------------------------------------------------------------
+    def _epoch_order(self, i: int, epoch: int) -> np.ndarray:
+        """This rank's window order for epoch ``epoch`` of domain ``i``.
+
+        The extension point for within-domain priorities (document scores): any order of
+        this rank's windows keeps the without-replacement and disjoint-shard guarantees.
+        """
+        rng = np.random.default_rng([self.seed, _domain_key(self.domains[i]), epoch])
+        perm = rng.permutation(int(self._n_windows[i]))
+        return perm[self.rank :: self.world_size]
+
+    def _take(self, i: int) -> int:
+        """Next window index of domain ``i`` for this rank (advancing epochs as needed)."""
+        cached = self._order[i]
+        epoch = int(self._epoch[i])
+        if cached is None or cached[0] != epoch:
+            cached = (epoch, self._epoch_order(i, epoch))
+            self._order[i] = cached
+        order = cached[1]
+        window = int(order[self._cursor[i]])
+        self._cursor[i] += 1
+        if self._cursor[i] == order.size:
+            self._epoch[i] += 1
+            self._cursor[i] = 0
+        return window
+
+    def draw_domains(self) -> np.ndarray:
+        """The domain of each sequence of the next batch (does not advance the sampler)."""
+        rng = np.random.default_rng([self.seed, self.rank, self.step, 0x5A3])
+        cdf = np.cumsum(self._weights)
+        u = rng.random(self.batch_size) * cdf[-1]
+        idx = np.searchsorted(cdf, u, side="right")
+        return np.minimum(idx, len(self.domains) - 1).astype(np.int64)
+
+    def next_batch(self) -> Batch:
+        """Draw the next batch with the current weights and advance the sampler."""
+        domains = self.draw_domains()
+        width = self.seq_len + 1
+        tokens = np.empty((self.batch_size, width), dtype=np.int64)
+        for row, i in enumerate(domains.tolist()):
+            start = self._take(i) * self.seq_len
+            tokens[row] = self._arrays[i][start : start + width]
+        batch = Batch(tokens=tokens, domains=domains, step=self.step)
+        self.step += 1
+        return batch
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            yield self.next_batch()
+
+    def epochs(self) -> np.ndarray:
+        """Epochs of each domain consumed so far by this rank (fractional)."""
+        sizes = np.array(
+            [len(range(self.rank, int(n), self.world_size)) for n in self._n_windows],
+            dtype=np.float64,
+        )
+        return self._epoch + self._cursor / sizes
+
+    def num_windows(self) -> np.ndarray:
+        """Training windows per domain (all ranks together)."""
+        return self._n_windows.copy()
+
+    # -- resumption -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state; with the same store, restores the exact stream."""
+        return {
+            "version": SAMPLER_STATE_VERSION,
+            "domains": list(self.domains),
+            "seed": self.seed,
+            "seq_len": self.seq_len,
+            "batch_size": self.batch_size,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "step": self.step,
+            "epoch": self._epoch.tolist(),
+            "cursor": self._cursor.tolist(),
+            "weights": self._weights.tolist(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("version") != SAMPLER_STATE_VERSION:
+            raise SamplerError(
+                f"sampler state version {state.get('version')!r} is not "
+                f"{SAMPLER_STATE_VERSION}; the checkpoint comes from another acodm version"
+            )
+        for key in ("domains", "seed", "seq_len", "batch_size", "rank", "world_size"):
+            if state[key] != getattr(self, key):
+                raise SamplerError(
+                    f"sampler state has {key}={state[key]!r} but this sampler has "
+                    f"{getattr(self, key)!r}; resume with the same store and settings"
+                )
+        epoch = np.asarray(state["epoch"], dtype=np.int64)
+        cursor = np.asarray(state["cursor"], dtype=np.int64)
+        sizes = np.array([len(range(self.rank, int(n), self.world_size)) for n in self._n_windows])
+        if epoch.shape != self._epoch.shape or np.any(cursor < 0) or np.any(cursor >= sizes):
+            raise SamplerError("sampler state does not fit this store's windows (was it rebuilt?)")
+        self.step = int(state["step"])
+        self._epoch = epoch
+        self._cursor = cursor
+        self._order = [None] * len(self.domains)
+        self.set_weights(state["weights"])
+
+    # -- validation -------------------------------------------------------------------
+    def validation_windows(self, domain: str | int, max_windows: int | None = None) -> np.ndarray:
+        """Fixed validation windows ``(n, seq_len + 1)`` of one domain (this rank's share).
+
+        The first non-overlapping windows of the held-out split, so every evaluation sees
+        exactly the same tokens.
+        """
+        name = self.domains[domain] if isinstance(domain, int) else domain
+        arr = self.store.tokens(name, "val")
+        n = (arr.size - 1) // self.seq_len
+        if n < 1:
+            raise SamplerError(
+                f"domain {name!r} has {arr.size} validation tokens, fewer than one window of "
+                f"{self.seq_len + 1}; re-run `acodm prepare` with a larger --min-val-tokens"
+            )
+        if max_windows is not None:
+            n = min(n, int(max_windows))
+        width = self.seq_len + 1
+        starts = np.arange(self.rank, n, self.world_size) * self.seq_len
+        out = np.empty((starts.size, width), dtype=np.int64)
+        for row, s in enumerate(starts.tolist()):
+            out[row] = arr[s : s + width]
+        return out
+
+    def validation_batches(self, max_windows_per_domain: int | None = None) -> list[Batch]:
+        """Validation batches of at most ``batch_size`` windows, domain by domain."""
+        out: list[Batch] = []
+        for i, d in enumerate(self.domains):
+            win = self.validation_windows(d, max_windows_per_domain)
+            for s in range(0, win.shape[0], self.batch_size):
+                chunk = win[s : s + self.batch_size]
+                out.append(Batch(chunk, np.full(chunk.shape[0], i, dtype=np.int64), step=-1))
+        return out

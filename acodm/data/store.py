@@ -1,0 +1,322 @@
+"""The tokenized domain store: one flat, memory-mapped token array per domain and split.
+
+Layout of a store folder (written by ``acodm prepare``)::
+
+    STORE/
+      manifest.json                 schema version, domains in order, token counts, dtype,
+                                    tokenizer hash and vocab size, source corpus hash
+      tokenizer.json                the tokenizer that produced every token
+      train/000-books.bin           uint16 (vocab <= 65536) or uint32 token ids, documents
+                                    joined with EOS after each document
+      train/000-books.idx.npy       int64 offsets of each document's first token, plus the end
+      train/000-books.ids.json      the corpus doc_id of each document, in order
+      val/...                       the same for the held-out validation documents
+
+The folder is built under a temporary name and renamed when complete. Opening a store
+checks the manifest against the files: a truncated array, a replaced tokenizer or an
+unknown schema version is a clear :class:`~acodm.errors.StoreError`, not a crash later.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from acodm.data.corpus import domain_file_stem
+from acodm.errors import StoreError
+from acodm.io import atomic_directory, atomic_write_json, read_json, sha256_bytes, sha256_file
+
+STORE_FORMAT = "acodm-store"
+STORE_SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+TOKENIZER_FILE = "tokenizer.json"
+SPLITS = ("train", "val")
+
+
+def token_dtype(vocab_size: int) -> np.dtype[Any]:
+    """The smallest unsigned dtype that holds every id of a vocabulary."""
+    if vocab_size <= 0:
+        raise StoreError(f"vocab_size must be positive, got {vocab_size}")
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+class StoreWriter:
+    """Write a store folder atomically, one domain and split at a time.
+
+    Documents are streamed to disk; nothing is held in memory beyond one document.
+    If the ``with`` block raises, no store is left at ``out``.
+    """
+
+    def __init__(
+        self,
+        out: str | Path,
+        *,
+        tokenizer_json: str,
+        eos_id: int,
+        corpus_hash: str,
+        overwrite: bool = False,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.out = Path(out)
+        self.tokenizer_json = tokenizer_json
+        vocab = json.loads(tokenizer_json)
+        self.vocab_size = _vocab_size_of(vocab)
+        if not 0 <= eos_id < self.vocab_size:
+            raise StoreError(f"eos_id {eos_id} is outside the vocabulary (size {self.vocab_size})")
+        self.eos_id = eos_id
+        self.corpus_hash = corpus_hash
+        self.meta = dict(meta or {})
+        self.dtype = token_dtype(self.vocab_size)
+        self._ctx = atomic_directory(self.out, overwrite=overwrite)
+        self._tmp: Path | None = None
+        self._domains: dict[str, dict[str, Any]] = {}
+
+    def __enter__(self) -> StoreWriter:
+        self._tmp = self._ctx.__enter__()
+        for split in SPLITS:
+            (self._tmp / split).mkdir()
+        (self._tmp / TOKENIZER_FILE).write_text(self.tokenizer_json, encoding="utf-8")
+        return self
+
+    def write_split(
+        self,
+        domain: str,
+        split: str,
+        documents: Iterable[tuple[str, Sequence[int] | np.ndarray]],
+    ) -> int:
+        """Write one split of one domain from ``(doc_id, token_ids)`` pairs; returns tokens.
+
+        Each document's tokens are followed by EOS. Ids are checked against the vocabulary.
+        """
+        if self._tmp is None:
+            raise RuntimeError("StoreWriter.write_split() outside its `with` block")
+        if split not in SPLITS:
+            raise StoreError(f"unknown split {split!r}; expected one of {SPLITS}")
+        entry = self._domains.setdefault(
+            domain, {"name": domain, "stem": domain_file_stem(len(self._domains), domain)}
+        )
+        if split in entry:
+            raise StoreError(f"split {split!r} of domain {domain!r} was already written")
+        base = self._tmp / split / entry["stem"]
+        offsets = [0]
+        ids: list[str] = []
+        eos = np.array([self.eos_id], dtype=self.dtype)
+        with open(f"{base}.bin", "wb") as f:
+            for doc_id, toks in documents:
+                arr = np.asarray(toks)
+                if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
+                    raise StoreError(
+                        f"document {doc_id!r} has token ids outside [0, {self.vocab_size}); "
+                        "the tokenizer and the store's vocabulary disagree"
+                    )
+                f.write(arr.astype(self.dtype, copy=False).tobytes())
+                f.write(eos.tobytes())
+                offsets.append(offsets[-1] + arr.size + 1)
+                ids.append(doc_id)
+        np.save(f"{base}.idx.npy", np.asarray(offsets, dtype=np.int64))
+        with open(f"{base}.ids.json", "w", encoding="utf-8") as g:
+            json.dump(ids, g)
+        entry[split] = {"tokens": offsets[-1], "documents": len(ids)}
+        return offsets[-1]
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            assert self._tmp is not None
+            for d, entry in self._domains.items():
+                missing = [s for s in SPLITS if s not in entry]
+                if missing:
+                    exc = StoreError(f"domain {d!r} has no {missing} split written")
+                    self._ctx.__exit__(type(exc), exc, None)
+                    raise exc
+            atomic_write_json(self._tmp / MANIFEST, self._manifest())
+        self._ctx.__exit__(exc_type, exc, tb)
+
+    def _manifest(self) -> dict[str, Any]:
+        return {
+            "format": STORE_FORMAT,
+            "schema_version": STORE_SCHEMA_VERSION,
+            "dtype": self.dtype.name,
+            "vocab_size": self.vocab_size,
+            "eos_id": self.eos_id,
+            "tokenizer_sha256": sha256_bytes(self.tokenizer_json.encode("utf-8")),
+            "corpus_hash": self.corpus_hash,
+            "domains": list(self._domains.values()),
+            "meta": self.meta,
+        }
+
+
+def _vocab_size_of(tokenizer: dict[str, Any]) -> int:
+    """Vocabulary size of a ``tokenizer.json`` document: model vocab plus added tokens."""
+    vocab = tokenizer.get("model", {}).get("vocab", {})
+    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
+    ids += [t["id"] for t in tokenizer.get("added_tokens", [])]
+    if not ids:
+        raise StoreError("tokenizer.json has an empty vocabulary")
+    return int(max(ids)) + 1
+
+
+class TokenStore:
+    """A store folder opened for reading (arrays are memory-mapped, read-only)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        mpath = self.path / MANIFEST
+        if not mpath.is_file():
+            raise StoreError(
+                f"{self.path} is not an acodm token store (no {MANIFEST}); create one with "
+                "`acodm prepare CORPUS --out STORE`"
+            )
+        m = read_json(mpath, "store manifest")
+        if not isinstance(m, dict) or m.get("format") != STORE_FORMAT:
+            raise StoreError(f"{mpath} is not an acodm store manifest")
+        version = m.get("schema_version")
+        if version != STORE_SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has store schema version {version!r}, but this acodm reads "
+                f"version {STORE_SCHEMA_VERSION}: re-run `acodm prepare` with this version"
+            )
+        self.manifest: dict[str, Any] = m
+        self.dtype = np.dtype(m["dtype"])
+        self._entries = {e["name"]: e for e in m["domains"]}
+        self._check_tokenizer()
+        self._check_arrays()
+        self._mmaps: dict[tuple[str, str], np.ndarray] = {}
+        self._offsets: dict[tuple[str, str], np.ndarray] = {}
+
+    # -- validation -------------------------------------------------------------------
+    def _check_tokenizer(self) -> None:
+        tpath = self.path / TOKENIZER_FILE
+        if not tpath.is_file():
+            raise StoreError(f"{self.path} has no {TOKENIZER_FILE}; re-run `acodm prepare`")
+        if sha256_file(tpath) != self.manifest["tokenizer_sha256"]:
+            raise StoreError(
+                f"{tpath} differs from the tokenizer this store was built with (hash "
+                "mismatch): the token ids would be decoded wrongly. Restore the original "
+                "tokenizer.json or re-run `acodm prepare`"
+            )
+
+    def _check_arrays(self) -> None:
+        for name, entry in self._entries.items():
+            for split in SPLITS:
+                want = int(entry[split]["tokens"]) * self.dtype.itemsize
+                f = self._file(name, split, ".bin")
+                have = f.stat().st_size if f.is_file() else -1
+                if have != want:
+                    state = "missing" if have < 0 else f"{have} bytes, expected {want}"
+                    raise StoreError(
+                        f"{f} is {'missing' if have < 0 else 'truncated or altered'} ({state}); "
+                        "the store is incomplete: re-run `acodm prepare`"
+                    )
+
+    def _file(self, domain: str, split: str, suffix: str) -> Path:
+        return self.path / split / f"{self._entry(domain)['stem']}{suffix}"
+
+    def _entry(self, domain: str) -> dict[str, Any]:
+        try:
+            return dict(self._entries[domain])
+        except KeyError:
+            raise StoreError(
+                f"domain {domain!r} is not in store {self.path}; it has {self.domains}"
+            ) from None
+
+    # -- metadata ---------------------------------------------------------------------
+    @property
+    def domains(self) -> list[str]:
+        """Domain names in the store's fixed order (the order of every weight vector)."""
+        return [e["name"] for e in self.manifest["domains"]]
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.manifest["vocab_size"])
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.manifest["eos_id"])
+
+    @property
+    def tokenizer_sha256(self) -> str:
+        return str(self.manifest["tokenizer_sha256"])
+
+    @property
+    def corpus_hash(self) -> str:
+        return str(self.manifest["corpus_hash"])
+
+    def num_tokens(self, domain: str, split: str = "train") -> int:
+        return int(self._entry(domain)[_split(split)]["tokens"])
+
+    def num_documents(self, domain: str, split: str = "train") -> int:
+        return int(self._entry(domain)[_split(split)]["documents"])
+
+    # -- data -------------------------------------------------------------------------
+    def tokens(self, domain: str, split: str = "train") -> np.ndarray:
+        """The flat token array of one domain and split, memory-mapped read-only."""
+        key = (domain, _split(split))
+        arr = self._mmaps.get(key)
+        if arr is None:
+            n = self.num_tokens(domain, split)
+            if n == 0:
+                arr = np.zeros(0, dtype=self.dtype)
+            else:
+                arr = np.memmap(self._file(domain, split, ".bin"), self.dtype, "r", shape=(n,))
+            self._mmaps[key] = arr
+        return arr
+
+    def doc_offsets(self, domain: str, split: str = "train") -> np.ndarray:
+        """int64 start offset of each document in :meth:`tokens`, plus the total length."""
+        key = (domain, _split(split))
+        off = self._offsets.get(key)
+        if off is None:
+            off = np.load(self._file(domain, split, ".idx.npy"), allow_pickle=False)
+            n_docs = self.num_documents(domain, split)
+            if off.shape != (n_docs + 1,) or int(off[-1]) != self.num_tokens(domain, split):
+                raise StoreError(
+                    f"document index of {domain!r}/{split} does not match the manifest; "
+                    "re-run `acodm prepare`"
+                )
+            self._offsets[key] = off
+        return off
+
+    def doc_ids(self, domain: str, split: str = "train") -> list[str]:
+        with open(self._file(domain, split, ".ids.json"), encoding="utf-8") as f:
+            ids: list[str] = json.load(f)
+        return ids
+
+    def document(self, domain: str, index: int, split: str = "train") -> np.ndarray:
+        """Token ids of one document, without its trailing EOS."""
+        off = self.doc_offsets(domain, split)
+        return np.asarray(self.tokens(domain, split)[off[index] : off[index + 1] - 1])
+
+    def tokenizer(self) -> Any:
+        """The store's tokenizer as a ``tokenizers.Tokenizer``."""
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(self.path / TOKENIZER_FILE))
+
+    def __repr__(self) -> str:
+        return f"TokenStore({str(self.path)!r}, domains={self.domains}, vocab={self.vocab_size})"
+
+
+def _split(split: str) -> str:
+    if split not in SPLITS:
+        raise StoreError(f"unknown split {split!r}; expected one of {SPLITS}")
+    return split
+
+
+def open_store(path: str | Path) -> TokenStore:
+    return TokenStore(path)
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of a store without opening its arrays (for quick inspection)."""
+    m: dict[str, Any] = read_json(Path(path) / MANIFEST, "store manifest")
+    return m

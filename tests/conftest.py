@@ -1,0 +1,38 @@
+"""Test-session guards: no network, no wandb, and a private acodm cache."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+_real_connect = socket.socket.connect
+
+
+def _guarded_connect(self: socket.socket, address: object) -> None:
+    """Refuse connections that leave the machine: tests must never need the network."""
+    host = address[0] if isinstance(address, tuple) else None
+    if host is not None and host not in ("127.0.0.1", "::1", "localhost"):
+        raise OSError(f"network access in tests is not allowed (tried {address!r})")
+    _real_connect(self, address)  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline_and_private_cache():
+    socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+    old = os.environ.get("ACODM_CACHE")
+    with tempfile.TemporaryDirectory(prefix="acodm-test-cache-") as cache:
+        os.environ["ACODM_CACHE"] = cache
+        yield
+    socket.socket.connect = _real_connect  # type: ignore[method-assign]
+    if old is None:
+        os.environ.pop("ACODM_CACHE", None)
+    else:
+        os.environ["ACODM_CACHE"] = old

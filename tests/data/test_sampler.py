@@ -1,0 +1,188 @@
+"""Behaviour of the weighted domain sampler: frequencies, epochs, shards, exact resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from acodm.data.sampler import DomainSampler
+from acodm.errors import SamplerError
+from tests.fixtures import make_position_store
+
+L = 16
+
+
+@pytest.fixture
+def store(tmp_path):
+    # 3 domains with 40, 25 and 10 windows of length L (+1 token each for the EOS)
+    return make_position_store(tmp_path / "store", {"a": 40 * L, "b": 25 * L, "c": 10 * L})
+
+
+def starts(batch) -> list[int]:
+    return batch.tokens[:, 0].tolist()
+
+
+def test_batch_shape_and_window_content(store):
+    s = DomainSampler(store, seq_len=L, batch_size=8, seed=1)
+    b = s.next_batch()
+    assert b.tokens.shape == (8, L + 1) and b.tokens.dtype == np.int64
+    assert b.domains.shape == (8,) and b.step == 0
+    for row, d in zip(b.tokens, b.domains, strict=True):
+        arr = store.tokens(store.domains[d])
+        start = int(row[0])
+        assert start % L == 0
+        np.testing.assert_array_equal(row, arr[start : start + L + 1])
+
+
+def test_frequencies_match_weights(store):
+    w = np.array([0.5, 0.3, 0.2])
+    s = DomainSampler(store, seq_len=L, batch_size=32, seed=3, weights=w)
+    n_batches = 300
+    counts = np.zeros(3)
+    for _ in range(n_batches):
+        counts += np.bincount(s.next_batch().domains, minlength=3)
+    n = 32 * n_batches
+    sigma = np.sqrt(n * w * (1 - w))
+    assert np.all(np.abs(counts - n * w) < 4 * sigma), (counts / n, w)
+
+
+def test_weight_change_takes_effect_at_next_batch(store):
+    s = DomainSampler(store, seq_len=L, batch_size=16, seed=0)
+    s.next_batch()
+    s.set_weights({"a": 0.0, "b": 0.0, "c": 1.0})
+    assert set(s.next_batch().domains.tolist()) == {2}
+    s.set_weights([1.0, 0.0, 0.0])
+    assert set(s.next_batch().domains.tolist()) == {0}
+
+
+def test_zero_weight_domain_never_drawn(store):
+    s = DomainSampler(store, seq_len=L, batch_size=64, seed=5, weights=[0.0, 0.5, 0.5])
+    for _ in range(50):
+        assert 0 not in s.next_batch().domains
+
+
+def test_windows_without_replacement_per_epoch_and_epoch_count(store):
+    s = DomainSampler(store, seq_len=L, batch_size=5, seed=2, weights=[0, 0, 1])
+    first = starts(s.next_batch()) + starts(s.next_batch())  # 10 windows = one epoch of "c"
+    assert sorted(first) == [i * L for i in range(10)]
+    np.testing.assert_allclose(s.epochs(), [0.0, 0.0, 1.0])
+    second = starts(s.next_batch()) + starts(s.next_batch())
+    assert sorted(second) == sorted(first) and second != first  # new epoch, new order
+    np.testing.assert_allclose(s.epochs()[2], 2.0)
+
+
+def test_same_seed_same_stream_other_seed_differs(store):
+    def stream(seed):
+        s = DomainSampler(store, seq_len=L, batch_size=8, seed=seed)
+        return np.stack([s.next_batch().tokens for _ in range(10)])
+
+    np.testing.assert_array_equal(stream(7), stream(7))
+    assert not np.array_equal(stream(7), stream(8))
+
+
+def test_resume_gives_exact_stream(store):
+    schedule = [[0.2, 0.3, 0.5], [0.9, 0.05, 0.05], [0.1, 0.1, 0.8]]
+
+    def run(sampler, steps):
+        out = []
+        for t in steps:
+            sampler.set_weights(schedule[t % 3])
+            b = sampler.next_batch()
+            out.append((b.tokens, b.domains, b.step))
+        return out
+
+    ref = DomainSampler(store, seq_len=L, batch_size=6, seed=11)
+    full = run(ref, range(60))
+
+    first = DomainSampler(store, seq_len=L, batch_size=6, seed=11)
+    run(first, range(25))
+    state = json.loads(json.dumps(first.state_dict()))  # it must survive JSON
+    resumed = DomainSampler(store, seq_len=L, batch_size=6, seed=11)
+    resumed.load_state_dict(state)
+    rest = run(resumed, range(25, 60))
+    for (t1, d1, s1), (t2, d2, s2) in zip(full[25:], rest, strict=True):
+        np.testing.assert_array_equal(t1, t2)
+        np.testing.assert_array_equal(d1, d2)
+        assert s1 == s2
+    np.testing.assert_array_equal(ref.epochs(), resumed.epochs())
+
+
+def test_rank_shards_are_disjoint_and_cover_the_epoch(store):
+    world = 3
+    seen = []
+    for rank in range(world):
+        s = DomainSampler(
+            store, seq_len=L, batch_size=1, seed=4, rank=rank, world_size=world, weights=[1, 0, 0]
+        )
+        n = len(range(rank, 40, world))  # this rank's share of the 40 windows of "a"
+        seen.append({starts(s.next_batch())[0] for _ in range(n)})
+        assert len(seen[-1]) == n
+        np.testing.assert_allclose(s.epochs()[0], 1.0)
+    for i in range(world):
+        for j in range(i + 1, world):
+            assert not seen[i] & seen[j]
+    assert set().union(*seen) == {i * L for i in range(40)}
+
+
+def test_validation_windows_fixed_and_from_val_split(store):
+    s = DomainSampler(store, seq_len=L, batch_size=4, seed=0)
+    v1 = s.validation_windows("b")
+    s.next_batch()
+    s.set_weights([0, 1, 0])
+    v2 = s.validation_windows("b")
+    np.testing.assert_array_equal(v1, v2)
+    val = store.tokens("b", "val")
+    assert v1.shape == ((val.size - 1) // L, L + 1)
+    np.testing.assert_array_equal(v1[1], val[L : 2 * L + 1])
+    batches = s.validation_batches(max_windows_per_domain=6)
+    assert [b.tokens.shape[0] for b in batches] == [4, 2] * 3
+    assert [int(b.domains[0]) for b in batches] == [0, 0, 1, 1, 2, 2]
+    r0 = DomainSampler(store, seq_len=L, batch_size=4, rank=0, world_size=2).validation_windows(0)
+    r1 = DomainSampler(store, seq_len=L, batch_size=4, rank=1, world_size=2).validation_windows(0)
+    assert not {tuple(r) for r in r0.tolist()} & {tuple(r) for r in r1.tolist()}
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ([1.0, -0.1, 0.1], "non-negative"),
+        ([0.0, 0.0, 0.0], "not all zero"),
+        ([1.0, float("nan"), 0.0], "finite"),
+        ([0.5, 0.5], "3 domains"),
+        ({"a": 1.0, "b": 0.0}, "missing"),
+        ({"a": 1.0, "b": 0.0, "c": 0.0, "zz": 1.0}, "unknown domains"),
+    ],
+)
+def test_bad_weights_raise_clear_errors(store, weights, message):
+    s = DomainSampler(store, seq_len=L, batch_size=4)
+    before = s.weights
+    with pytest.raises(SamplerError, match=message):
+        s.set_weights(weights)
+    np.testing.assert_array_equal(s.weights, before)  # nothing half-applied
+
+
+def test_weights_are_normalised(store):
+    s = DomainSampler(store, seq_len=L, batch_size=4, weights=[2, 1, 1])
+    np.testing.assert_allclose(s.weights, [0.5, 0.25, 0.25])
+
+
+def test_bad_configuration_errors(store):
+    with pytest.raises(SamplerError, match=r"domain .c.*fewer than one window"):
+        DomainSampler(store, seq_len=200, batch_size=4)
+    with pytest.raises(SamplerError, match="rank"):
+        DomainSampler(store, seq_len=L, batch_size=4, rank=2, world_size=2)
+    with pytest.raises(SamplerError, match=">= 1"):
+        DomainSampler(store, seq_len=0, batch_size=4)
+
+
+def test_incompatible_state_is_rejected(store):
+    s = DomainSampler(store, seq_len=L, batch_size=4, seed=1)
+    state = s.state_dict()
+    with pytest.raises(SamplerError, match="seed"):
+        DomainSampler(store, seq_len=L, batch_size=4, seed=2).load_state_dict(state)
+    with pytest.raises(SamplerError, match="version"):
+        s.load_state_dict({**state, "version": 99})
+    with pytest.raises(SamplerError, match="does not fit"):
+        s.load_state_dict({**state, "cursor": [1000, 0, 0]})

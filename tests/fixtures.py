@@ -1,0 +1,42 @@
+"""Test fixtures shared across test modules (no network, everything generated here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from acodm.data.store import StoreWriter, TokenStore
+
+
+def word_level_tokenizer_json(vocab_size: int) -> str:
+    """A real `tokenizers` word-level tokenizer with ids 0..vocab_size-1 (id 0 = EOS)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<|endoftext|>": 0, **{f"t{i}": i for i in range(1, vocab_size)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return str(tok.to_str())
+
+
+def make_position_store(
+    path: Path,
+    sizes: dict[str, int],
+    *,
+    val_tokens: int = 600,
+    vocab_size: int = 1 << 16,
+) -> TokenStore:
+    """A store whose training tokens encode their own position: token at offset p is p % V.
+
+    With domains shorter than V tokens, a window's first token is its start offset, which
+    lets tests recover exactly which windows the sampler served. Each domain is one document
+    (the writer appends one EOS, so the domain has ``n + 1`` tokens).
+    """
+    with StoreWriter(
+        path, tokenizer_json=word_level_tokenizer_json(vocab_size), eos_id=0, corpus_hash="fake"
+    ) as w:
+        for i, (name, n) in enumerate(sizes.items()):
+            w.write_split(name, "train", [(f"{name}/0", np.arange(n) % vocab_size)])
+            val = (np.arange(val_tokens) * (i + 3)) % vocab_size
+            w.write_split(name, "val", [(f"{name}/v", val)])
+    return TokenStore(path)
