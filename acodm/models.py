@@ -1,0 +1,570 @@
+"""Causal LMs pretrained from scratch: Pythia-shaped presets, a builder, and monitored layers.
+
+Three things live here, because the trainer, the environment and the exported policy all need
+the same answers:
+
+1. **Shapes.** :class:`ModelSpec` is a frozen, validated GPT-NeoX shape; the presets (``tiny``,
+   ``14m`` ... ``1b``) are the Pythia suite's shapes (rotary on 25% of each head, parallel
+   residual, untied input/output embeddings). With the Pythia vocabulary (50,277 tokens padded
+   to 50,304) each preset has exactly the parameter count Pythia publishes.
+2. **Building.** :func:`build_model` makes a randomly initialised ``transformers`` causal LM from a
+   preset name, a :class:`ModelSpec`, or a local ``config.json`` of any architecture (e.g. Llama).
+   The vocabulary is always the store's tokenizer, padded to a multiple of 64 (faster matmuls;
+   the extra rows are never targets). Initialisation is a pure function of ``seed``.
+3. **Monitored layers.** The reward (gradient alignment) and the observation (weight norms) read a
+   *fixed number* of weight matrices chosen by *relative depth*, so a 70M proxy and a 1B target
+   produce vectors of the same length. The rule (:func:`monitored_layers`) does not depend on
+   GPT-NeoX internals:
+
+   * blocks = the longest ``nn.ModuleList`` of same-class modules that is not nested inside
+     another such list (:func:`find_blocks`; nested lists are e.g. MoE experts);
+   * depths = ``count`` blocks evenly spaced over a region of relative depth, both ends included
+     (:func:`select_depths`; the upper half by default, since the paper monitors 3 upper layers);
+   * matrix = each chosen block's MLP output ("down") projection (:func:`mlp_output_projection`).
+
+   ``patterns`` (fnmatch globs over ``named_modules()`` names) replace the rule when it guesses
+   wrong for an architecture.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from acodm.errors import AcodmError
+
+if TYPE_CHECKING:
+    from transformers import GPTNeoXConfig, PretrainedConfig, PreTrainedModel
+
+__all__ = [
+    "ALL_DEPTHS",
+    "PRESETS",
+    "UPPER_HALF",
+    "VOCAB_MULTIPLE",
+    "ModelError",
+    "ModelSpec",
+    "build_model",
+    "count_parameters",
+    "find_blocks",
+    "get_preset",
+    "gpt_neox_config",
+    "mlp_output_projection",
+    "model_config",
+    "model_summary",
+    "monitored_layers",
+    "padded_vocab_size",
+    "pythia_1b",
+    "pythia_14m",
+    "pythia_31m",
+    "pythia_70m",
+    "pythia_160m",
+    "pythia_410m",
+    "select_depths",
+    "tiny",
+]
+
+
+class ModelError(AcodmError):
+    """A model preset, shape, config path, or layer selection is invalid."""
+
+
+# Pad the embedding/output matrices so their row count is a multiple of 64: tensor-core
+# friendly, and what Pythia did (50,277 tokens -> 50,304 rows).
+VOCAB_MULTIPLE = 64
+
+# Regions of relative depth for select_depths: (lowest, highest], as fractions of the stack.
+UPPER_HALF: tuple[float, float] = (0.5, 1.0)  # alignment reward: the paper's "upper layers"
+ALL_DEPTHS: tuple[float, float] = (0.0, 1.0)  # layer statistics: bottom to top
+
+
+def padded_vocab_size(n: int, multiple: int = VOCAB_MULTIPLE) -> int:
+    """``n`` (a tokenizer's vocab size) rounded up to a multiple of ``multiple``.
+
+    >>> padded_vocab_size(50277)
+    50304
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ModelError(f"vocab_size must be a positive int, got {n!r}")
+    if multiple < 1:
+        raise ModelError(f"the padding multiple must be >= 1, got {multiple}")
+    return -(-n // multiple) * multiple
+
+
+# -- shapes -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSpec:
+    """The shape of a GPT-NeoX decoder (the Pythia family), validated on creation.
+
+    ``layers`` blocks of width ``hidden`` with ``heads`` attention heads and an MLP of width
+    ``intermediate``. Rotary embeddings cover ``rotary_pct`` of each head's dimensions (Pythia:
+    25%); ``max_seq_len`` only sizes the rotary cache (no learned positions, no parameters).
+    Dropout is always 0 (single-epoch pretraining, as Pythia).
+    """
+
+    name: str
+    layers: int
+    hidden: int
+    heads: int
+    intermediate: int
+    max_seq_len: int = 2048
+    rotary_pct: float = 0.25
+    rotary_base: float = 10_000.0
+    parallel_residual: bool = True
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        where = f"model spec {self.name!r}"
+        for field in ("layers", "hidden", "heads", "intermediate", "max_seq_len"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ModelError(f"{where}: {field} must be a positive int, got {value!r}")
+        if self.hidden % self.heads:
+            raise ModelError(
+                f"{where}: hidden ({self.hidden}) must be divisible by heads ({self.heads}); "
+                f"each head gets hidden / heads dimensions"
+            )
+        if not 0.0 < self.rotary_pct <= 1.0:
+            raise ModelError(f"{where}: rotary_pct must be in (0, 1], got {self.rotary_pct}")
+        rot = self.rotary_dims
+        if rot < 2 or rot % 2:
+            raise ModelError(
+                f"{where}: rotary_pct={self.rotary_pct} of head_dim={self.head_dim} gives {rot} "
+                f"rotary dimensions; rotary embeddings rotate pairs, so it must be even and >= 2"
+            )
+        if self.rotary_base <= 0 or self.init_std <= 0 or self.layer_norm_eps <= 0:
+            raise ModelError(f"{where}: rotary_base, init_std and layer_norm_eps must be > 0")
+
+    @property
+    def head_dim(self) -> int:
+        """Dimensions per attention head."""
+        return self.hidden // self.heads
+
+    @property
+    def rotary_dims(self) -> int:
+        """Dimensions per head that get rotary embeddings (truncated, as transformers does)."""
+        return int(self.head_dim * self.rotary_pct)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (for a run's config.json)."""
+        return asdict(self)
+
+
+def tiny() -> ModelSpec:
+    """Seconds-long CPU preset for tests and smoke runs (~16k non-embedding params per block).
+
+    4 blocks rather than 2, so the default 3 monitored layers exist (see :func:`select_depths`).
+    """
+    return ModelSpec("tiny", layers=4, hidden=64, heads=4, intermediate=256, max_seq_len=512)
+
+
+def pythia_14m() -> ModelSpec:
+    """Pythia-14M: 6 x 128, 4 heads."""
+    return ModelSpec("14m", layers=6, hidden=128, heads=4, intermediate=512)
+
+
+def pythia_31m() -> ModelSpec:
+    """Pythia-31M: 6 x 256, 8 heads."""
+    return ModelSpec("31m", layers=6, hidden=256, heads=8, intermediate=1024)
+
+
+def pythia_70m() -> ModelSpec:
+    """Pythia-70M: 6 x 512, 8 heads."""
+    return ModelSpec("70m", layers=6, hidden=512, heads=8, intermediate=2048)
+
+
+def pythia_160m() -> ModelSpec:
+    """Pythia-160M: 12 x 768, 12 heads."""
+    return ModelSpec("160m", layers=12, hidden=768, heads=12, intermediate=3072)
+
+
+def pythia_410m() -> ModelSpec:
+    """Pythia-410M: 24 x 1024, 16 heads (the paper's proxy)."""
+    return ModelSpec("410m", layers=24, hidden=1024, heads=16, intermediate=4096)
+
+
+def pythia_1b() -> ModelSpec:
+    """Pythia-1B: 16 x 2048, 8 heads (the paper's target)."""
+    return ModelSpec("1b", layers=16, hidden=2048, heads=8, intermediate=8192)
+
+
+PRESETS: Mapping[str, Callable[[], ModelSpec]] = MappingProxyType(
+    {
+        "tiny": tiny,
+        "14m": pythia_14m,
+        "31m": pythia_31m,
+        "70m": pythia_70m,
+        "160m": pythia_160m,
+        "410m": pythia_410m,
+        "1b": pythia_1b,
+    }
+)
+
+
+def _preset_key(name: str) -> str:
+    """Accept ``70m``, ``70M``, ``pythia-70m`` and ``pythia_70m`` for the same preset."""
+    key = name.strip().lower()
+    for prefix in ("pythia-", "pythia_"):
+        key = key.removeprefix(prefix)
+    return key
+
+
+def get_preset(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` of a named preset (``pythia-`` prefix optional)."""
+    key = _preset_key(name)
+    if key not in PRESETS:
+        raise ModelError(f"unknown model preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    return PRESETS[key]()
+
+
+def gpt_neox_config(spec: ModelSpec, vocab_size: int) -> GPTNeoXConfig:
+    """The ``transformers`` config of ``spec``; ``vocab_size`` (the tokenizer's) is padded here."""
+    from transformers import GPTNeoXConfig
+
+    return GPTNeoXConfig(
+        vocab_size=padded_vocab_size(vocab_size),
+        hidden_size=spec.hidden,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        intermediate_size=spec.intermediate,
+        hidden_act="gelu",
+        max_position_embeddings=spec.max_seq_len,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": float(spec.rotary_base),
+            "partial_rotary_factor": float(spec.rotary_pct),
+        },
+        use_parallel_residual=spec.parallel_residual,
+        tie_word_embeddings=spec.tie_embeddings,
+        initializer_range=spec.init_std,
+        layer_norm_eps=spec.layer_norm_eps,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+    )
+
+
+# -- building ---------------------------------------------------------------------------------
+def _config_from_path(path: Path) -> PretrainedConfig:
+    """Load a local config folder or ``config.json``; never touches the network."""
+    from transformers import AutoConfig
+
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ModelError(f"model folder {str(path)!r} has no config.json")
+    try:
+        return AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"cannot read a transformers config from {str(path)!r}: {e}") from e
+
+
+def model_config(
+    model: str | Path | ModelSpec, vocab_size: int, *, max_seq_len: int | None = None
+) -> PretrainedConfig:
+    """The ``transformers`` config :func:`build_model` would instantiate (nothing allocated).
+
+    ``model``: a :class:`ModelSpec`, a preset name, or a local config folder / ``config.json``
+    path. The config's vocabulary is replaced by ``padded_vocab_size(vocab_size)``: the model
+    is trained from scratch on the store's tokenizer, whatever the file said.
+    """
+    if max_seq_len is not None and (isinstance(max_seq_len, bool) or max_seq_len < 1):
+        raise ModelError(f"max_seq_len must be a positive int or None, got {max_seq_len!r}")
+    if isinstance(model, ModelSpec):
+        spec = model
+    elif isinstance(model, str) and _preset_key(model) in PRESETS:
+        spec = get_preset(model)
+    else:
+        path = Path(model).expanduser()
+        if not path.exists():
+            raise ModelError(
+                f"model {str(model)!r} is neither a preset ({', '.join(PRESETS)}) nor an "
+                f"existing config folder or config.json file"
+            )
+        config = _config_from_path(path)
+        config.vocab_size = padded_vocab_size(vocab_size)
+        if max_seq_len is not None:
+            config.max_position_embeddings = max_seq_len
+        return config
+    if max_seq_len is not None:
+        spec = replace(spec, max_seq_len=max_seq_len)
+    return gpt_neox_config(spec, vocab_size)
+
+
+def _seeded_from_config(config: PretrainedConfig, seed: int, attn: str) -> PreTrainedModel:
+    """Instantiate under a forked RNG seeded with ``seed``, so init is a function of ``seed``.
+
+    transformers initialises weights from torch's global generators and takes no generator
+    argument; ``fork_rng`` restores the CPU and CUDA states afterwards, so building a model
+    never shifts the random stream of the caller (data order, dropout, the agent).
+    """
+    from transformers import AutoModelForCausalLM
+
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        try:
+            # fp32 master weights whatever the config file says (saved configs often carry
+            # "dtype": "bfloat16"); mixed precision is the trainer's job (autocast).
+            return AutoModelForCausalLM.from_config(
+                config, attn_implementation=attn, dtype=torch.float32
+            )
+        except (ValueError, ImportError) as e:
+            raise ModelError(f"cannot build a causal LM from this config: {e}") from e
+
+
+def build_model(
+    model: str | Path | ModelSpec,
+    vocab_size: int,
+    *,
+    max_seq_len: int | None = None,
+    seed: int = 0,
+    attn_implementation: str = "sdpa",
+) -> PreTrainedModel:
+    """A randomly initialised causal LM, ready to train from scratch.
+
+    Args:
+        model: a preset name (``tiny``, ``14m``, ``31m``, ``70m``, ``160m``, ``410m``, ``1b``;
+            ``pythia-`` prefix optional), a :class:`ModelSpec`, or a local config folder /
+            ``config.json`` of any ``AutoModelForCausalLM`` architecture.
+        vocab_size: the tokenizer's vocabulary size; the model gets ``padded_vocab_size`` rows.
+        max_seq_len: overrides the preset's / config's maximum sequence length.
+        seed: the initialisation depends only on this (same seed -> identical weights);
+            the caller's global RNG state is left unchanged.
+        attn_implementation: ``"sdpa"``, ``"eager"``, ``"flash_attention_2"``, ...
+
+    The model is fp32 and in training mode. ``config.use_cache`` is off (a training forward
+    would otherwise build a KV cache it never uses); ``generation_config.use_cache`` stays on,
+    so ``generate()`` for evaluation is still cached. Under ``with torch.device("meta"):``
+    nothing is allocated, which is how the big presets are inspected on a laptop.
+    """
+    config = model_config(model, vocab_size, max_seq_len=max_seq_len)
+    config.use_cache = False
+    lm = _seeded_from_config(config, seed, attn_implementation)
+    lm.generation_config.use_cache = True
+    lm.train()
+    return lm
+
+
+# -- accounting -------------------------------------------------------------------------------
+def _embedding_params(model: nn.Module) -> set[int]:
+    """Ids of the input embedding and output head parameters (the vocab-sized matrices)."""
+    ids: set[int] = set()
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        module = getattr(model, getter, lambda: None)()
+        if isinstance(module, nn.Module):
+            ids.update(id(p) for p in module.parameters())
+    return ids
+
+
+def count_parameters(model: nn.Module, *, non_embedding: bool = False) -> int:
+    """Number of parameters, each shared (tied) tensor counted once. Works on the meta device.
+
+    ``non_embedding=True`` leaves out the input embedding and the output head, as Pythia's
+    tables and scaling-law papers do (they dominate small models: 51.5M of the 70M's 70.4M).
+    """
+    skip = _embedding_params(model) if non_embedding else set()
+    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
+
+
+def model_summary(model: PreTrainedModel, *, preset: str | None = None) -> dict[str, Any]:
+    """A JSON-ready description of ``model`` for a run's ``config.json``.
+
+    ``preset``: the name or path the model was built from (recorded as given).
+    """
+    config = model.config
+    return {
+        "preset": preset,
+        "model_type": getattr(config, "model_type", None),
+        "params": count_parameters(model),
+        "non_embedding_params": count_parameters(model, non_embedding=True),
+        "layers": getattr(config, "num_hidden_layers", None),
+        "hidden": getattr(config, "hidden_size", None),
+        "heads": getattr(config, "num_attention_heads", None),
+        "intermediate": getattr(config, "intermediate_size", None),
+        "vocab_size": getattr(config, "vocab_size", None),
+        "max_seq_len": getattr(config, "max_position_embeddings", None),
+        "tie_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
+        "attn_implementation": getattr(config, "_attn_implementation", None),
+    }
+
+
+# -- monitored layers -------------------------------------------------------------------------
+def _inside(name: str, outer: str) -> bool:
+    """Whether module ``name`` is a descendant of module ``outer`` (dotted names)."""
+    return outer == "" or name.startswith(outer + ".")
+
+
+def _block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """``(name, list)`` of the decoder blocks; the rule is documented in :func:`find_blocks`."""
+    outermost: list[tuple[str, nn.ModuleList]] = []
+    for name, module in model.named_modules():  # pre-order: outer lists come first
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(m) for m in module}) != 1:
+            continue
+        if any(_inside(name, outer) for outer, _ in outermost):
+            continue  # e.g. the experts of an MoE block: never the blocks themselves
+        outermost.append((name, module))
+    if not outermost:
+        raise ModelError(
+            f"{type(model).__name__} has no nn.ModuleList of same-class modules, so its "
+            f"transformer blocks cannot be found; pass patterns= to name the layers"
+        )
+    return max(outermost, key=lambda item: len(item[1]))  # ties: the first in module order
+
+
+def find_blocks(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of ``model``, bottom to top.
+
+    Rule: the longest ``nn.ModuleList`` whose entries all have the same class, among those not
+    nested inside another such list (ties: the first in ``named_modules()`` order). Every HF
+    decoder keeps its blocks this way (``gpt_neox.layers``, ``model.layers``,
+    ``transformer.h``), whatever the blocks are called; the nesting guard stops a list of MoE
+    experts (often longer than the stack) from being taken for the blocks.
+    """
+    return list(_block_list(model)[1])
+
+
+def select_depths(
+    num_blocks: int, count: int, *, region: tuple[float, float] = UPPER_HALF
+) -> list[int]:
+    """``count`` distinct block indices, evenly spaced by relative depth; always ``count`` long.
+
+    The region ``(lo, hi]`` of relative depth covers blocks ``floor(lo * n)`` to
+    ``ceil(hi * n) - 1``; the indices are evenly spaced from its first to its last block, both
+    included, rounded half up. If the region holds fewer than ``count`` blocks it is extended
+    downwards, so the length never depends on the model (proxy and target observations must
+    match). Upper half, count 3: 6 blocks -> [3, 4, 5]; 16 -> [8, 12, 15]; 24 -> [12, 18, 23].
+    All depths, count 4: 6 -> [0, 2, 3, 5]; 16 -> [0, 5, 10, 15].
+    """
+    lo, hi = region
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ModelError(f"depth region must satisfy 0 <= lo < hi <= 1, got {region}")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ModelError(f"count must be a positive int, got {count!r}")
+    if count > num_blocks:
+        raise ModelError(
+            f"cannot monitor {count} distinct layers of a model with {num_blocks} blocks; "
+            f"use a model with at least {count} blocks or a smaller count"
+        )
+    last = max(math.ceil(hi * num_blocks) - 1, 0)
+    first = max(min(math.floor(lo * num_blocks), last - count + 1), 0)
+    if count == 1:
+        return [last]
+    span, gaps = last - first, count - 1
+    # first + round_half_up(j * span / gaps), in integers so no float rounding can bite
+    return [first + (2 * j * span + gaps) // (2 * gaps) for j in range(count)]
+
+
+# Known names of an MLP's output ("down") projection, relative to its block, checked in order.
+_KNOWN_DOWN_PROJ = (
+    "mlp.dense_4h_to_h",  # GPT-NeoX / Pythia, Falcon, BLOOM
+    "mlp.down_proj",  # Llama, Mistral, Qwen, Gemma, OLMo
+    "mlp.fc2",  # Phi
+    "mlp.fc_out",  # GPT-J
+    "mlp.c_proj",  # StarCoder2 (GPT-2's is a Conv1D, not an nn.Linear)
+    "mlp.w2",
+    "feed_forward.down_proj",
+    "feed_forward.w2",  # InternLM, old Mistral ports
+    "ffn.down_proj",  # MPT
+    "fc2",  # OPT (MLP directly on the block)
+)
+_MLP_CHILD_HINTS = ("mlp", "feed_forward", "feedforward", "ffn")
+
+
+def _fallback_down_proj(block: nn.Module) -> tuple[str, nn.Linear] | None:
+    """The last Linear in an MLP-like child that narrows back to the MLP's input width.
+
+    "Back to the input width" (``out_features`` equals the ``in_features`` of the child's first
+    Linear) excludes a router ``hidden -> num_experts``, which also narrows.
+    """
+    for child_name, child in block.named_children():
+        if not any(hint in child_name.lower() for hint in _MLP_CHILD_HINTS):
+            continue
+        linears = [(n, m) for n, m in child.named_modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            continue
+        width = linears[0][1].in_features
+        downs = [
+            (n, m) for n, m in linears if m.in_features > m.out_features and m.out_features == width
+        ]
+        if downs:
+            name, linear = downs[-1]
+            return f"{child_name}.{name}", linear
+    return None
+
+
+def mlp_output_projection(block: nn.Module) -> tuple[str, nn.Linear]:
+    """``(name relative to block, layer)`` of the block's MLP output projection.
+
+    Why this matrix: the paper computes gradient alignment on the MLP output projections, which
+    write straight into the residual stream. Known names first (:data:`_KNOWN_DOWN_PROJ`), then
+    the last narrowing ``nn.Linear`` of a child named like ``mlp``/``feed_forward``/``ffn``.
+    """
+    modules = dict(block.named_modules())
+    for name in _KNOWN_DOWN_PROJ:
+        module = modules.get(name)
+        if isinstance(module, nn.Linear):
+            return name, module
+    found = _fallback_down_proj(block)
+    if found is None:
+        raise ModelError(
+            f"cannot find the MLP output projection (an nn.Linear) in {type(block).__name__}; "
+            f"known names: {', '.join(_KNOWN_DOWN_PROJ)}. Pass patterns= to name the layers"
+        )
+    return found
+
+
+def _match_patterns(model: nn.Module, patterns: Sequence[str]) -> list[tuple[str, nn.Linear]]:
+    """The Linear modules whose names match any glob, in module order, each once."""
+    if isinstance(patterns, str) or not patterns:
+        raise ModelError(f"patterns must be a non-empty list of globs, got {patterns!r}")
+    named = list(model.named_modules())
+    chosen: dict[str, nn.Linear] = {}
+    for pattern in patterns:
+        hits = [(n, m) for n, m in named if n and fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise ModelError(f"layer pattern {pattern!r} matches no module of the model")
+        for name, module in hits:
+            if not isinstance(module, nn.Linear):
+                raise ModelError(
+                    f"layer pattern {pattern!r} matches {name!r}, a {type(module).__name__}; "
+                    f"monitored layers must be nn.Linear"
+                )
+            chosen[name] = module
+    order = {n: i for i, (n, _) in enumerate(named)}
+    return sorted(chosen.items(), key=lambda item: order[item[0]])
+
+
+def monitored_layers(
+    model: nn.Module,
+    count: int = 3,
+    patterns: Sequence[str] | None = None,
+    *,
+    region: tuple[float, float] = UPPER_HALF,
+) -> list[tuple[str, nn.Linear]]:
+    """``(full module name, layer)`` of the weight matrices the reward and observation read.
+
+    Default rule: the MLP output projections of ``count`` blocks chosen by
+    :func:`select_depths` over ``region`` (upper half: the paper's 3 upper layers). GPT-NeoX
+    gives ``gpt_neox.layers.{i}.mlp.dense_4h_to_h``, Llama ``model.layers.{i}.mlp.down_proj``.
+
+    ``patterns``: fnmatch globs over ``named_modules()`` names that replace the rule (``count``
+    and ``region`` are then ignored); each must match at least one module, and only
+    ``nn.Linear`` modules, e.g. ``["model.layers.*.mlp.down_proj"]``.
+    """
+    if patterns is not None:
+        return _match_patterns(model, patterns)
+    prefix, blocks = _block_list(model)
+    chosen = []
+    for i in select_depths(len(blocks), count, region=region):
+        name, linear = mlp_output_projection(blocks[i])
+        chosen.append((f"{prefix}.{i}.{name}" if prefix else f"{i}.{name}", linear))
+    return chosen

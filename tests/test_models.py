@@ -1,0 +1,267 @@
+"""Model presets, the builder, and the monitored-layer rule (CPU; big presets on the meta device)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import torch
+from torch import nn
+
+from acodm.errors import AcodmError
+from acodm.models import (
+    ALL_DEPTHS,
+    PRESETS,
+    UPPER_HALF,
+    ModelError,
+    ModelSpec,
+    build_model,
+    count_parameters,
+    find_blocks,
+    get_preset,
+    mlp_output_projection,
+    model_summary,
+    monitored_layers,
+    padded_vocab_size,
+    select_depths,
+)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+PYTHIA_VOCAB = 50277  # the GPT-NeoX tokenizer; padded to 50,304 rows as in Pythia
+# Total parameters (input embedding + untied output head + blocks) and non-embedding
+# parameters, as published in the Pythia model table (EleutherAI/pythia README).
+PYTHIA_PARAMS = {
+    "14m": (14_067_712, 1_189_888),
+    "31m": (30_494_720, 4_739_072),
+    "70m": (70_426_624, 18_915_328),
+    "160m": (162_322_944, 85_056_000),
+    "410m": (405_334_016, 302_311_424),
+    "1b": (1_011_781_632, 805_736_448),
+}
+NOMINAL = {"14m": 14e6, "31m": 31e6, "70m": 70e6, "160m": 160e6, "410m": 410e6, "1b": 1e9}
+TINY_VOCAB = 1000  # padded to 1024
+
+
+def meta_model(name: str, vocab: int = PYTHIA_VOCAB) -> PreTrainedModel:
+    """Build without allocating: shapes and names only."""
+    with torch.device("meta"):
+        return build_model(name, vocab)
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> PreTrainedModel:
+    return build_model("tiny", TINY_VOCAB, seed=0)
+
+
+@pytest.fixture
+def llama_dir(tmp_path: Path) -> Path:
+    from transformers import LlamaConfig
+
+    LlamaConfig(
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        dtype="bfloat16",  # what saved configs often say: the builder must still give fp32
+    ).save_pretrained(tmp_path)
+    return tmp_path
+
+
+# -- presets and parameter counts --------------------------------------------------------------
+def test_registry_holds_every_preset() -> None:
+    assert list(PRESETS) == ["tiny", "14m", "31m", "70m", "160m", "410m", "1b"]
+    for key, make in PRESETS.items():
+        assert make().name == key
+
+
+@pytest.mark.parametrize("name", sorted(PYTHIA_PARAMS))
+def test_preset_parameter_counts_match_pythia(name: str) -> None:
+    model = meta_model(name)
+    total, non_embedding = PYTHIA_PARAMS[name]
+    # total params with the Pythia vocab: exactly Pythia's, and within 15% of the preset's name
+    assert count_parameters(model) == total
+    assert count_parameters(model, non_embedding=True) == non_embedding
+    assert abs(total / NOMINAL[name] - 1) < 0.15
+    spec = get_preset(name)
+    config = model.config
+    assert (config.num_hidden_layers, config.hidden_size) == (spec.layers, spec.hidden)
+    assert config.use_parallel_residual and not config.tie_word_embeddings
+    assert config.rope_parameters["partial_rotary_factor"] == 0.25
+
+
+def test_preset_aliases() -> None:
+    assert get_preset("pythia-70m") == get_preset("70M") == get_preset("pythia_70m")
+
+
+# -- the tiny model, really built ---------------------------------------------------------------
+def test_tiny_forward_loss_is_near_uniform(tiny_model: PreTrainedModel) -> None:
+    vocab = padded_vocab_size(TINY_VOCAB)
+    assert tiny_model.get_input_embeddings().weight.shape == (vocab, 64)
+    assert all(p.dtype == torch.float32 for p in tiny_model.parameters())
+    tokens = torch.randint(0, TINY_VOCAB, (2, 32), generator=torch.Generator().manual_seed(0))
+    out = tiny_model(input_ids=tokens, labels=tokens)
+    assert out.logits.shape == (2, 32, vocab)
+    assert math.isfinite(out.loss.item())
+    assert abs(out.loss.item() - math.log(vocab)) < 0.3  # small-std init: near-uniform logits
+
+
+def test_init_is_a_function_of_seed_without_global_side_effects() -> None:
+    cpu_state = torch.get_rng_state()
+    a = build_model("tiny", TINY_VOCAB, seed=1).state_dict()
+    b = build_model("tiny", TINY_VOCAB, seed=1).state_dict()
+    c = build_model("tiny", TINY_VOCAB, seed=2).state_dict()
+    assert torch.equal(torch.get_rng_state(), cpu_state)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["lm_head.weight"], c["lm_head.weight"])
+
+
+def test_vocab_padding() -> None:
+    assert padded_vocab_size(PYTHIA_VOCAB) == 50304
+    assert [padded_vocab_size(n) for n in (1, 64, 65)] == [64, 64, 128]
+    for bad in (0, -3, 1.5):
+        with pytest.raises(ModelError, match="vocab_size"):
+            padded_vocab_size(bad)  # type: ignore[arg-type]
+
+
+def test_overrides_and_summary(tiny_model: PreTrainedModel) -> None:
+    model = build_model("tiny", TINY_VOCAB, max_seq_len=128, attn_implementation="eager")
+    assert model.config.max_position_embeddings == 128
+    assert model.config._attn_implementation == "eager"
+    summary = model_summary(tiny_model, preset="tiny")
+    json.dumps(summary)
+    assert summary["preset"] == "tiny"
+    assert (summary["layers"], summary["hidden"], summary["vocab_size"]) == (4, 64, 1024)
+    assert summary["params"] - summary["non_embedding_params"] == 2 * 1024 * 64
+    assert not tiny_model.config.use_cache
+    assert tiny_model.generation_config.use_cache
+
+
+def test_spec_validation() -> None:
+    with pytest.raises(ModelError, match="divisible by heads"):
+        ModelSpec("bad", layers=2, hidden=100, heads=3, intermediate=400)
+    with pytest.raises(ModelError, match="layers must be a positive int"):
+        ModelSpec("bad", layers=0, hidden=64, heads=4, intermediate=256)
+    with pytest.raises(ModelError, match="rotary"):
+        ModelSpec("bad", layers=2, hidden=64, heads=4, intermediate=256, rotary_pct=0.1)
+    spec = get_preset("tiny")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.layers = 3  # type: ignore[misc]
+    custom = dataclasses.replace(spec, name="wide", hidden=128)
+    assert build_model(custom, 100).config.hidden_size == 128
+
+
+# -- any causal LM from a config folder ---------------------------------------------------------
+def test_llama_config_folder(llama_dir: Path) -> None:
+    model = build_model(llama_dir, 100)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert model.config.vocab_size == 128
+    assert next(model.parameters()).dtype == torch.float32
+    assert [n for n, _ in monitored_layers(model)] == [
+        f"model.layers.{i}.mlp.down_proj" for i in (3, 4, 5)
+    ]
+    same = build_model(llama_dir / "config.json", 100)  # a config.json path works too
+    assert type(same) is type(model)
+
+
+# -- monitored layers ---------------------------------------------------------------------------
+def test_gpt_neox_monitored_names(tiny_model: PreTrainedModel) -> None:
+    def names(model: nn.Module) -> list[str]:
+        return [n for n, _ in monitored_layers(model)]
+
+    neox = "gpt_neox.layers.{}.mlp.dense_4h_to_h"
+    assert names(tiny_model) == [neox.format(i) for i in (1, 2, 3)]
+    assert names(meta_model("70m")) == [neox.format(i) for i in (3, 4, 5)]
+    assert names(meta_model("410m")) == [neox.format(i) for i in (12, 18, 23)]
+    assert names(meta_model("1b")) == [neox.format(i) for i in (8, 12, 15)]
+    _, layer = monitored_layers(tiny_model)[0]
+    assert (layer.in_features, layer.out_features) == (256, 64)
+    assert len(find_blocks(tiny_model)) == 4
+
+
+def test_select_depths() -> None:
+    for region in (UPPER_HALF, ALL_DEPTHS):
+        six, sixteen = select_depths(6, 3, region=region), select_depths(16, 3, region=region)
+        assert len(six) == len(sixteen) == 3
+        for n, idx in ((6, six), (16, sixteen)):
+            assert idx == sorted(set(idx)) and idx[-1] == n - 1
+    assert select_depths(6, 3) == [3, 4, 5]
+    assert select_depths(16, 3) == [8, 12, 15]
+    assert select_depths(16, 4, region=ALL_DEPTHS) == [0, 5, 10, 15]
+    assert select_depths(4, 3) == [1, 2, 3]  # region too small: extended downwards
+    assert select_depths(5, 5) == [0, 1, 2, 3, 4]
+    assert select_depths(9, 1) == [8]
+    with pytest.raises(ModelError, match="3 distinct layers"):
+        select_depths(2, 3)
+    with pytest.raises(ModelError, match="region"):
+        select_depths(6, 2, region=(0.8, 0.2))
+
+
+def test_patterns_override(tiny_model: PreTrainedModel) -> None:
+    got = monitored_layers(tiny_model, patterns=["gpt_neox.layers.0.mlp.dense_h_to_4h"])
+    assert [n for n, _ in got] == ["gpt_neox.layers.0.mlp.dense_h_to_4h"]
+    got = monitored_layers(tiny_model, patterns=["*.attention.dense", "*.layers.3.attention.*"])
+    expected = [f"gpt_neox.layers.{i}.attention.dense" for i in range(3)] + [
+        "gpt_neox.layers.3.attention.query_key_value",  # module order, each module once
+        "gpt_neox.layers.3.attention.dense",
+    ]
+    assert [n for n, _ in got] == expected
+    with pytest.raises(ModelError, match="matches no module"):
+        monitored_layers(tiny_model, patterns=["*.mlp.down_proj"])
+    with pytest.raises(ModelError, match=r"must be nn\.Linear"):
+        monitored_layers(tiny_model, patterns=["gpt_neox.layers.0.mlp"])
+
+
+class _Moe(nn.Module):
+    """A block whose MLP is a router plus 8 experts: the experts list must not be the blocks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.Linear(8, 8)
+        self.mlp = nn.Module()
+        self.mlp.gate = nn.Linear(8, 2)  # narrows, but to num_experts, not back to the width
+        self.mlp.experts = nn.ModuleList(nn.Linear(8, 8) for _ in range(8))
+
+
+class _Ffn(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.feed_forward = nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 8))
+
+
+def test_block_and_projection_rules_beyond_known_names() -> None:
+    moe = nn.Module()
+    moe.blocks = nn.ModuleList(_Moe() for _ in range(3))
+    assert len(find_blocks(moe)) == 3
+    with pytest.raises(ModelError, match="MLP output projection"):
+        mlp_output_projection(moe.blocks[0])
+    ffn = nn.Module()
+    ffn.stack = nn.ModuleList(_Ffn() for _ in range(6))
+    assert [n for n, _ in monitored_layers(ffn)] == [f"stack.{i}.feed_forward.2" for i in (3, 4, 5)]
+    with pytest.raises(ModelError, match=r"no nn\.ModuleList"):
+        find_blocks(nn.Linear(2, 2))
+
+
+# -- errors -------------------------------------------------------------------------------------
+def test_unknown_preset_and_bad_paths(tmp_path: Path) -> None:
+    with pytest.raises(ModelError) as info:
+        build_model("pythia-7b", 100)
+    assert all(name in str(info.value) for name in PRESETS)
+    assert isinstance(info.value, AcodmError)
+    with pytest.raises(ModelError, match="neither a preset"):
+        build_model(tmp_path / "missing", 100)
+    with pytest.raises(ModelError, match=r"no config\.json"):
+        build_model(tmp_path, 100)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ModelError, match="cannot read"):
+        build_model(tmp_path, 100)
+    with pytest.raises(ModelError, match="attn_implementation"):
+        build_model("tiny", 100, attn_implementation="bogus")
