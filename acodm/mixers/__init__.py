@@ -1,0 +1,59 @@
+"""Mixers: every data-mixing strategy behind one interface.
+
+A :class:`Mixer` gives the domain weights for the next interval and receives the interval's
+feedback. Build one from a spec string with :func:`make_mixer`:
+
+===========================================  ===============================================
+spec                                         weights
+===========================================  ===============================================
+``uniform``                                  ``1/k`` each
+``natural``                                  proportional to training tokens
+``temperature:T``                            natural ** T, renormalised (T > 0)
+``file:PATH``                                JSON ``{"domain": weight}`` naming every domain
+``unimax:N``                                 UniMax, each domain capped at N epochs
+``odm[:warmup=W,alpha=A,static=SPEC]``       the ODM bandit (defaults 0.02, 0.5, uniform)
+===========================================  ===============================================
+
+Other components add names with :func:`register_mixer` (the learned actor, DDPG).
+"""
+
+from acodm.mixers.base import (
+    IntervalFeedback,
+    Mixer,
+    MixerContext,
+    MixerError,
+    normalize_weights,
+)
+from acodm.mixers.odm import ODMMixer
+from acodm.mixers.spec import MixerFactory, known_mixers, make_mixer, register_mixer
+from acodm.mixers.static import (
+    FileMixer,
+    NaturalMixer,
+    StaticMixer,
+    TemperatureMixer,
+    UniformMixer,
+)
+from acodm.mixers.unimax import UniMaxMixer
+
+for _cls in (UniformMixer, NaturalMixer, TemperatureMixer, FileMixer, UniMaxMixer, ODMMixer):
+    register_mixer(_cls.name, _cls.from_spec_arg, replace=True)
+del _cls
+
+__all__ = [
+    "FileMixer",
+    "IntervalFeedback",
+    "Mixer",
+    "MixerContext",
+    "MixerError",
+    "MixerFactory",
+    "NaturalMixer",
+    "ODMMixer",
+    "StaticMixer",
+    "TemperatureMixer",
+    "UniMaxMixer",
+    "UniformMixer",
+    "known_mixers",
+    "make_mixer",
+    "normalize_weights",
+    "register_mixer",
+]

@@ -1,0 +1,120 @@
+"""Mixer specs: the one-line strings that name a mixer on the command line and in configs.
+
+Grammar (whitespace around the spec is ignored)::
+
+    spec    := NAME | NAME ":" ARG
+    NAME    := a registered mixer name: uniform, natural, temperature, file, unimax, odm, ...
+    ARG     := everything after the first ":", handed to the mixer's factory as text
+
+Built-in forms: ``uniform``, ``natural``, ``temperature:T``, ``file:PATH``, ``unimax:N``,
+``odm`` and ``odm:KEY=VALUE,KEY=VALUE`` (see :mod:`acodm.mixers.odm`). Every mixer's
+:meth:`~acodm.mixers.base.Mixer.describe` returns a spec that parses back to the same mixer.
+Later components add their own names with :func:`register_mixer` (``actor:PATH``, ``ddpg``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Collection
+
+import numpy as np
+
+from acodm.mixers.base import Mixer, MixerError
+
+MixerFactory = Callable[[str | None], Mixer]
+"""Builds a mixer from the text after ``NAME:`` (``None`` when the spec has no ``:``)."""
+
+_REGISTRY: dict[str, MixerFactory] = {}
+_NAME = re.compile(r"[a-z][a-z0-9_\-]*")
+
+
+def register_mixer(name: str, factory: MixerFactory, *, replace: bool = False) -> None:
+    """Make ``make_mixer("NAME")`` / ``make_mixer("NAME:ARG")`` call ``factory(ARG or None)``.
+
+    The factory raises :class:`MixerError` for a bad argument; :func:`make_mixer` adds the
+    spec to the message. Registering a taken name is an error unless ``replace``.
+    """
+    if not _NAME.fullmatch(name):
+        raise MixerError(f"mixer name {name!r} must be lowercase letters, digits, '_' or '-'")
+    if name in _REGISTRY and not replace:
+        raise MixerError(f"a mixer named {name!r} is already registered (pass replace=True)")
+    _REGISTRY[name] = factory
+
+
+def known_mixers() -> list[str]:
+    """The registered mixer names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def make_mixer(spec: str) -> Mixer:
+    """Build a mixer from its spec, e.g. ``"unimax:4"`` or ``"odm:warmup=0.05"``."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise MixerError(f"a mixer spec must be a non-empty string, got {spec!r}")
+    name, sep, arg = spec.strip().partition(":")
+    if name not in _REGISTRY:
+        raise MixerError(f"unknown mixer {name!r} in spec {spec!r}; known: {known_mixers()}")
+    try:
+        return _REGISTRY[name](arg if sep else None)
+    except MixerError as e:
+        raise MixerError(f"bad mixer spec {spec!r}: {e}") from e
+
+
+# -- helpers for factories ----------------------------------------------------------------
+def require_no_arg(name: str, arg: str | None) -> None:
+    if arg is not None:
+        raise MixerError(f"{name!r} takes no argument, got {arg!r}")
+
+
+def require_arg(name: str, arg: str | None, example: str) -> str:
+    if arg is None or not arg.strip():
+        raise MixerError(f"{name!r} needs an argument, e.g. {example!r}")
+    return arg.strip()
+
+
+def check_number(
+    x: float, what: str, *, positive: bool = False, at_most: float | None = None
+) -> float:
+    """``x`` as a float if it is finite (and ``> 0`` / ``<= at_most`` when asked)."""
+    if isinstance(x, bool) or not isinstance(x, int | float | np.number) or not math.isfinite(x):
+        raise MixerError(f"{what} must be a finite number, got {x!r}")
+    if positive and x <= 0:
+        raise MixerError(f"{what} must be > 0, got {x!r}")
+    if at_most is not None and x > at_most:
+        raise MixerError(f"{what} must be <= {at_most:g}, got {x!r}")
+    return float(x)
+
+
+def parse_number(
+    text: str, what: str, *, positive: bool = False, at_most: float | None = None
+) -> float:
+    """A finite float from ``text``; ``what`` names it in the error."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise MixerError(f"{what} must be a number, got {text!r}") from None
+    return check_number(x, what, positive=positive, at_most=at_most)
+
+
+def parse_options(arg: str | None, known: Collection[str]) -> dict[str, str]:
+    """``"a=1,b=x"`` -> ``{"a": "1", "b": "x"}``; unknown, repeated or malformed keys are errors.
+
+    A value is everything after the first ``=`` of its item, so it may hold ``:`` and ``=``
+    but not ``,``.
+    """
+    out: dict[str, str] = {}
+    if arg is None or not arg.strip():
+        return out
+    for item in arg.split(","):
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise MixerError(
+                f"option {item.strip()!r} is not KEY=VALUE; known keys: {sorted(known)}"
+            )
+        if key not in known:
+            raise MixerError(f"unknown option {key!r}; known keys: {sorted(known)}")
+        if key in out:
+            raise MixerError(f"option {key!r} is given twice")
+        out[key] = value
+    return out
