@@ -65,7 +65,7 @@ class StoreWriter:
         self.out = Path(out)
         self.tokenizer_json = tokenizer_json
         vocab = json.loads(tokenizer_json)
-        self.vocab_size = _vocab_size_of(vocab)
+        self.vocab_size = vocab_size_of(vocab)
         if not 0 <= eos_id < self.vocab_size:
             raise StoreError(f"eos_id {eos_id} is outside the vocabulary (size {self.vocab_size})")
         self.eos_id = eos_id
@@ -80,7 +80,7 @@ class StoreWriter:
         self._tmp = self._ctx.__enter__()
         for split in SPLITS:
             (self._tmp / split).mkdir()
-        (self._tmp / TOKENIZER_FILE).write_text(self.tokenizer_json, encoding="utf-8")
+        (self._tmp / TOKENIZER_FILE).write_bytes(self.tokenizer_json.encode("utf-8"))
         return self
 
     def write_split(
@@ -155,7 +155,7 @@ class StoreWriter:
         }
 
 
-def _vocab_size_of(tokenizer: dict[str, Any]) -> int:
+def vocab_size_of(tokenizer: dict[str, Any]) -> int:
     """Vocabulary size of a ``tokenizer.json`` document: model vocab plus added tokens."""
     vocab = tokenizer.get("model", {}).get("vocab", {})
     ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
