@@ -44,11 +44,16 @@ def _add_corpus_commands(sub: argparse._SubParsersAction) -> None:
         description="Download (cached) and extract the default corpus described in DATA.md.",
     )
     build.add_argument("--out", type=Path, default=Path("data/corpus"), help="output folder")
-    build.add_argument("--domains", type=_domains_arg, default=None,
-                       help="comma-separated subset of domains (default: all)")
+    build.add_argument(
+        "--domains",
+        type=_domains_arg,
+        default=None,
+        help="comma-separated subset of domains (default: all)",
+    )
     build.add_argument("--seed", type=int, default=0, help="seed of the generated math domain")
-    build.add_argument("--math-documents", type=int, default=2000,
-                       help="documents of the generated math domain")
+    build.add_argument(
+        "--math-documents", type=int, default=2000, help="documents of the generated math domain"
+    )
     build.add_argument("--overwrite", action="store_true", help="replace an existing corpus")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
     build.set_defaults(func=_cmd_corpus_build)
@@ -62,8 +67,9 @@ def _add_corpus_commands(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("source", help="file, folder, save_to_disk folder, or datasets name")
     imp.add_argument("--out", type=Path, required=True, help="output folder")
     imp.add_argument("--text-field", default="text", help="text column; dots for nesting")
-    imp.add_argument("--domain-field", default="domain",
-                     help="domain column, e.g. meta.pile_set_name (The Pile)")
+    imp.add_argument(
+        "--domain-field", default="domain", help="domain column, e.g. meta.pile_set_name (The Pile)"
+    )
     imp.add_argument("--domain", default=None, help="put every record in this one domain")
     imp.add_argument("--split", default="train", help="split of a dataset with several")
     imp.add_argument("--limit", type=int, default=None, help="import at most N records")
@@ -81,14 +87,26 @@ def _add_prepare_command(sub: argparse._SubParsersAction) -> None:
     )
     prep.add_argument("corpus", type=Path, help="corpus folder (from `acodm corpus ...`)")
     prep.add_argument("--out", type=Path, required=True, help="store folder")
-    prep.add_argument("--tokenizer", type=Path, default=None,
-                      help="tokenizer.json or Hugging Face tokenizer folder (default: train BPE)")
+    prep.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="tokenizer.json or Hugging Face tokenizer folder (default: train BPE)",
+    )
     prep.add_argument("--vocab-size", type=int, default=32768, help="BPE vocabulary size")
     prep.add_argument("--eos-token", default=None, help="EOS token of a user tokenizer")
-    prep.add_argument("--val-fraction", type=float, default=0.01,
-                      help="share of each domain's tokens held out for validation")
-    prep.add_argument("--min-val-tokens", type=int, default=None,
-                      help="at least this many validation tokens per domain")
+    prep.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.01,
+        help="share of each domain's tokens held out for validation",
+    )
+    prep.add_argument(
+        "--min-val-tokens",
+        type=int,
+        default=None,
+        help="at least this many validation tokens per domain",
+    )
     prep.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     prep.add_argument("--num-proc", type=int, default=None, help="tokenizer processes/threads")
     prep.add_argument("--overwrite", action="store_true", help="replace an existing store")
@@ -99,7 +117,12 @@ def _add_prepare_command(sub: argparse._SubParsersAction) -> None:
 # TrainConfig fields settable from the command line: (flag, field, type, help)
 _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--store", "store", str, "token store from `acodm prepare`"),
-    ("--model", "model", str, "model preset (tiny, 14m, 31m, 70m, 160m, 410m, 1b) or config folder"),
+    (
+        "--model",
+        "model",
+        str,
+        "model preset (tiny, 14m, 31m, 70m, 160m, 410m, 1b) or config folder",
+    ),
     ("--mixer", "mixer", str, "uniform | natural | file:PATH | temperature:T | unimax:N | odm"),
     ("--steps", "steps", int, "optimizer steps (or --tokens)"),
     ("--tokens", "tokens", int, "token budget (instead of --steps)"),
@@ -129,12 +152,16 @@ def _add_pretrain_command(sub: argparse._SubParsersAction) -> None:
         "run's config.json with --resume).",
     )
     p.add_argument("--out", type=Path, required=True, help="run directory")
-    p.add_argument("--preset", default=None, help="run preset: debug_cpu, cpu_small, "
-                   "pythia_160m, pythia_410m")
+    p.add_argument(
+        "--preset", default=None, help="run preset: debug_cpu, cpu_small, pythia_160m, pythia_410m"
+    )
     for flag, _, typ, text in _TRAIN_FLAGS:
         p.add_argument(flag, type=typ, default=None, help=text)
-    p.add_argument("--exact-alignment", action="store_true",
-                   help="exact per-domain gradients instead of the random projection")
+    p.add_argument(
+        "--exact-alignment",
+        action="store_true",
+        help="exact per-domain gradients instead of the random projection",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--wandb", action="store_true", help="also log to wandb (offline by default)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -177,8 +204,7 @@ def _train_config(args: argparse.Namespace) -> Any:
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from acodm.pretrain import pretrain
 
-    summary = pretrain(_train_config(args), args.out, resume=args.resume,
-                       progress=not args.quiet)
+    summary = pretrain(_train_config(args), args.out, resume=args.resume, progress=not args.quiet)
     keys = ["steps", "tokens", "eval/loss_mean", "eval/ppl_mean", "eval/ppl_worst", "seconds"]
     print(_table(["metric", "value"], [[k, _fmt(summary.get(k))] for k in keys]))
     return 0
@@ -193,8 +219,12 @@ def _cmd_corpus_build(args: argparse.Namespace) -> int:
     from acodm.data.corpus import open_corpus
 
     out = build_default_corpus(
-        args.out, domains=args.domains, seed=args.seed, overwrite=args.overwrite,
-        progress=not args.quiet, math_documents=args.math_documents,
+        args.out,
+        domains=args.domains,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        math_documents=args.math_documents,
     )
     print(describe_corpus(open_corpus(out)))
     return 0
@@ -206,9 +236,15 @@ def _cmd_corpus_import(args: argparse.Namespace) -> int:
 
     domain_field = args.domain_field if args.domain is None else None
     out = import_corpus(
-        args.source, args.out, text_field=args.text_field, domain_field=domain_field,
-        domain=args.domain, split=args.split, overwrite=args.overwrite,
-        progress=not args.quiet, limit=args.limit,
+        args.source,
+        args.out,
+        text_field=args.text_field,
+        domain_field=domain_field,
+        domain=args.domain,
+        split=args.split,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        limit=args.limit,
     )
     print(describe_corpus(open_corpus(out)))
     return 0
@@ -222,9 +258,17 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     if args.min_val_tokens is not None:
         kwargs["min_val_tokens"] = args.min_val_tokens
     out = prepare_store(
-        args.corpus, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
-        val_fraction=args.val_fraction, seed=args.seed, num_proc=args.num_proc,
-        overwrite=args.overwrite, progress=not args.quiet, eos_token=args.eos_token, **kwargs,
+        args.corpus,
+        args.out,
+        tokenizer=args.tokenizer,
+        vocab_size=args.vocab_size,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        num_proc=args.num_proc,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        eos_token=args.eos_token,
+        **kwargs,
     )
     print(describe_store(open_store(out)))
     return 0
@@ -251,8 +295,12 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = []
     for n, r in enumerate(cells):
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -274,12 +322,24 @@ def describe_corpus(corpus: Corpus) -> str:
 
 def describe_store(store: TokenStore) -> str:
     """A per-domain table of a store: train/val documents and tokens."""
-    rows = [[d, store.num_documents(d, "train"), store.num_tokens(d, "train"),
-             store.num_documents(d, "val"), store.num_tokens(d, "val")] for d in store.domains]
-    head = (f"store {store.path}: vocab {store.vocab_size}, dtype {store.dtype.name}, "
-            f"tokenizer {store.tokenizer_sha256[:12]}")
-    return head + "\n" + _table(
-        ["domain", "train docs", "train tokens", "val docs", "val tokens"], rows
+    rows = [
+        [
+            d,
+            store.num_documents(d, "train"),
+            store.num_tokens(d, "train"),
+            store.num_documents(d, "val"),
+            store.num_tokens(d, "val"),
+        ]
+        for d in store.domains
+    ]
+    head = (
+        f"store {store.path}: vocab {store.vocab_size}, dtype {store.dtype.name}, "
+        f"tokenizer {store.tokenizer_sha256[:12]}"
+    )
+    return (
+        head
+        + "\n"
+        + _table(["domain", "train docs", "train tokens", "val docs", "val tokens"], rows)
     )
 
 

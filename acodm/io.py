@@ -64,8 +64,10 @@ def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
     except FileNotFoundError:
         raise
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AcodmError(f"{what} {path} is not valid JSON ({e}); it may be truncated or "
-                         "edited by hand: rebuild it") from e
+        raise AcodmError(
+            f"{what} {path} is not valid JSON ({e}); it may be truncated or "
+            "edited by hand: rebuild it"
+        ) from e
 
 
 @contextlib.contextmanager

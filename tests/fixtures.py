@@ -61,10 +61,15 @@ def synthetic_corpus(path: Path, *, docs_per_domain: int = 40, seed: int = 0) ->
             text = p.read_text(encoding="utf-8", errors="replace")
             w.add(Document(text[:3000], "code", "python-stdlib", f"code/{i}"))
             lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith(("#", '"'))]
-            w.add(Document(" ".join(lines)[:2000] or "empty module", "prose", "python-stdlib",
-                           f"prose/{i}"))
-            nums = [f"{a} + {b} = {a + b}." for a, b in
-                    ((rng.randint(0, 999), rng.randint(0, 999)) for _ in range(60))]
+            w.add(
+                Document(
+                    " ".join(lines)[:2000] or "empty module", "prose", "python-stdlib", f"prose/{i}"
+                )
+            )
+            nums = [
+                f"{a} + {b} = {a + b}."
+                for a, b in ((rng.randint(0, 999), rng.randint(0, 999)) for _ in range(60))
+            ]
             w.add(Document(" ".join(nums), "numbers", "generated", f"numbers/{i}"))
     return path
 
@@ -74,6 +79,7 @@ def make_text_store(path: Path, *, vocab_size: int = 512, seed: int = 0) -> Toke
     from acodm.data.prepare import prepare_store
 
     corpus = synthetic_corpus(path.parent / f"{path.name}-corpus", seed=seed)
-    prepare_store(corpus, path, vocab_size=vocab_size, val_fraction=0.1, min_val_tokens=512,
-                  progress=False)
+    prepare_store(
+        corpus, path, vocab_size=vocab_size, val_fraction=0.1, min_val_tokens=512, progress=False
+    )
     return TokenStore(path)

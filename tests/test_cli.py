@@ -30,19 +30,65 @@ def corpus_jsonl(tmp_path_factory):
 
 def test_import_prepare_info_pretrain_resume(corpus_jsonl, tmp_path, capsys):
     corpus, store, run = tmp_path / "corpus", tmp_path / "store", tmp_path / "run"
-    assert main(["corpus", "import", str(corpus_jsonl), "--out", str(corpus),
-                 "--domain-field", "meta.set", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "corpus",
+                "import",
+                str(corpus_jsonl),
+                "--out",
+                str(corpus),
+                "--domain-field",
+                "meta.set",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "numbers" in out and "prose" in out and "code" in out
 
-    assert main(["prepare", str(corpus), "--out", str(store), "--vocab-size", "400",
-                 "--min-val-tokens", "300", "--val-fraction", "0.1", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                str(corpus),
+                "--out",
+                str(store),
+                "--vocab-size",
+                "400",
+                "--min-val-tokens",
+                "300",
+                "--val-fraction",
+                "0.1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "train tokens" in capsys.readouterr().out
     assert main(["info", str(store)]) == 0
     assert "vocab 400" in capsys.readouterr().out
 
-    assert main(["pretrain", "--preset", "debug_cpu", "--store", str(store), "--out", str(run),
-                 "--steps", "3", "--mixer", "temperature:0.5", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--preset",
+                "debug_cpu",
+                "--store",
+                str(store),
+                "--out",
+                str(run),
+                "--steps",
+                "3",
+                "--mixer",
+                "temperature:0.5",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "eval/ppl_mean" in capsys.readouterr().out
     conf = json.loads((run / "config.json").read_text())
     assert conf["train"]["steps"] == 3 and conf["mixer"] == "temperature:0.5"
@@ -61,6 +107,7 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
 
 
 def test_python_dash_m_entry_point():
-    out = subprocess.run([sys.executable, "-m", "acodm", "--version"], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "acodm", "--version"], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == f"acodm {__version__}"

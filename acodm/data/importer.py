@@ -295,7 +295,8 @@ def _resolve(source: str | Path, split: str, fields: _Fields) -> tuple[list[_Inp
 
 def _folder_inputs(root: Path, fields: _Fields) -> tuple[list[_Input], list[str]]:
     files = sorted(
-        p for p in root.rglob("*")
+        p
+        for p in root.rglob("*")
         if p.is_file() and not _hidden(p.relative_to(root)) and _format(p) is not None
     )
     if not files:
@@ -309,9 +310,7 @@ def _folder_inputs(root: Path, fields: _Fields) -> tuple[list[_Input], list[str]
         rel = p.relative_to(root)
         folder = rel.parts[0] if len(rel.parts) > 1 else None
         inputs.append(_file_input(p, _stem(rel), folder, fields))
-    subfolders = sorted(
-        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-    )
+    subfolders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     return inputs, subfolders
 
 
@@ -444,9 +443,7 @@ def _read_csv(path: Path, sep: str) -> Iterator[Any]:
 
     try:
         # dtype=str and keep_default_na=False: every cell is text, "NA" and "" included.
-        chunks = pd.read_csv(
-            path, sep=sep, chunksize=_BATCH_ROWS, dtype=str, keep_default_na=False
-        )
+        chunks = pd.read_csv(path, sep=sep, chunksize=_BATCH_ROWS, dtype=str, keep_default_na=False)
         for chunk in chunks:
             yield from chunk.to_dict("records")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:

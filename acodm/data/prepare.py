@@ -104,13 +104,18 @@ def prepare_store(
     split = _SplitRule(val_fraction, min_val_tokens, seed)
     with (
         StoreWriter(
-            out, tokenizer_json=spec.json, eos_id=spec.eos_id, corpus_hash=src.hash,
-            overwrite=overwrite, meta=meta,
+            out,
+            tokenizer_json=spec.json,
+            eos_id=spec.eos_id,
+            corpus_hash=src.hash,
+            overwrite=overwrite,
+            meta=meta,
         ) as writer,
         _Progress(src, progress) as bar,
         _rayon_off() if num_proc is not None else contextlib.nullcontext(),
-        tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".spill", dir=out.parent)
-        as spill_dir,
+        tempfile.TemporaryDirectory(
+            prefix=f".{out.name}.", suffix=".spill", dir=out.parent
+        ) as spill_dir,
     ):
         encoder = _Encoder(spec)
         for domain in src.domains:
@@ -263,7 +268,10 @@ def _tokenize_domain(
                 keys.append(rule.key(doc.doc_id))
             advance(sum(len(d.text) for d in docs))
     return _Spill(
-        tok_path, ids_path, np.frombuffer(lengths, np.int64), np.frombuffer(keys, np.uint64),
+        tok_path,
+        ids_path,
+        np.frombuffer(lengths, np.int64),
+        np.frombuffer(keys, np.uint64),
         encoder.dtype,
     )
 
@@ -280,7 +288,9 @@ class _SplitRule:
     def key(self, doc_id: str) -> int:
         """Rank key of a document: a keyed hash of (seed, doc_id), i.e. a seeded shuffle."""
         h = hashlib.blake2b(
-            doc_id.encode(), digest_size=8, key=self.seed.to_bytes(16, "little", signed=True),
+            doc_id.encode(),
+            digest_size=8,
+            key=self.seed.to_bytes(16, "little", signed=True),
             person=b"acodm-val",
         )
         return int.from_bytes(h.digest(), "little")
@@ -305,9 +315,7 @@ class _SplitRule:
         return mask
 
 
-def _too_small(
-    domain: str, total: int, docs: int, need: float, got: int, rule: _SplitRule
-) -> str:
+def _too_small(domain: str, total: int, docs: int, need: float, got: int, rule: _SplitRule) -> str:
     return (
         f"domain {domain!r} is too small to hold out {int(need)} validation tokens "
         f"(max(val_fraction={rule.val_fraction} x {total} tokens, min_val_tokens="

@@ -163,9 +163,7 @@ def _train(corpus: Corpus, vocab_size: int, max_train_chars: int, progress: bool
         special_tokens=[AddedToken(EOS_TOKEN, special=True)],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    rates = sampling_rates(
-        {d: corpus.num_characters(d) for d in corpus.domains}, max_train_chars
-    )
+    rates = sampling_rates({d: corpus.num_characters(d) for d in corpus.domains}, max_train_chars)
     tok.train_from_iterator(_training_batches(corpus, rates), trainer)
     text: str = tok.to_str()
     return text

@@ -76,10 +76,12 @@ def split_store(src: TokenStore, k: int, out: Path) -> TokenStore:
     train = np.concatenate([np.asarray(src.tokens(d)) for d in src.domains])
     val = np.concatenate([np.asarray(src.tokens(d, "val")) for d in src.domains])
     tok_json = (src.path / "tokenizer.json").read_text(encoding="utf-8")
-    with StoreWriter(out, tokenizer_json=tok_json, eos_id=src.eos_id,
-                     corpus_hash=f"split{k}:{src.corpus_hash}") as w:
-        for i, (tr, va) in enumerate(zip(np.array_split(train, k), np.array_split(val, k),
-                                         strict=True)):
+    with StoreWriter(
+        out, tokenizer_json=tok_json, eos_id=src.eos_id, corpus_hash=f"split{k}:{src.corpus_hash}"
+    ) as w:
+        for i, (tr, va) in enumerate(
+            zip(np.array_split(train, k), np.array_split(val, k), strict=True)
+        ):
             w.write_split(f"d{i:02d}", "train", [(f"d{i}/train", tr)])
             w.write_split(f"d{i:02d}", "val", [(f"d{i}/val", va)])
     return open_store(out)

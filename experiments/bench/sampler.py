@@ -30,8 +30,9 @@ from acodm.data.store import TokenStore, open_store
 TARGET_TOKENS_PER_S = 6.5e6
 
 
-def measure(store: TokenStore, seq_len: int, batch_size: int, seconds: float,
-            change_weights: bool) -> dict[str, float]:
+def measure(
+    store: TokenStore, seq_len: int, batch_size: int, seconds: float, change_weights: bool
+) -> dict[str, float]:
     sampler = DomainSampler(store, seq_len=seq_len, batch_size=batch_size, seed=0)
     rng = np.random.default_rng(0)
     k = len(store.domains)
@@ -64,8 +65,9 @@ def main() -> int:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
     with tempfile.TemporaryDirectory() as tmp:
-        store = open_store(args.store) if args.store else build_stdlib_store(
-            Path(tmp), args.stdlib_mb)
+        store = (
+            open_store(args.store) if args.store else build_stdlib_store(Path(tmp), args.stdlib_mb)
+        )
         info = {d: store.num_tokens(d) for d in store.domains}
         fixed = measure(store, args.seq_len, args.batch_size, args.seconds, False)
         moving = measure(store, args.seq_len, args.batch_size, args.seconds, True)
@@ -88,8 +90,10 @@ def main() -> int:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'weights':<22}{'batches':>10}{'tokens/s':>16}{'x target':>10}")
     for name, r in (("fixed", fixed), ("changed every batch", moving)):
-        print(f"{name:<22}{r['batches']:>10}{r['tokens_per_s']:>16,.0f}"
-              f"{r['tokens_per_s'] / TARGET_TOKENS_PER_S:>10.2f}")
+        print(
+            f"{name:<22}{r['batches']:>10}{r['tokens_per_s']:>16,.0f}"
+            f"{r['tokens_per_s'] / TARGET_TOKENS_PER_S:>10.2f}"
+        )
     return 0
 
 

@@ -40,8 +40,11 @@ def _pip_must_not_run(args):
 
 def _failing_pip(args):
     return subprocess.CompletedProcess(
-        args, 1, "", "Looking in indexes: https://pypi.org/simple\nERROR: Could not find a "
-        "version that satisfies the requirement (from versions: none)\n"
+        args,
+        1,
+        "",
+        "Looking in indexes: https://pypi.org/simple\nERROR: Could not find a "
+        "version that satisfies the requirement (from versions: none)\n",
     )
 
 

@@ -76,10 +76,13 @@ def test_parquet_with_nested_pile_field(tmp_path: Path) -> None:
 
 
 def test_jsonl_with_nested_slimpajama_field(tmp_path: Path) -> None:
-    rows = [{"text": r["text"], "meta": {"redpajama_set_name": "RedPajama" + r["domain"]}}
-            for r in RECORDS]
-    corpus = _import(_write_jsonl(tmp_path / "s.jsonl", rows), tmp_path,
-                     domain_field="meta.redpajama_set_name")
+    rows = [
+        {"text": r["text"], "meta": {"redpajama_set_name": "RedPajama" + r["domain"]}}
+        for r in RECORDS
+    ]
+    corpus = _import(
+        _write_jsonl(tmp_path / "s.jsonl", rows), tmp_path, domain_field="meta.redpajama_set_name"
+    )
     assert corpus.domains == ["RedPajamaprose", "RedPajamacode"]
 
 
@@ -99,8 +102,11 @@ def test_folder_per_domain(tmp_path: Path) -> None:
     corpus = _import(root, tmp_path)
     assert _docs(corpus) == {
         # files in sorted path order: books/deep/... before books/part-0...
-        "books": [("books/books/deep/part-1/0", "nested book"),
-                  ("books/books/part-0/0", "a book"), ("books/books/part-0/1", "more")],
+        "books": [
+            ("books/books/deep/part-1/0", "nested book"),
+            ("books/books/part-0/0", "a book"),
+            ("books/books/part-0/1", "more"),
+        ],
         "web": [("web/web/x/0", "a page")],
     }
 
@@ -131,7 +137,9 @@ def test_save_to_disk_dataset_and_dataset_dict(tmp_path: Path) -> None:
     dd.save_to_disk(str(tmp_path / "dict"))
     corpus = _import(tmp_path / "dict", tmp_path / "b", split="validation")
     assert [x.doc_id for d in corpus.domains for x in corpus.iter_documents(d)] == [
-        "prose/dict/validation/0", "code/dict/validation/1"]
+        "prose/dict/validation/0",
+        "code/dict/validation/1",
+    ]
     with pytest.raises(CorpusError, match=r"splits \['train', 'validation'\].*--split"):
         _import(tmp_path / "dict", tmp_path / "c", split="test")
 
@@ -188,8 +196,9 @@ def test_missing_domain_field_lists_the_fields_and_the_options(tmp_path: Path) -
 
 @pytest.mark.parametrize(("value", "type_name"), [(3, "int"), (None, "NoneType"), (["a"], "list")])
 def test_non_text_value_names_row_and_type(tmp_path: Path, value: Any, type_name: str) -> None:
-    src = _write_jsonl(tmp_path / "d.jsonl", [{"text": "ok", "domain": "a"},
-                                              {"text": value, "domain": "a"}])
+    src = _write_jsonl(
+        tmp_path / "d.jsonl", [{"text": "ok", "domain": "a"}, {"text": value, "domain": "a"}]
+    )
     with pytest.raises(CorpusError, match=rf"d.jsonl, row 1: field 'text' holds {type_name}"):
         _import(src, tmp_path)
 
@@ -201,9 +210,14 @@ def test_non_text_domain_names_row_and_type(tmp_path: Path) -> None:
 
 
 def test_domain_that_ends_up_empty(tmp_path: Path) -> None:
-    src = _write_jsonl(tmp_path / "d.jsonl", [{"text": "ok", "domain": "a"},
-                                              {"text": "  \n", "domain": "b"},
-                                              {"text": "ok", "domain": "c"}])  # duplicate
+    src = _write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"text": "ok", "domain": "a"},
+            {"text": "  \n", "domain": "b"},
+            {"text": "ok", "domain": "c"},
+        ],
+    )  # duplicate
     with pytest.raises(CorpusError, match=r"domain 'b' ended up empty"):
         _import(src, tmp_path)
     root = tmp_path / "src"

@@ -137,8 +137,8 @@ def test_user_tokenizer_with_bos_template_adds_no_specials(
 
     tok.add_special_tokens(["<s>"])
     tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A <|endoftext|>", special_tokens=[("<s>", tok.token_to_id("<s>")),
-                                                       ("<|endoftext|>", 0)]
+        single="<s> $A <|endoftext|>",
+        special_tokens=[("<s>", tok.token_to_id("<s>")), ("<|endoftext|>", 0)],
     )
     folder = tmp_path / "hf"
     folder.mkdir()
@@ -225,9 +225,11 @@ def test_import_then_prepare_real_stdlib_source(tmp_path: Path) -> None:
             for p in sorted((stdlib / package).glob("*.py")):
                 f.write(json.dumps({"text": p.read_text(encoding="utf-8")}) + "\n")
     corpus = Corpus(import_corpus(tmp_path / "src", tmp_path / "corpus", progress=False))
-    s = open_store(prepare_store(
-        corpus.path, tmp_path / "store", vocab_size=1024, min_val_tokens=1000, progress=True
-    ))
+    s = open_store(
+        prepare_store(
+            corpus.path, tmp_path / "store", vocab_size=1024, min_val_tokens=1000, progress=True
+        )
+    )
     texts = _texts(corpus)
     tok = s.tokenizer()
     for d in ("json", "email"):

@@ -33,9 +33,34 @@ def synthetic_documents(seed: int = 0, docs_per_domain: int = 120) -> list[Docum
     """Three domains with distinct statistics: English-ish prose, Python-ish code, arithmetic."""
     rng = random.Random(seed)
     words = [
-        "the", "of", "and", "a", "to", "in", "is", "was", "he", "for", "it", "with", "as",
-        "his", "on", "be", "at", "by", "had", "river", "mountain", "quiet", "letter",
-        "window", "garden", "morning", "stranger", "silver",
+        "the",
+        "of",
+        "and",
+        "a",
+        "to",
+        "in",
+        "is",
+        "was",
+        "he",
+        "for",
+        "it",
+        "with",
+        "as",
+        "his",
+        "on",
+        "be",
+        "at",
+        "by",
+        "had",
+        "river",
+        "mountain",
+        "quiet",
+        "letter",
+        "window",
+        "garden",
+        "morning",
+        "stranger",
+        "silver",
     ]
     idents = ["x", "y", "total", "count", "items", "value", "result", "index", "data", "node"]
     out: list[Document] = []
@@ -47,10 +72,15 @@ def synthetic_documents(seed: int = 0, docs_per_domain: int = 120) -> list[Docum
             f"{'    ' * rng.randint(0, 2)}{rng.choice(idents)} = {rng.choice(idents)} + {j}"
             for j in range(rng.randint(5, 60))
         ]
-        out.append(Document(f"def f{i}():\n" + "\n".join(lines) + "\n", "code", "synthetic",
-                            f"code/{i}"))
-        sums = [f"{a} + {b} = {a + b}" for a, b in
-                ((rng.randint(0, 999), rng.randint(0, 999)) for _ in range(rng.randint(5, 80)))]
+        out.append(
+            Document(f"def f{i}():\n" + "\n".join(lines) + "\n", "code", "synthetic", f"code/{i}")
+        )
+        sums = [
+            f"{a} + {b} = {a + b}"
+            for a, b in (
+                (rng.randint(0, 999), rng.randint(0, 999)) for _ in range(rng.randint(5, 80))
+            )
+        ]
         out.append(Document("\n".join(sums), "math", "synthetic", f"math/{i}"))
     out += [Document(t, "prose", "synthetic", f"prose/tricky{k}") for k, t in enumerate(TRICKY)]
     return out
@@ -168,7 +198,9 @@ def _tokenizer_with(special: list[str]) -> str:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=special, show_progress=False,
+        vocab_size=300,
+        special_tokens=special,
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator([d.text for d in synthetic_documents(docs_per_domain=20)], trainer)

@@ -1,0 +1,209 @@
+"""Run configuration: one frozen, validated dataclass, and named presets as functions.
+
+A run directory gets the resolved configuration as ``config.json``; ``--resume`` reads it
+back and refuses to continue with settings that would change the numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from acodm.errors import AcodmError
+
+
+class ConfigError(AcodmError):
+    """A configuration value is invalid."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a pretraining run (the mixer is given as a spec string).
+
+    Batch geometry: each optimizer step consumes ``micro_batch_size * grad_accum *
+    world_size`` sequences of ``seq_len`` tokens. The run lasts ``steps`` optimizer steps,
+    or as many as ``tokens`` allows.
+    """
+
+    store: str
+    model: str = "tiny"
+    mixer: str = "uniform"
+    seq_len: int = 256
+    micro_batch_size: int = 8
+    grad_accum: int = 1
+    steps: int | None = 1000
+    tokens: int | None = None
+    lr: float = 6e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    seed: int = 0
+    interval: int = 1
+    eval_every: int = 100
+    eval_windows: int = 16
+    checkpoint_every: int = 0
+    keep_last: int = 2
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    dynamics: bool = True
+    alignment_rank: int | None = 256
+    monitored_layers: int = 3
+    monitored_patterns: tuple[str, ...] = ()
+    max_bad_steps: int = 5
+    wandb: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ConfigError(msg)
+
+        need(bool(self.store), "store is required: the folder written by `acodm prepare`")
+        need(self.seq_len >= 8, f"seq_len must be >= 8, got {self.seq_len}")
+        need(self.micro_batch_size >= 1, "micro_batch_size must be >= 1")
+        need(self.grad_accum >= 1, "grad_accum must be >= 1")
+        need(
+            (self.steps is None) != (self.tokens is None),
+            "give exactly one of steps and tokens (the run's length)",
+        )
+        need(self.steps is None or self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        need(self.tokens is None or self.tokens >= 1, f"tokens must be >= 1, got {self.tokens}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]")
+        need(self.warmup_steps >= 0, "warmup_steps must be >= 0")
+        need(self.grad_clip >= 0, "grad_clip must be >= 0 (0 disables clipping)")
+        need(self.interval >= 1, f"interval must be >= 1 optimizer step, got {self.interval}")
+        need(
+            self.eval_every >= 0 and self.checkpoint_every >= 0,
+            "eval_every and checkpoint_every must be >= 0 (0: only at the end)",
+        )
+        need(self.eval_windows >= 1, "eval_windows must be >= 1")
+        need(self.keep_last >= 1, "keep_last must be >= 1")
+        need(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            f"device must be auto, cpu or cuda[:N], got {self.device!r}",
+        )
+        need(
+            self.precision in ("auto", "fp32", "bf16"),
+            f"precision must be auto, fp32 or bf16, got {self.precision!r}",
+        )
+        need(
+            self.alignment_rank is None or self.alignment_rank >= 1,
+            "alignment_rank must be >= 1, or None for the exact (unprojected) path",
+        )
+        need(self.monitored_layers >= 1, "monitored_layers must be >= 1")
+        need(self.max_bad_steps >= 1, "max_bad_steps must be >= 1")
+
+    def tokens_per_step(self, world_size: int = 1) -> int:
+        return self.seq_len * self.micro_batch_size * self.grad_accum * world_size
+
+    def total_steps(self, world_size: int = 1) -> int:
+        if self.steps is not None:
+            return self.steps
+        assert self.tokens is not None
+        return max(1, self.tokens // self.tokens_per_step(world_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        d["monitored_patterns"] = list(self.monitored_patterns)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown configuration keys {unknown}")
+        d = dict(d)
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        if "monitored_patterns" in d:
+            d["monitored_patterns"] = tuple(d["monitored_patterns"])
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# Settings that may differ on --resume. The length of the run is not among them: it shapes
+# the learning-rate schedule (and UniMax's budget), so changing it would change the numbers.
+RESUMABLE_CHANGES = frozenset(
+    {"eval_every", "checkpoint_every", "keep_last", "wandb", "device", "compile", "extra"}
+)
+
+
+def debug_cpu(store: str) -> TrainConfig:
+    """Seconds on a CPU: the ``tiny`` model, short sequences, a few steps (tests, CI)."""
+    return TrainConfig(
+        store=store,
+        model="tiny",
+        seq_len=64,
+        micro_batch_size=4,
+        steps=20,
+        warmup_steps=2,
+        eval_every=10,
+        eval_windows=2,
+        lr=3e-3,
+    )
+
+
+def cpu_small(store: str) -> TrainConfig:
+    """Minutes on 2 CPU cores: a 14m model on 128-token sequences."""
+    return TrainConfig(
+        store=store,
+        model="14m",
+        seq_len=128,
+        micro_batch_size=16,
+        steps=300,
+        warmup_steps=30,
+        eval_every=50,
+        eval_windows=8,
+        lr=2e-3,
+    )
+
+
+def pythia_160m(store: str) -> TrainConfig:
+    """One GPU: Pythia-160M shape, sequence 2048, batch 16 (BENCHMARKS.md settings)."""
+    return TrainConfig(
+        store=store,
+        model="160m",
+        seq_len=2048,
+        micro_batch_size=16,
+        steps=2000,
+        warmup_steps=100,
+        lr=6e-4,
+    )
+
+
+def pythia_410m(store: str) -> TrainConfig:
+    """One GPU: Pythia-410M shape (the paper's proxy), sequence 2048, batch 16."""
+    return TrainConfig(
+        store=store,
+        model="410m",
+        seq_len=2048,
+        micro_batch_size=16,
+        steps=2000,
+        warmup_steps=100,
+        lr=3e-4,
+    )
+
+
+PRESETS: dict[str, Callable[[str], TrainConfig]] = {
+    "debug_cpu": debug_cpu,
+    "cpu_small": cpu_small,
+    "pythia_160m": pythia_160m,
+    "pythia_410m": pythia_410m,
+}
+
+
+def preset(name: str, store: str) -> TrainConfig:
+    try:
+        return PRESETS[name](store)
+    except KeyError:
+        raise ConfigError(f"unknown run preset {name!r}; known: {sorted(PRESETS)}") from None

@@ -1,0 +1,600 @@
+"""Per-domain gradient alignment from hooks in the normal training pass (METHOD.md, "Reward").
+
+What is computed
+----------------
+For a few monitored weight matrices ``W_m`` (``nn.Linear`` layers; the paper uses the MLP output
+projections of 3 upper layers), domain ``i``'s weight gradient over an interval is
+
+    G_i^m = sum_{t in domain i} d_t x_t^T                      (out, in)
+
+where ``x_t`` is the layer's input at token ``t`` and ``d_t = dL/dy_t`` the gradient of its output
+(METHOD.md, "Per-domain gradients without extra passes"). The reward needs only the ``k x k`` Gram
+matrix ``<g_i, g_j> = sum_m <G_i^m, G_j^m>_F``, so instead of the paper's per-domain copies of the
+full gradient (O(k P) memory, extra passes) a fixed Gaussian projection of both sides is kept:
+
+    A_i^m = P_out^m G_i^m (P_in^m)^T = sum_{t in i} (P_out^m d_t)(P_in^m x_t)^T     (r, r)
+
+with ``P_in (r, in)``, ``P_out (r, out)`` entries i.i.d. ``N(0, 1/r)``, drawn once per module from a
+generator seeded by ``(seed, module index)`` (or anew each interval: ``redraw=True``). ``E[P^T P] = I`` and the two projections are
+independent, so ``<A_i, A_j>_F`` is an **unbiased** estimate of ``<G_i, G_j>_F``. Its variance
+(Gaussian quadratic forms, conditioning on one side then the other):
+
+    E[(<A_i, A_j> - <G_i, G_j>)^2] <= (4 / r) (1 + 1 / r) ||G_i||_F^2 ||G_j||_F^2
+
+per module; modules use independent projections, so the same bound holds for the sum over modules
+with ``G_ii G_jj`` on the right. The error of the *cosine* between two domains is thus at most
+about ``2 / sqrt(r)`` (RMS), whatever the layer sizes. The bound is attained by rank-1 gradients;
+measured squared errors were 0.02-0.7 of it (tests; GPT-NeoX tiny to 410M, CPU and H200). What the
+reward uses is finer than the Gram: the *spread* of the cosines between domains, which at random
+init can be smaller than that error (410M, 16 domains: cosines 0.47 +- 0.024; correlation of
+projected with exact scores 0.54 / 0.46 / 0.67 / 0.84 at r = 64 / 128 / 256 / 512, while the
+off-diagonal Gram correlation was 0.96 / 0.97 / 0.99 / 0.995). ``rank=None`` keeps the exact
+``(k, out, in)`` fp32 accumulators instead (small models, tests).
+
+How it is captured (no extra forward/backward pass)
+---------------------------------------------------
+A forward hook on each monitored Linear sees its input ``x`` (B, T, in) (or (B*T, in); tokens
+inherit the domain of their sequence, given by :meth:`GradientAlignment.set_domains`). In the
+projected path it stores ``P_in x`` (B*T, r) (not ``x``: nothing of the activations is kept
+alive, so activation checkpointing keeps its savings) and registers a tensor hook on the output;
+that hook receives ``d`` (B, T, out), projects it, forms the per-sequence ``(r, r)`` products
+with one ``bmm`` and ``index_add``\\ s them into the ``(k, r, r)`` accumulator. ``(B, T, out, in)`` is
+never formed. Cost per monitored layer: ``N r (in + out + r)`` multiply-adds for ``N`` tokens,
+against ``3 N in out`` for the layer's own forward+backward, and ``N r`` floats held from forward to
+backward. Compute saving needs ``r (in + out + r) < in out`` (else the exact path computes less,
+but holds ``k out in`` floats).
+
+Scale: the Gram is defined up to a common positive factor
+-----------------------------------------------------------
+Hooks see the gradient of whatever loss is backpropagated. Mean-reduced losses, ``1/accum``
+gradient-accumulation scaling, DDP's averaging and a constant AMP loss scale multiply every
+``d_t`` by the same positive constant ``c``, hence the Gram by ``c^2``: the alignment scores
+(z-scored, :func:`alignment_scores`) do not change. This holds as long as the factor is the same
+for every micro-batch of the interval (equal-size micro-batches; packed pretraining). If a
+``GradScaler``'s scale changes inside an interval, call :meth:`GradientAlignment.set_loss_scale`
+before each backward so that contributions are unscaled. Sequences whose contribution is not
+finite (fp16 overflow steps, which ``GradScaler`` skips) are dropped, and not counted.
+
+Usage
+-----
+>>> ga = GradientAlignment([(n, m) for n, m in model.named_modules() if n in names], k)  # doctest: +SKIP
+>>> for batch in micro_batches:                                       # doctest: +SKIP
+...     ga.set_domains(batch.domains)           # (B,) int64, before EVERY micro-batch
+...     model(batch.inputs, labels=batch.labels).loss.backward()
+>>> ga.all_reduce()                             # DDP: sum over ranks (no-op otherwise)  # doctest: +SKIP
+>>> scores = alignment_scores(ga.gram(), ga.counts()); ga.reset()        # doctest: +SKIP
+
+Limits: one backward per forward (a second backward of the same graph, ``retain_graph=True``,
+is not counted again); with *reentrant* activation checkpointing the hooks fire during the
+recomputation, so :meth:`~GradientAlignment.set_domains` of the next micro-batch must come after
+this one's backward (the usual loop order); the exact path keeps each monitored layer's input
+until its backward, which undoes checkpointing's savings for those layers (small models only).
+``torch.compile``: the hooks are excluded from compilation with ``torch.compiler.disable`` (one
+graph break at each monitored layer; traced, they would recompile at every ``set_domains``).
+Checked once (CPU, tiny GPT-NeoX, torch 2.13): same Gram as eager, no recompiles caused by the
+hooks; the tests run eager mode only. On CUDA, ``index_add_`` sums in a nondeterministic order
+(rounding-level differences between runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from acodm.errors import AcodmError
+
+__all__ = ["AlignmentError", "GradientAlignment", "alignment_scores", "raw_alignment_scores"]
+
+#: Added to the mean gradient norm in the score's denominator (METHOD.md).
+NORM_EPS = 1e-6
+#: Scores are z-scored across domains, then clipped to this range (METHOD.md).
+SCORE_CLIP = 3.0
+
+
+class AlignmentError(AcodmError, ValueError):
+    """Invalid use of :class:`GradientAlignment` or invalid input to the alignment scores."""
+
+
+@dataclass
+class _Monitored:
+    """One monitored ``nn.Linear`` with its projections and accumulator."""
+
+    name: str
+    module: nn.Linear
+    p_in: Tensor | None  # (r, in) fp32, None on the exact path
+    p_out: Tensor | None  # (r, out) fp32
+    acc: Tensor  # (k, r, r) projected, or (k, out, in) exact; fp32
+    handle: Any = None  # RemovableHandle of the forward hook
+    low: dict[str, Tensor] = field(default_factory=dict)  # bf16 copies: "in" / "out"
+
+
+@dataclass
+class _Pending:
+    """What a forward call leaves for the matching backward call (freed once used)."""
+
+    saved: Tensor | None  # (N, r) fp32 projected input, or (N, in) raw input on the exact path
+    ids: Tensor  # (B,) int64 domain of each sequence (-1: ignored)
+    tokens_per_seq: int  # T; N = B * T
+    version: int  # micro-batch counter at forward time (counts are added once per version)
+    loss_scale: float | Tensor
+
+
+_EAGER: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+
+def _eager(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compiler.disable(fn)``, made once per function (and only when first needed:
+    it imports torch._dynamo, about 3 s). Hooks run eagerly even inside compiled code."""
+    wrapped = _EAGER.get(fn)
+    if wrapped is None:
+        wrapped = _EAGER[fn] = torch.compiler.disable(fn)
+    return wrapped
+
+
+def _projection(
+    seed: int, index: int, rank: int, n_in: int, n_out: int, interval: int = 0
+) -> tuple[Tensor, Tensor]:
+    """Fixed Gaussian ``P_in (r, in)``, ``P_out (r, out)`` with entries ``N(0, 1/r)``.
+
+    Drawn on the CPU from a generator seeded by ``(seed, index)`` (mixed by numpy's
+    ``SeedSequence``), so the same seed gives the same matrices on every device and rank.
+    ``interval > 0`` (``redraw=True`` only) seeds with ``(seed, index, interval)``.
+    """
+    key = [seed, index] if interval == 0 else [seed, index, interval]
+    state = np.random.SeedSequence(key).generate_state(2, dtype=np.uint32)
+    gen = torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))
+    std = rank**-0.5
+    p_in = torch.randn(rank, n_in, generator=gen) * std
+    p_out = torch.randn(rank, n_out, generator=gen) * std
+    return p_in, p_out
+
+
+def _tokens_per_sequence(x: Tensor, batch: int) -> int:
+    """Tokens per sequence ``T`` of a Linear input: (B, ..., in) or flattened (B*T, in)."""
+    if x.dim() >= 3:
+        if x.shape[0] != batch:
+            raise AlignmentError(
+                f"a monitored layer got input of shape {tuple(x.shape)} but set_domains() gave "
+                f"{batch} sequences; the first dimension must be the batch"
+            )
+        return int(np.prod(x.shape[1:-1]))
+    n = x.shape[0] if x.dim() == 2 else 1
+    if n % batch:
+        raise AlignmentError(
+            f"a monitored layer got {n} flattened tokens, not a multiple of the {batch} "
+            "sequences given to set_domains(); tokens must be laid out (B, T) row-major"
+        )
+    return n // batch
+
+
+class GradientAlignment:
+    """Accumulate per-domain weight gradients of monitored Linear layers; return their Gram.
+
+    Args:
+        modules: ``(name, nn.Linear)`` pairs to monitor (e.g. MLP output projections).
+        num_domains: ``k >= 2``.
+        rank: projection rank ``r`` on both sides (``(k, r, r)`` fp32 per module); ``None``
+            keeps exact ``(k, out, in)`` fp32 accumulators (small models, tests).
+        seed: seeds the projections (with the module's index in ``modules``).
+        device: where projections and accumulators are created; default: each module's weight
+            device. They move to the activations' device at first use (a model moved after
+            construction keeps working; accumulated values are kept).
+        redraw: draw new projections at every :meth:`reset` (seeded by ``(seed, module index,
+            interval number)``, identical on all ranks). With one fixed projection the estimate
+            is unbiased over the draw but, while gradients keep their directions, its error is
+            a bias that persists across intervals; redrawn, the errors of successive intervals
+            are independent and average out in the agent's value estimates. Default off: one
+            fixed projection, as METHOD.md describes.
+
+    Hooks are active from construction; see :meth:`disabled` for evaluation passes.
+    """
+
+    def __init__(
+        self,
+        modules: Sequence[tuple[str, nn.Linear]],
+        num_domains: int,
+        *,
+        rank: int | None = 128,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        redraw: bool = False,
+    ) -> None:
+        if num_domains < 2:
+            raise AlignmentError(f"num_domains must be >= 2, got {num_domains}")
+        if rank is not None and rank < 1:
+            raise AlignmentError(f"rank must be >= 1 or None (exact), got {rank}")
+        if not modules:
+            raise AlignmentError("no modules to monitor: pass at least one (name, nn.Linear)")
+        names = [n for n, _ in modules]
+        if len(set(names)) != len(names):
+            raise AlignmentError(f"monitored module names must be unique, got {names}")
+        self.num_domains = num_domains
+        self.rank = rank
+        self.seed = seed
+        self._enabled = True
+        self._removed = False
+        self._reduced = False
+        self._ids: Tensor | None = None  # (B,) int64 domains of the next micro-batch
+        self._version = 0  # incremented by set_domains
+        self._counted_version = -1  # last micro-batch whose tokens were counted
+        self._loss_scale: float | Tensor = 1.0
+        self.redraw = redraw
+        self._interval = 0  # number of reset() calls: seeds redrawn projections
+        # The hooks reference self through the modules only (no self-cycle): after remove(),
+        # dropping the last reference frees the accumulators at once, without waiting for gc.
+        fwd = _eager(type(self)._forward_hook)
+        self._mods: list[_Monitored] = []
+        for index, (name, module) in enumerate(modules):
+            if not isinstance(module, nn.Linear):
+                raise AlignmentError(
+                    f"monitored module {name!r} is a {type(module).__name__}, not an nn.Linear"
+                )
+            dev = torch.device(device) if device is not None else module.weight.device
+            if dev.type == "meta":  # deferred init: move to the activations' device on first use
+                dev = torch.device("cpu")
+            n_in, n_out = module.in_features, module.out_features
+            p_in = p_out = None
+            if rank is None:
+                acc = torch.zeros(num_domains, n_out, n_in, device=dev)
+            else:
+                p_in, p_out = (p.to(dev) for p in _projection(seed, index, rank, n_in, n_out))
+                acc = torch.zeros(num_domains, rank, rank, device=dev)
+            mon = _Monitored(name, module, p_in, p_out, acc)
+            hook = functools.partial(fwd, self, mon)
+            mon.handle = module.register_forward_hook(hook, with_kwargs=True)
+            self._mods.append(mon)
+        self._counts = torch.zeros(num_domains, dtype=torch.int64, device=self._mods[0].acc.device)
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def names(self) -> list[str]:
+        """Names of the monitored modules, in order."""
+        return [m.name for m in self._mods]
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled and not self._removed
+
+    def set_domains(self, seq_domains: Tensor | np.ndarray | Sequence[int]) -> None:
+        """Domain id of each sequence of the NEXT micro-batch's forward/backward, shape (B,).
+
+        Call once before every micro-batch. ``-1`` marks a sequence to ignore (padding). Ids are
+        validated here (pass a CPU tensor or array, as the sampler gives, to avoid a device sync).
+        """
+        ids = torch.as_tensor(seq_domains)
+        if ids.dim() != 1 or ids.numel() == 0:
+            raise AlignmentError(
+                f"seq_domains must have shape (B,), B >= 1; got {tuple(ids.shape)}"
+            )
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise AlignmentError(f"seq_domains must be integer domain ids, got {ids.dtype}")
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < -1 or hi >= self.num_domains:
+            raise AlignmentError(
+                f"domain ids must be in [0, {self.num_domains}) (or -1 to ignore); got [{lo}, {hi}]"
+            )
+        self._ids = ids.to(device=self._counts.device, dtype=torch.int64, non_blocking=True)
+        self._version += 1
+
+    def set_loss_scale(self, scale: float | Tensor) -> None:
+        """Divide the next backward's output gradients by ``scale`` (e.g. ``scaler.get_scale()``).
+
+        Only needed when the loss scale changes inside an interval; a constant factor leaves
+        the scores unchanged (module docstring, "Scale").
+        """
+        self._loss_scale = scale
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def disable(self) -> None:
+        """Hooks do nothing until :meth:`enable` (evaluation passes, extra forwards)."""
+        self._enabled = False
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[None]:
+        """``with ga.disabled(): evaluate(model)`` — restores the previous state afterwards."""
+        previous = self._enabled
+        self._enabled = False
+        try:
+            yield
+        finally:
+            self._enabled = previous
+
+    def reset(self) -> None:
+        """Start a new interval: zero the accumulators and counts.
+
+        Projections are kept, unless ``redraw=True``: then the next interval's are drawn.
+        Gradients of a forward run before ``reset()`` whose backward comes after it land in the
+        new interval (reset between optimizer steps, not between a forward and its backward).
+        """
+        for m in self._mods:
+            m.acc.zero_()
+        self._counts.zero_()
+        self._reduced = False
+        self._interval += 1
+        if self.redraw and self.rank is not None:
+            for index, m in enumerate(self._mods):
+                p_in, p_out = _projection(
+                    self.seed,
+                    index,
+                    self.rank,
+                    m.module.in_features,
+                    m.module.out_features,
+                    self._interval,
+                )
+                m.p_in, m.p_out = p_in.to(m.acc.device), p_out.to(m.acc.device)
+                m.low.clear()
+
+    def remove(self) -> None:
+        """Remove the hooks; gradients of a forward already run are ignored as well."""
+        for m in self._mods:
+            if m.handle is not None:
+                m.handle.remove()
+                m.handle = None
+        self._removed = True
+
+    def counts(self) -> Tensor:
+        """(k,) int64 on the CPU: tokens per domain whose gradient was accumulated this interval.
+
+        ``T`` tokens per sequence (including positions without a target, e.g. the last one of
+        a causal LM: a factor common to all domains).
+        """
+        return self._counts.detach().cpu().clone()
+
+    def gram(self) -> Tensor:
+        """(k, k) float64 on the CPU: ``sum_m <G_i^m, G_j^m>_F`` (projected estimate or exact).
+
+        ``G_i^m`` is domain i's gradient of monitored weight ``m`` summed over its tokens in the
+        interval (METHOD.md, "Reward: gradient alignment"); up to a common positive factor
+        (module docstring, "Scale").
+        """
+        k = self.num_domains
+        total = torch.zeros(k, k, dtype=torch.float64)
+        for m in self._mods:
+            flat = m.acc.reshape(k, -1).double()  # (k, r*r) or (k, out*in)
+            total += (flat @ flat.T).cpu()
+        return total
+
+    def all_reduce(self, group: Any = None) -> None:
+        """Sum accumulators and counts over DDP ranks (no-op unless torch.distributed is up).
+
+        Call once per interval, on every rank, before :meth:`gram`; then :meth:`reset`.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        if self._reduced:
+            raise AlignmentError("all_reduce() called twice in one interval; call reset() first")
+        flat = torch.cat([m.acc.reshape(-1) for m in self._mods])  # one collective for all
+        dist.all_reduce(flat, group=group)
+        offset = 0
+        for m in self._mods:
+            n = m.acc.numel()
+            m.acc.copy_(flat[offset : offset + n].view_as(m.acc))
+            offset += n
+        dist.all_reduce(self._counts, group=group)
+        self._reduced = True
+
+    def projection(self, name: str) -> tuple[Tensor, Tensor]:
+        """The fixed ``(P_in (r, in), P_out (r, out))`` of a monitored module (projected path)."""
+        m = self._find(name)
+        if m.p_in is None or m.p_out is None:
+            raise AlignmentError("the exact path (rank=None) has no projection")
+        return m.p_in, m.p_out
+
+    def exact_gradients(self, name: str) -> Tensor:
+        """(k, out, in) fp32 per-domain summed weight gradients of a module (rank=None only).
+
+        The live accumulator, not a copy."""
+        m = self._find(name)
+        if self.rank is not None:
+            raise AlignmentError("exact_gradients() needs rank=None")
+        return m.acc
+
+    # ------------------------------------------------------------------ hooks
+
+    def _find(self, name: str) -> _Monitored:
+        for m in self._mods:
+            if m.name == name:
+                return m
+        raise AlignmentError(f"no monitored module named {name!r}; known: {self.names}")
+
+    def _to_device(self, m: _Monitored, device: torch.device) -> None:
+        """Follow the activations if the model moved after construction (data preserved)."""
+        if m.acc.device == device:
+            return
+        m.acc = m.acc.to(device)
+        m.p_in = m.p_in.to(device) if m.p_in is not None else None
+        m.p_out = m.p_out.to(device) if m.p_out is not None else None
+        m.low.clear()
+
+    def _project(self, m: _Monitored, t: Tensor, which: str) -> Tensor:
+        """(N, n) -> (N, r) fp32. bf16 activations are projected in bf16 (fp32 accumulation in
+        the matmul, no fp32 copy of the activations); everything else in fp32."""
+        p = m.p_in if which == "in" else m.p_out
+        assert p is not None
+        if t.dtype == torch.bfloat16:
+            low = m.low.get(which)
+            if low is None:
+                low = m.low[which] = p.to(torch.bfloat16)
+            return F.linear(t, low).float()
+        return F.linear(t.float(), p)
+
+    def _forward_hook(
+        self,
+        m: _Monitored,
+        module: nn.Module,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        output: Any,
+    ) -> None:
+        if not self.enabled or not isinstance(output, Tensor) or not output.requires_grad:
+            return  # disabled, or no backward will come (no_grad / inference / frozen)
+        if self._ids is None:
+            raise AlignmentError(
+                f"monitored layer {m.name!r} ran with gradients before set_domains(); call "
+                "ga.set_domains(batch_domains) before every micro-batch (or ga.disable())"
+            )
+        x: Tensor = args[0] if args else kwargs["input"]
+        self._to_device(m, x.device)
+        ids = self._ids.to(x.device, non_blocking=True)
+        t = _tokens_per_sequence(x, ids.numel())
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            flat = x.detach().reshape(-1, m.module.in_features)  # (N, in)
+            saved = flat if self.rank is None else self._project(m, flat, "in")  # (N, in|r)
+        pending = _Pending(saved, ids, t, self._version, self._loss_scale)
+        output.register_hook(functools.partial(_eager(type(self)._grad_hook), self, m, pending))
+
+    def _grad_hook(self, m: _Monitored, pending: _Pending, grad: Tensor) -> None:
+        saved, pending.saved = pending.saved, None  # free the activations' copy right away
+        if saved is None or self._removed:
+            return
+        ids, t = pending.ids, pending.tokens_per_seq
+        with torch.no_grad(), torch.autocast(grad.device.type, enabled=False):
+            d = grad.reshape(-1, m.module.out_features)  # (N, out)
+            if self.rank is None:
+                finite = self._accumulate_exact(m, saved, d, ids, t, pending.loss_scale)
+            else:
+                finite = self._accumulate_projected(m, saved, d, ids, t, pending.loss_scale)
+            if pending.version != self._counted_version:  # count each micro-batch once
+                self._counted_version = pending.version
+                if self._counts.device != ids.device:
+                    self._counts = self._counts.to(ids.device)
+                valid = (ids >= 0) & finite  # (B,)
+                self._counts.index_add_(0, ids.clamp(min=0), valid.to(torch.int64) * t)
+
+    def _accumulate_projected(
+        self, m: _Monitored, xp: Tensor, d: Tensor, ids: Tensor, t: int, scale: float | Tensor
+    ) -> Tensor:
+        """acc[i] += sum over domain i's tokens of (P_out d_t)(P_in x_t)^T; returns finite (B,)."""
+        b, r = ids.numel(), xp.shape[1]
+        dp = self._project(m, d, "out")  # (N, r) fp32
+        # per sequence: sum_t (P_out d_t)(P_in x_t)^T  -> (B, r_out, r_in)
+        contrib = torch.bmm(dp.view(b, t, r).transpose(1, 2), xp.view(b, t, r))
+        if not (isinstance(scale, float) and scale == 1.0):
+            contrib = contrib / scale
+        finite = torch.isfinite(contrib).flatten(1).all(1)  # (B,) no host sync
+        keep = (finite & (ids >= 0)).view(b, 1, 1)
+        contrib = torch.where(keep, contrib, torch.zeros((), device=contrib.device))
+        m.acc.index_add_(0, ids.clamp(min=0), contrib)
+        return finite
+
+    def _accumulate_exact(
+        self, m: _Monitored, x: Tensor, d: Tensor, ids: Tensor, t: int, scale: float | Tensor
+    ) -> Tensor:
+        """acc[i] += d_i^T x_i over domain i's tokens, in fp32 (host sync: small models only)."""
+        b = ids.numel()
+        x3 = x.float().reshape(b, t, -1)  # (B, T, in)
+        d3 = d.float().reshape(b, t, -1)  # (B, T, out)
+        if not (isinstance(scale, float) and scale == 1.0):
+            d3 = d3 / scale
+        finite = torch.isfinite(d3).flatten(1).all(1)  # (B,)
+        keep = finite & (ids >= 0)
+        order = torch.argsort(torch.where(keep, ids, -1), stable=True)  # group by domain
+        per = torch.bincount(ids[keep], minlength=self.num_domains).tolist()
+        start = b - sum(per)  # dropped sequences sort first
+        for i, n in enumerate(per):
+            if n:
+                rows = order[start : start + n]
+                # sum over the domain's tokens of d_t x_t^T: (out, N_i) @ (N_i, in)
+                m.acc[i] += d3[rows].reshape(-1, d3.shape[2]).T @ x3[rows].reshape(-1, x3.shape[2])
+                start += n
+        return finite
+
+    def __repr__(self) -> str:
+        how = "exact" if self.rank is None else f"rank={self.rank}"
+        return (
+            f"GradientAlignment({self.names}, k={self.num_domains}, {how}, enabled={self.enabled})"
+        )
+
+
+# ---------------------------------------------------------------------- scores
+
+
+def _mean_gram(
+    gram: Tensor | np.ndarray, counts: Tensor | np.ndarray | Sequence[float] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(k, k) Gram of MEAN gradients ``gram_ij / (n_i n_j)`` and the (k,) bool active mask.
+
+    Active: ``n_i > 0`` with counts; without counts the Gram is used as is and a domain is
+    active when ``gram_ii > 0``.
+    """
+    g = (
+        gram.detach().cpu().double().numpy()
+        if isinstance(gram, Tensor)
+        else np.asarray(gram, float)
+    )
+    if g.ndim != 2 or g.shape[0] != g.shape[1] or g.shape[0] < 2:
+        raise AlignmentError(f"gram must be a (k, k) matrix with k >= 2, got shape {g.shape}")
+    if not np.isfinite(g).all():
+        raise AlignmentError("gram has non-finite entries")
+    if counts is None:
+        return g, np.diag(g) > 0
+    n = np.asarray(counts.detach().cpu() if isinstance(counts, Tensor) else counts, float)
+    if n.shape != (g.shape[0],) or not np.isfinite(n).all() or (n < 0).any():
+        raise AlignmentError(f"counts must be {g.shape[0]} non-negative numbers, got {n}")
+    active = n > 0
+    inv = np.where(active, 1.0 / np.where(active, n, 1.0), 0.0)  # 1/n_i, 0 for empty domains
+    return g * np.outer(inv, inv), active
+
+
+def raw_alignment_scores(
+    gram: Tensor | np.ndarray, counts: Tensor | np.ndarray | Sequence[float] | None = None
+) -> np.ndarray:
+    """``s_i = sum_{j != i} <g_i, g_j> / (mean_k ||g_k|| + 1e-6)`` before z-scoring (METHOD.md).
+
+    With ``counts`` the ``g_i`` are MEAN gradients: ``<g_i, g_j> = gram_ij / (n_i n_j)``. Sums and
+    the mean norm run over active domains only (see :func:`alignment_scores`); inactive get 0.
+    """
+    g, active = _mean_gram(gram, counts)
+    scores = np.zeros(g.shape[0])
+    if not active.any():
+        return scores
+    a = g[np.ix_(active, active)]  # (m, m) active block
+    norms = np.sqrt(np.clip(np.diag(a), 0.0, None))  # ||g_i||
+    off = a.sum(axis=1) - np.diag(a)  # sum_{j != i} <g_i, g_j>
+    scores[active] = off / (norms.mean() + NORM_EPS)
+    return scores
+
+
+def alignment_scores(
+    gram: Tensor | np.ndarray, counts: Tensor | np.ndarray | Sequence[float] | None = None
+) -> np.ndarray:
+    """Per-domain gradient-alignment scores (METHOD.md, "Reward: gradient alignment").
+
+    ``s_i = sum_{j != i} <g_i, g_j> / (mean_k ||g_k|| + 1e-6)`` with ``g_i`` domain i's MEAN
+    gradient (``gram_ij / (n_i n_j)`` when ``counts`` is given, else the Gram as is), then
+    z-scored across the active domains (population std) and clipped to ``[-3, 3]``.
+
+    - Active domains: ``counts > 0`` (without counts: ``gram_ii > 0``). The others score exactly
+      0 and are left out of the sums, the mean norm, and the z-score's mean and std.
+    - If the active scores are all equal (or fewer than 2 domains are active) every score is 0.
+    - Invariant to a common positive factor of the Gram (loss scaling, accumulation); the
+      division by the mean norm is immaterial too (z-scoring removes any common scale; only the
+      ``1e-6`` could matter, for mean-gradient norms near 1e-6).
+    - With ``m`` active domains ``|z| <= sqrt(m - 1)``, so the clip only acts when ``m >= 11``.
+
+    Returns a ``(k,)`` float64 array.
+    """
+    s = raw_alignment_scores(gram, counts)
+    _, active = _mean_gram(gram, counts)
+    z = np.zeros_like(s)
+    if active.sum() < 2:
+        return z
+    sa = s[active]
+    std = sa.std()  # population std (ddof=0)
+    if not std > 1e-12 * max(1e-300, float(np.abs(sa).max())):
+        return z  # all equal up to rounding: no preference
+    z[active] = np.clip((sa - sa.mean()) / std, -SCORE_CLIP, SCORE_CLIP)
+    return z

@@ -1,0 +1,99 @@
+"""Training dynamics per interval: what the mixing agent observes (METHOD.md, "Observation").
+
+Everything here is computed from numbers the training step already has (per-domain losses
+of the same forward pass, sample counts, the sampler's epoch counters) plus one norm per
+monitored weight matrix per interval, so it costs next to nothing.
+
+Size-agnostic by construction: per-domain vectors have length k, per-layer vectors have the
+length of the monitored-layer list (a fixed count chosen by relative depth), so a policy
+learned on a small proxy reads the same vector on a larger target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Dynamics:
+    """One interval's training dynamics (raw, not normalised; the env normalises).
+
+    Per domain (length k): ``loss`` (mean training loss in the interval; a domain without
+    samples keeps its last known loss), ``loss_change`` (against the *previous* interval,
+    not the first one as in the AC-ODM code), ``share`` (fraction of the interval's
+    sequences), ``epochs`` (epochs of the domain consumed so far), ``alignment`` (gradient
+    alignment score ``s_i``). Per monitored layer: ``weight_norm`` (||W|| / ||W_0||) and
+    ``weight_distance`` (||W - W_0|| / ||W_0||). ``progress`` in [0, 1] (not 0..100).
+    ``gram``: the k x k Gram matrix of mean per-domain gradients.
+    """
+
+    step: int
+    progress: float
+    loss: np.ndarray
+    loss_change: np.ndarray
+    share: np.ndarray
+    epochs: np.ndarray
+    alignment: np.ndarray
+    gram: np.ndarray
+    weight_norm: np.ndarray
+    weight_distance: np.ndarray
+
+
+class LayerStats:
+    """Norm and distance from initialisation of monitored weight matrices, relative to ||W_0||."""
+
+    def __init__(self, modules: Sequence[tuple[str, nn.Linear]]) -> None:
+        self.names = [n for n, _ in modules]
+        self._weights: list[torch.Tensor] = [m.weight for _, m in modules]
+        self.initial = [w.detach().float().clone() for w in self._weights]
+
+    def load_initial(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore initial weights saved in a checkpoint (``initial/<name>`` keys)."""
+        for i, n in enumerate(self.names):
+            self.initial[i] = tensors[f"initial/{n}"].to(self._weights[i].device).float()
+
+    def initial_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"initial/{n}": t for n, t in zip(self.names, self.initial, strict=True)}
+
+    @torch.no_grad()
+    def __call__(self) -> tuple[np.ndarray, np.ndarray]:
+        norms, dists = [], []
+        for w, w0 in zip(self._weights, self.initial, strict=True):
+            n0 = torch.linalg.vector_norm(w0).clamp_min(1e-12)
+            wf = w.detach().float()
+            norms.append(torch.linalg.vector_norm(wf) / n0)
+            dists.append(torch.linalg.vector_norm(wf - w0) / n0)
+        both = torch.stack([torch.stack(norms), torch.stack(dists)]).cpu().numpy()
+        return both[0].astype(np.float64), both[1].astype(np.float64)
+
+
+class LossTracker:
+    """Per-domain interval losses with a memory for domains that got no samples."""
+
+    def __init__(self, k: int) -> None:
+        self.last = np.full(k, np.nan)
+
+    def update(self, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Returns ``(loss, change)``; unseen domains carry their last value (change 0).
+
+        Before a domain was ever seen its loss is the mean of the seen ones (or 0).
+        """
+        filled = np.where(np.isfinite(loss), loss, self.last)
+        if np.any(~np.isfinite(filled)):
+            seen = filled[np.isfinite(filled)]
+            filled = np.where(np.isfinite(filled), filled, seen.mean() if seen.size else 0.0)
+        prev = np.where(np.isfinite(self.last), self.last, filled)
+        change = filled - prev
+        self.last = filled.copy()
+        return filled, change
+
+    def state_dict(self) -> list[float | None]:
+        return [None if not np.isfinite(x) else float(x) for x in self.last]
+
+    def load_state_dict(self, state: list[float | None]) -> None:
+        self.last = np.array([np.nan if x is None else x for x in state], dtype=np.float64)

@@ -1,0 +1,185 @@
+"""``acodm pretrain``: a full pretraining run driven by a mixer, resumable, with logging.
+
+A run directory::
+
+    RUN/
+      config.json      the resolved TrainConfig plus model, mixer, store and versions
+      metrics.jsonl    one JSON line per interval / evaluation (namespaced metric names)
+      checkpoints/     step-XXXXXXXX/ folders, the newest ``keep_last`` kept
+      summary.json     final evaluation, steps, tokens, wall time (written at the end)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from acodm import __version__
+from acodm import distributed as dist
+from acodm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from acodm.config import RESUMABLE_CHANGES, ConfigError, TrainConfig
+from acodm.errors import AcodmError
+from acodm.io import atomic_write_json, atomic_write_text, read_json
+from acodm.metrics import MetricsLogger, read_metrics
+from acodm.mixers import Mixer, make_mixer
+from acodm.models import model_summary
+from acodm.trainer import Trainer
+
+
+def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
+    saved = read_json(run_dir / "config.json", "run config")["train"]
+    now = config.to_dict()
+    changed = sorted(
+        k
+        for k in set(saved) | set(now)
+        if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES
+    )
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise ConfigError(
+            f"--resume with settings that change the run ({diffs}); resume with the original "
+            f"settings (see {run_dir / 'config.json'}) or start a new --out"
+        )
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop lines logged after the checkpoint we resume from (they will be redone)."""
+    if path.is_file():
+        keep = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+def _write_config(run_dir: Path, trainer: Trainer, mixer: Mixer) -> None:
+    cfg = trainer.config
+    atomic_write_json(
+        run_dir / "config.json",
+        {
+            "train": cfg.to_dict(),
+            "mixer": mixer.describe(),
+            "model": model_summary(trainer.model),
+            "store": {
+                "path": str(Path(cfg.store).resolve()),
+                "domains": trainer.domains,
+                "tokenizer_sha256": trainer.store.tokenizer_sha256,
+                "corpus_hash": trainer.store.corpus_hash,
+            },
+            "world_size": trainer.dist.world_size,
+            "total_steps": trainer.total_steps,
+            "tokens_per_step": trainer.tokens_per_step,
+            "versions": {"acodm": __version__, "torch": torch.__version__},
+        },
+    )
+
+
+def _due(every: int, before: int, after: int) -> bool:
+    return every > 0 and after // every > before // every
+
+
+def pretrain(
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    mixer: Mixer | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a pretraining run; returns the final summary (also ``summary.json``)."""
+    run_dir = Path(run_dir)
+    ckpt_path = latest_checkpoint(run_dir) if resume else None
+    if resume and not (run_dir / "config.json").is_file():
+        raise AcodmError(f"--resume: {run_dir} has no config.json; start a new run instead")
+    if not resume and (run_dir / "config.json").is_file():
+        raise AcodmError(f"{run_dir} already holds a run; pass --resume or choose another --out")
+    if resume:
+        _check_resume_config(run_dir, config)
+
+    mixer = mixer or make_mixer(config.mixer)  # a bad spec fails before the model is built
+    trainer = Trainer(config, progress=progress)
+    mixer.setup(trainer.mixer_context())
+    main = trainer.dist.is_main
+    if ckpt_path is not None:
+        ckpt = load_checkpoint(ckpt_path)
+        trainer.load_checkpoint(ckpt)
+        mixer.load_state_dict(ckpt.state["mixer"])
+    if resume and main:  # without a checkpoint the run restarts from step 0
+        _truncate_metrics(run_dir / "metrics.jsonl", trainer.step if ckpt_path else -1)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_config(run_dir, trainer, mixer)
+    logger = MetricsLogger(
+        run_dir / "metrics.jsonl" if main else None,
+        wandb=config.wandb and main,
+        run_name=run_dir.name,
+        config=config.to_dict(),
+    )
+    try:
+        return _loop(trainer, mixer, logger, run_dir, progress and main)
+    finally:
+        logger.close()
+        trainer.close()
+
+
+def _save(trainer: Trainer, mixer: Mixer, run_dir: Path) -> None:
+    payload = trainer.checkpoint_payload()
+    payload["state"]["mixer"] = mixer.state_dict()
+    if trainer.dist.is_main:
+        save_checkpoint(
+            run_dir,
+            trainer.step,
+            model=payload["model"],
+            optimizer=payload["optimizer"],
+            extra=payload["extra"],
+            state=payload["state"],
+            keep_last=trainer.config.keep_last,
+        )
+    dist.barrier()
+
+
+def _loop(
+    trainer: Trainer, mixer: Mixer, logger: MetricsLogger, run_dir: Path, show: bool
+) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    cfg = trainer.config
+    start = time.perf_counter()
+    if trainer.step == 0:
+        logger.log(trainer.evaluate(), step=0)
+    bar = tqdm(
+        total=trainer.total_steps,
+        initial=trainer.step,
+        disable=not show,
+        unit="step",
+        dynamic_ncols=True,
+    )
+    last_eval: dict[str, float] = trainer.evaluate() if trainer.done else {}
+    while not trainer.done:
+        before = trainer.step
+        weights = trainer.broadcast_weights(mixer.weights())
+        report = trainer.train_interval(weights)
+        mixer.update(report.feedback)
+        logger.log(report.metrics, step=trainer.step)
+        bar.update(report.steps)
+        bar.set_postfix(
+            loss=f"{report.metrics['train/loss']:.3f}", tok_s=f"{report.metrics['perf/tok_s']:.0f}"
+        )
+        if _due(cfg.eval_every, before, trainer.step) or trainer.done:
+            last_eval = trainer.evaluate()
+            logger.log(last_eval, step=trainer.step)
+        if _due(cfg.checkpoint_every, before, trainer.step) or trainer.done:
+            _save(trainer, mixer, run_dir)
+    bar.close()
+    summary = {
+        "steps": trainer.step,
+        "tokens": trainer.tokens_seen,
+        "bad_steps": trainer.bad_total,
+        "seconds": time.perf_counter() - start,
+        "mixer": mixer.describe(),
+        **last_eval,
+    }
+    if trainer.dist.is_main:
+        atomic_write_json(run_dir / "summary.json", summary)
+    return summary

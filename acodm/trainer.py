@@ -1,0 +1,445 @@
+"""The LM pretraining engine: a resumable, data-parallel loop driven interval by interval.
+
+The :class:`Trainer` is the small interface the mixing environment talks to: give it the
+domain weights of the next interval, it runs ``K`` optimizer steps and returns what happened
+(:class:`IntervalReport`: per-domain losses from the same forward pass, sample shares,
+epochs, layer statistics and the gradient-alignment Gram matrix). :func:`acodm.pretrain.pretrain`
+wraps it with a mixer, evaluation, checkpoints and logging.
+
+One optimizer step, shapes annotated (B = micro-batch, L = seq_len, V = vocab, k = domains)::
+
+    for each of grad_accum micro-batches:
+        tokens (B, L+1), domains (B,)       <- DomainSampler (weights fixed for the interval)
+        logits (B, L, V)                    <- model(tokens[:, :-1])        [bf16 autocast on GPU]
+        token_loss (B, L)                   <- cross_entropy(logits, tokens[:, 1:])
+        seq_loss (B,) -> loss = mean / grad_accum -> backward   [alignment hooks see x and dL/dy]
+        domain sums (k,) += index_add(domains, seq_loss)
+    all-reduce domain sums; clip; skip the step if loss or grad norm is not finite; AdamW step
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from acodm import distributed as dist
+from acodm.checkpoint import Checkpoint, CheckpointError
+from acodm.config import TrainConfig
+from acodm.data.sampler import DomainSampler
+from acodm.data.store import TokenStore, open_store
+from acodm.dynamics.alignment import GradientAlignment, alignment_scores
+from acodm.dynamics.features import Dynamics, LayerStats, LossTracker
+from acodm.errors import AcodmError
+from acodm.mixers import IntervalFeedback, MixerContext
+from acodm.models import build_model, monitored_layers
+
+
+class TrainingDiverged(AcodmError):
+    """The loss (or gradient norm) was NaN/inf for too many steps in a row."""
+
+
+@dataclass(frozen=True)
+class IntervalReport:
+    """What one interval of training produced (identical on every rank)."""
+
+    dynamics: Dynamics
+    feedback: IntervalFeedback
+    weights: np.ndarray
+    steps: int
+    tokens: int
+    seconds: float
+    bad_steps: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at the end."""
+    warm = min(cfg.warmup_steps, max(total_steps - 1, 0))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    span = max(total_steps - warm, 1)
+    t = min((step - warm) / span, 1.0)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * t))
+
+
+def effective_rank(rank: int | None, modules: list[tuple[str, nn.Linear]]) -> int | None:
+    """The projection rank, or None (exact) where projecting would cost more than exact.
+
+    A rank-r projection costs about ``r (in + out + r)`` per token and layer against
+    ``in * out`` for the exact per-domain gradient; small models take the exact path.
+    """
+    if rank is None:
+        return None
+    if all(
+        rank * (m.in_features + m.out_features + rank) >= m.in_features * m.out_features
+        for _, m in modules
+    ):
+        return None
+    return rank
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AcodmError(
+            f"device {name!r} was asked for but CUDA is not available; use --device cpu"
+        )
+    return torch.device(name)
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    # Weight decay on matrices only (not on norms and biases), as in GPT-NeoX / nanoGPT.
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True)
+
+
+class Trainer:
+    """Pretraining of one causal LM on a token store, one interval at a time."""
+
+    def __init__(self, config: TrainConfig, *, progress: bool = False) -> None:
+        self.config = cfg = config
+        self.device = resolve_device(cfg.device)
+        self.dist = dist.init_distributed(self.device.type)
+        if self.device.type == "cuda" and self.dist.world_size > 1:
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        self.bf16 = cfg.precision == "bf16" or (
+            cfg.precision == "auto" and self.device.type == "cuda"
+        )
+        self.store: TokenStore = open_store(cfg.store)
+        self.domains = self.store.domains
+        self.k = len(self.domains)
+        self.sampler = DomainSampler(
+            self.store,
+            seq_len=cfg.seq_len,
+            batch_size=cfg.micro_batch_size,
+            seed=cfg.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )
+        self.total_steps = cfg.total_steps(self.dist.world_size)
+        self.tokens_per_step = cfg.tokens_per_step(self.dist.world_size)
+        self.model = build_model(
+            cfg.model, self.store.vocab_size, max_seq_len=cfg.seq_len, seed=cfg.seed
+        )
+        self.model.to(self.device)  # type: ignore[arg-type]  # transformers' typed wrapper
+        self.monitored = monitored_layers(
+            self.model, count=cfg.monitored_layers, patterns=list(cfg.monitored_patterns) or None
+        )
+        self.layer_stats = LayerStats(self.monitored)
+        # Without dynamics (static baselines, the overhead benchmark's reference) no hooks.
+        self.alignment: GradientAlignment | None = (
+            GradientAlignment(
+                self.monitored,
+                self.k,
+                seed=cfg.seed,
+                device=self.device,
+                rank=effective_rank(cfg.alignment_rank, self.monitored),
+            )
+            if cfg.dynamics
+            else None
+        )
+        self.optimizer = _make_optimizer(self.model, cfg, self.device)
+        self.train_model: nn.Module = self.model
+        if self.dist.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model)  # type: ignore[assignment]
+        self.loss_tracker = LossTracker(self.k)
+        self.step = 0
+        self.tokens_seen = 0
+        self.bad_in_row = 0
+        self.bad_total = 0
+        self.progress = progress and self.dist.is_main
+        self._val_cache: list[torch.Tensor] | None = None
+
+    # -- the mixer's view -------------------------------------------------------------
+    def mixer_context(self) -> MixerContext:
+        tokens = np.array([self.store.num_tokens(d) for d in self.domains], dtype=np.int64)
+        return MixerContext(
+            domains=tuple(self.domains),
+            domain_tokens=tokens,
+            total_steps=self.total_steps,
+            tokens_per_step=self.tokens_per_step,
+            interval=self.config.interval,
+            seed=self.config.seed,
+        )
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.total_steps
+
+    def broadcast_weights(self, weights: np.ndarray) -> np.ndarray:
+        """Rank 0's weights on every rank (float64, length k)."""
+        t = torch.as_tensor(np.asarray(weights, dtype=np.float64), device=self.device)
+        if t.shape != (self.k,):
+            raise AcodmError(f"the mixer returned {tuple(t.shape)} weights for {self.k} domains")
+        return dist.broadcast(t).cpu().numpy()
+
+    # -- training ---------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def _micro_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
+        accum = self.config.grad_accum
+        for i in range(accum):
+            b = self.sampler.next_batch()
+            tokens = torch.from_numpy(b.tokens).to(self.device, non_blocking=True)
+            domains = torch.from_numpy(b.domains).to(self.device, non_blocking=True)
+            yield tokens, domains, i == accum - 1
+
+    def _forward_losses(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        """Mean loss of each sequence, (B,), in fp32 from one forward pass."""
+        with self._autocast():
+            logits = model(input_ids=tokens[:, :-1], use_cache=False).logits  # (B, L, V)
+        targets = tokens[:, 1:]  # (B, L)
+        tok = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+        return tok.view(targets.shape).mean(dim=1)
+
+    def _train_step(self, stats: torch.Tensor) -> torch.Tensor:
+        """One optimizer step; adds per-domain [loss sums, counts] into ``stats`` (2, k).
+
+        Returns a 0-dim bool tensor on the device: True when the step was skipped because the
+        loss or the gradient norm was not finite. The skip happens on the device (fused
+        AdamW's ``found_inf``), so a step never waits for the GPU: the host looks at the
+        flags once per interval (:meth:`_check_bad_steps`).
+        """
+        cfg = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, cfg, self.total_steps)
+        self.optimizer.zero_grad(set_to_none=True)
+        local = torch.zeros(2, self.k, device=self.device, dtype=torch.float64)
+        for tokens, domains, last in self._micro_batches():
+            if self.alignment is not None:
+                # Non-finite contributions are dropped inside the hooks, so a skipped
+                # step leaves the interval's Gram untouched.
+                self.alignment.set_domains(domains)
+            sync = (
+                contextlib.nullcontext()
+                if last or not isinstance(self.train_model, DistributedDataParallel)
+                else self.train_model.no_sync()
+            )
+            with sync:
+                seq_loss = self._forward_losses(self.train_model, tokens)
+                (seq_loss.mean() / cfg.grad_accum).backward()
+            local[0].index_add_(0, domains, seq_loss.detach().double())
+            local[1].index_add_(0, domains, torch.ones_like(seq_loss, dtype=torch.float64))
+        dist.all_reduce_sum(local)
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf  # inf: measure only
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        bad = ~(torch.isfinite(local[0].sum()) & torch.isfinite(grad_norm))
+        self.optimizer.found_inf = bad.float()  # type: ignore[attr-defined]  # fused AdamW skips
+        self.optimizer.step()
+        stats += torch.where(bad, torch.zeros_like(local), local)
+        self.step += 1
+        self.tokens_seen += self.tokens_per_step
+        return bad
+
+    def _check_bad_steps(self, flags: list[bool]) -> int:
+        """Count skipped steps; stop the run after ``max_bad_steps`` of them in a row."""
+        for bad in flags:
+            self.bad_in_row = self.bad_in_row + 1 if bad else 0
+            self.bad_total += bad
+            if self.bad_in_row >= self.config.max_bad_steps:
+                raise TrainingDiverged(
+                    f"the loss or gradient norm was NaN/inf for {self.bad_in_row} steps in a "
+                    f"row (by step {self.step}); the optimizer did not take them. Lower --lr, "
+                    "raise --warmup-steps, or check the data; resume from the last checkpoint"
+                )
+        return sum(flags)
+
+    def train_interval(self, weights: np.ndarray, steps: int | None = None) -> IntervalReport:
+        """Run ``steps`` (default: the configured interval K) optimizer steps with ``weights``."""
+        if self.done:
+            raise AcodmError("the run is finished: no steps are left in its budget")
+        steps = min(steps or self.config.interval, self.total_steps - self.step)
+        self.sampler.set_weights(weights)
+        self.train_model.train()
+        if self.alignment is not None:
+            self.alignment.reset()
+        stats = torch.zeros(2, self.k, device=self.device, dtype=torch.float64)
+        start = time.perf_counter()
+        flags = torch.stack([self._train_step(stats) for _ in range(steps)]).tolist()
+        bad = self._check_bad_steps(flags)
+        if self.alignment is not None:
+            self.alignment.all_reduce()
+        seconds = time.perf_counter() - start
+        return self._report(weights, stats.cpu().numpy(), steps, bad, seconds)
+
+    def _report(
+        self, weights: np.ndarray, stats: np.ndarray, steps: int, bad: int, seconds: float
+    ) -> IntervalReport:
+        sums, counts = stats
+        raw_loss = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        loss, change = self.loss_tracker.update(raw_loss)
+        if self.alignment is not None:
+            gram = self.alignment.gram().cpu().numpy().astype(np.float64)
+            scores = alignment_scores(gram, self.alignment.counts().cpu().numpy())
+            norm, distance = self.layer_stats()
+        else:
+            gram, scores = np.zeros((self.k, self.k)), np.zeros(self.k)
+            norm = distance = np.zeros(len(self.monitored))
+        epochs = self._epochs()
+        dyn = Dynamics(
+            step=self.step,
+            progress=self.step / self.total_steps,
+            loss=loss,
+            loss_change=change,
+            share=counts / max(counts.sum(), 1),
+            epochs=epochs,
+            alignment=scores,
+            gram=gram,
+            weight_norm=norm,
+            weight_distance=distance,
+        )
+        feedback = IntervalFeedback(
+            step=self.step,
+            loss=raw_loss,
+            counts=counts,
+            epochs=epochs,
+            extras={"alignment": scores},
+        )
+        tokens = steps * self.tokens_per_step
+        metrics = {
+            "train/loss": float(np.nansum(sums) / max(counts.sum(), 1)),
+            "train/lr": lr_at(max(self.step - 1, 0), self.config, self.total_steps),
+            "perf/tok_s": tokens / max(seconds, 1e-9),
+            "train/bad_steps": float(bad),
+        }
+        for i, d in enumerate(self.domains):
+            metrics[f"mix/weight/{d}"] = float(weights[i])
+            metrics[f"train/loss/{d}"] = float(raw_loss[i])
+            metrics[f"train/epochs/{d}"] = float(epochs[i])
+            metrics[f"dyn/alignment/{d}"] = float(scores[i])
+        return IntervalReport(
+            dyn,
+            feedback,
+            np.asarray(weights, dtype=np.float64),
+            steps,
+            tokens,
+            seconds,
+            bad,
+            metrics,
+        )
+
+    def _epochs(self) -> np.ndarray:
+        """Epochs per domain over all ranks (ranks read disjoint shards of each epoch)."""
+        local = torch.as_tensor(self.sampler.epochs(), device=self.device, dtype=torch.float64)
+        return dist.all_reduce_sum(local).cpu().numpy() / self.dist.world_size
+
+    # -- evaluation -------------------------------------------------------------------
+    def _validation(self) -> list[torch.Tensor]:
+        if self._val_cache is None:
+            self._val_cache = [
+                torch.from_numpy(self.sampler.validation_windows(d, self.config.eval_windows))
+                for d in self.domains
+            ]
+        return self._val_cache
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Per-domain validation loss and perplexity on the store's fixed windows."""
+        self.model.eval()
+        sums = torch.zeros(2, self.k, device=self.device, dtype=torch.float64)
+        off = self.alignment.disabled() if self.alignment else contextlib.nullcontext()
+        with off:
+            for i, windows in enumerate(self._validation()):
+                for s in range(0, windows.shape[0], self.config.micro_batch_size):
+                    chunk = windows[s : s + self.config.micro_batch_size].to(self.device)
+                    seq_loss = self._forward_losses(self.model, chunk)
+                    sums[0, i] += seq_loss.double().sum()
+                    sums[1, i] += seq_loss.numel()
+        self.model.train()
+        total, n = dist.all_reduce_sum(sums).cpu().numpy()
+        loss = total / np.maximum(n, 1)
+        ppl = np.exp(np.minimum(loss, 50.0))
+        out = {
+            "eval/loss_mean": float(loss.mean()),
+            "eval/ppl_mean": float(ppl.mean()),
+            "eval/ppl_worst": float(ppl.max()),
+        }
+        for i, d in enumerate(self.domains):
+            out[f"eval/loss/{d}"] = float(loss[i])
+            out[f"eval/ppl/{d}"] = float(ppl[i])
+        return out
+
+    # -- checkpoints ------------------------------------------------------------------
+    def checkpoint_payload(self) -> dict[str, Any]:
+        """Everything to continue bit-for-bit, gathered on every rank (rank 0 writes it)."""
+        samplers = dist.all_gather_object(self.sampler.state_dict())
+        extra = dict(self.layer_stats.initial_tensors())
+        extra["rng/torch_cpu"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            extra["rng/torch_cuda"] = torch.cuda.get_rng_state(self.device)
+        state = {
+            "trainer": {
+                "step": self.step,
+                "tokens_seen": self.tokens_seen,
+                "bad_in_row": self.bad_in_row,
+                "bad_total": self.bad_total,
+                "loss_tracker": self.loss_tracker.state_dict(),
+                "world_size": self.dist.world_size,
+            },
+            "sampler": samplers,
+        }
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "extra": extra,
+            "state": state,
+        }
+
+    def load_checkpoint(self, ckpt: Checkpoint) -> None:
+        st = ckpt.state.get("trainer", {})
+        if st.get("world_size") != self.dist.world_size:
+            raise CheckpointError(
+                f"checkpoint {ckpt.path} was written by {st.get('world_size')} ranks; resume "
+                f"with the same number of processes (this run has {self.dist.world_size})"
+            )
+        try:
+            self.model.load_state_dict(ckpt.model, strict=True)
+            self.optimizer.load_state_dict(ckpt.optimizer)
+            self.layer_stats.load_initial(ckpt.extra)
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointError(
+                f"checkpoint {ckpt.path} does not fit this model/optimizer ({e}); was it "
+                "written with another --model or store?"
+            ) from e
+        self.sampler.load_state_dict(ckpt.state["sampler"][self.dist.rank])
+        torch.set_rng_state(ckpt.extra["rng/torch_cpu"])
+        if self.device.type == "cuda" and "rng/torch_cuda" in ckpt.extra:
+            torch.cuda.set_rng_state(ckpt.extra["rng/torch_cuda"], self.device)
+        self.step = int(st["step"])
+        self.tokens_seen = int(st["tokens_seen"])
+        self.bad_in_row = int(st["bad_in_row"])
+        self.bad_total = int(st["bad_total"])
+        self.loss_tracker.load_state_dict(st["loss_tracker"])
+
+    def close(self) -> None:
+        if self.alignment is not None:
+            self.alignment.remove()
+
+
+def run_dir_config_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "config.json"
