@@ -1,5 +1,62 @@
 """acodm.envs: LLM pretraining as a Gymnasium environment (``acodm/DataMixing-v0``).
 
-The environment arrives with the environment issue; this package is installed as
-``acodm.envs`` (never as a top-level ``envs``) so that its import path is stable.
+Importing this package registers the id, so::
+
+    import gymnasium as gym
+    import acodm.envs  # noqa: F401  (registers acodm/DataMixing-v0)
+    env = gym.make("acodm/DataMixing-v0")
+
+or, without the explicit import, ``gym.make("acodm.envs:acodm/DataMixing-v0")``.
+The MDP is :class:`DataMixingEnv` (its docstring is the spec); the action mapping, the
+observation and the reward are pure functions in :mod:`acodm.envs.spaces`. This package is
+installed as ``acodm.envs`` (never as a top-level ``envs``) so that its import path is stable.
 """
+
+import gymnasium
+
+from .data_mixing import DEFAULT_INTERVAL, DataMixingEnv, EnvError, default_config
+from .spaces import (
+    DEFAULT_BETA,
+    DEFAULT_EPS,
+    DEFAULT_FEATURES,
+    FEATURES,
+    MAX_EXTRA_REWARD_WEIGHT,
+    ObservationSpec,
+    RewardTerm,
+    SpaceError,
+    action_to_weights,
+    alignment_reward,
+    build_observation,
+    observation_size,
+    total_reward,
+    zscore_clip,
+)
+
+ENV_ID = "acodm/DataMixing-v0"
+
+if ENV_ID not in gymnasium.registry:  # re-imports (e.g. importlib.reload) must not warn
+    gymnasium.register(
+        id=ENV_ID, entry_point="acodm.envs.data_mixing:DataMixingEnv", nondeterministic=False
+    )
+
+__all__ = [
+    "DEFAULT_BETA",
+    "DEFAULT_EPS",
+    "DEFAULT_FEATURES",
+    "DEFAULT_INTERVAL",
+    "ENV_ID",
+    "FEATURES",
+    "MAX_EXTRA_REWARD_WEIGHT",
+    "DataMixingEnv",
+    "EnvError",
+    "ObservationSpec",
+    "RewardTerm",
+    "SpaceError",
+    "action_to_weights",
+    "alignment_reward",
+    "build_observation",
+    "default_config",
+    "observation_size",
+    "total_reward",
+    "zscore_clip",
+]

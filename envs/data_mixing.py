@@ -1,0 +1,281 @@
+"""``acodm/DataMixing-v0``: one LM pretraining run as a Gymnasium episode (METHOD.md).
+
+The MDP reads top to bottom in :class:`DataMixingEnv`; its pure parts (action mapping,
+observation, reward) live in :mod:`acodm.envs.spaces`. The env talks to the LM only through
+:class:`acodm.trainer.Trainer` (``train_interval(weights) -> IntervalReport``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from acodm.config import TrainConfig, debug_cpu, preset
+from acodm.data.store import open_store
+from acodm.errors import AcodmError
+from acodm.trainer import IntervalReport, Trainer
+
+from .spaces import (
+    DEFAULT_BETA,
+    DEFAULT_EPS,
+    DEFAULT_FEATURES,
+    ObservationSpec,
+    RewardTerm,
+    action_to_weights,
+    build_observation,
+    check_reward_terms,
+    total_reward,
+)
+
+#: The default interval K of the built-in config (METHOD.md: K = 1 reproduces the paper;
+#: a larger K makes each decision cheaper and each reward less noisy).
+DEFAULT_INTERVAL = 4
+
+
+class EnvError(AcodmError):
+    """The environment was configured or driven incorrectly."""
+
+
+def default_config(store: str) -> TrainConfig:
+    """The built-in episode: ``debug_cpu`` with 40 steps of K = 4 (10 intervals, seconds on CPU).
+
+    Pinned to the CPU: the ``tiny`` model is no faster on a GPU, and CPU runs are bitwise
+    reproducible (the id is registered as deterministic). ``overrides={"device": "auto"}``
+    moves it.
+    """
+    return debug_cpu(store).replace(
+        steps=40, warmup_steps=4, interval=DEFAULT_INTERVAL, device="cpu"
+    )
+
+
+def _count_monitored(cfg: TrainConfig) -> int:
+    """Number of monitored layers (the per-layer feature length) for ``cfg``.
+
+    Without patterns it is ``cfg.monitored_layers`` by construction (``select_depths`` always
+    returns ``count`` indices); with patterns it depends on the model, so build it once.
+    """
+    if not cfg.monitored_patterns:
+        return cfg.monitored_layers
+    from acodm.models import build_model, monitored_layers
+
+    model = build_model(
+        cfg.model, open_store(cfg.store).vocab_size, max_seq_len=cfg.seq_len, seed=cfg.seed
+    )
+    return len(monitored_layers(model, patterns=list(cfg.monitored_patterns)))
+
+
+class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
+    """LLM pretraining as an episode: the agent sets the data-domain weights every K steps.
+
+    ## Description
+
+    One episode is one pretraining run of a causal LM (:class:`acodm.trainer.Trainer`) on a
+    token store with ``k`` data domains. One env step runs ``K`` optimizer steps with sampling
+    weights given by the action (METHOD.md, "The environment"). A fresh model is trained in
+    every episode.
+
+    ## Action Space
+
+    ``Box(-1, 1, (k,), float32)``, one score per domain in the store's domain order
+    (``env.domains``). Mapped to the simplex by
+    ``w = (1 - eps) * softmax(beta * a) + eps / k`` (:func:`acodm.envs.spaces.action_to_weights`);
+    actions outside [-1, 1] are clipped first.
+
+    | Index | Action                  | Min | Max |
+    |-------|-------------------------|-----|-----|
+    | i     | score of domain ``i``   | -1  | 1   |
+
+    ## Observation Space
+
+    ``Box(low, high, (n,), float32)`` with ``n = observation_size(k, n_layers, features)``;
+    default ``n = 5 k + 2 n_layers + 1``. Groups in ``features`` order (default below); each
+    per-domain / per-layer group is z-scored within itself and clipped to [-3, 3] (a constant
+    group is all zeros), so the vector does not depend on the model's size or loss scale.
+
+    | Group             | Length   | Meaning (raw, before normalisation)                 | Min | Max |
+    |-------------------|----------|-----------------------------------------------------|-----|-----|
+    | `loss`            | k        | domain's mean training loss in the interval         | -3  | 3   |
+    | `loss_change`     | k        | change against the *previous* interval              | -3  | 3   |
+    | `share`           | k        | fraction of the interval's sequences                | -3  | 3   |
+    | `epochs`          | k        | epochs of the domain consumed so far                | -3  | 3   |
+    | `alignment`       | k        | gradient-alignment score ``s_i``                    | -3  | 3   |
+    | `weight_norm`     | n_layers | ``||W|| / ||W_0||`` of each monitored layer         | -3  | 3   |
+    | `weight_distance` | n_layers | ``||W - W_0|| / ||W_0||``                           | -3  | 3   |
+    | `progress`        | 1        | ``step / total_steps`` (not 0..100 as in the paper code) | 0 | 1 |
+
+    ``env.observation_spec`` (:class:`ObservationSpec`) names the layout and serialises it.
+
+    ## Rewards
+
+    ``r = sum_i w_i s_i`` (METHOD.md, "Reward: gradient alignment"): ``s`` is the interval's
+    per-domain gradient-alignment score (z-scored across domains, clipped to [-3, 3]), so
+    ``r`` is in [-3, 3]. Optional extra terms (``reward_terms``) add ``weight * value`` with a
+    total weight of at most 0.3. A scalar reward (the paper's code uses a k-dim critic).
+
+    ## Starting State
+
+    ``reset`` builds a fresh model (seeded from the reset seed) and runs the *first interval
+    with uniform weights*, returning its observation: every observation is then a real
+    measurement (no made-up zeros), and the first action already sees per-domain losses and
+    alignment. Those K steps count against the budget.
+
+    ## Episode End
+
+    ``terminated=True`` when the run's step budget (``config.steps`` or ``config.tokens``) is
+    spent; the last interval may be shorter than K. ``truncated`` is always False (wrap with
+    ``TimeLimit`` only to cut runs short on purpose). An episode has
+    ``env.num_intervals - 1`` steps.
+
+    ## Information
+
+    ``info`` from ``reset`` and ``step``: ``weights`` ({domain: weight} of the interval just
+    run), ``step`` (optimizer steps so far), ``progress``, ``train_loss`` (the interval's mean
+    training loss); from ``step`` also ``reward_terms`` ({"alignment": ..., extra name:
+    weight * value}; they sum to the reward).
+
+    ## Arguments
+
+    ```python
+    import gymnasium as gym
+    import acodm.envs  # registers the id
+    env = gym.make("acodm/DataMixing-v0")                      # built-in store and config
+    env = gym.make("acodm/DataMixing-v0", store="runs/store", config="cpu_small",
+                   overrides={"steps": 200}, interval=4, beta=1.0, eps=0.15)
+    ```
+
+    * ``store``: path of a token store (``acodm prepare``). Default: the config's store, else a
+      small store built once from text on the machine (cached under ``acodm`` cache ``envs/``).
+    * ``config``: a :class:`TrainConfig` (its ``store`` is replaced by ``store`` if given), a
+      preset name (``acodm.config.PRESETS``), or None for :func:`default_config` (``debug_cpu``,
+      ``tiny`` model, 40 steps, K = 4, on the CPU: an episode takes about a second).
+    * ``overrides``: TrainConfig fields to replace, e.g. ``{"steps": 200, "device": "cpu"}``.
+    * ``interval``: K, optimizer steps per env step (default: the config's ``interval``; 4 in
+      the built-in config).
+    * ``beta`` (1.0), ``eps`` (0.15): the action mapping. eps = 0.15 matches the paper's one
+      forced micro-batch per domain (about 15% uniform); beta = 1 lets the actor's [-1, 1]
+      range span a weight ratio of up to e^2 between domains.
+    * ``features``: observation groups (default all of the table above).
+    * ``reward_terms``: extra :class:`RewardTerm` s (total weight <= 0.3).
+
+    Determinism: on CPU, the same reset seed and actions give bitwise identical observations
+    and rewards. On CUDA (bf16, atomics) runs are close but not bitwise equal.
+
+    ## Version History
+
+    * v0: initial version (gradient-alignment reward, uniform first interval, per-group
+      z-scored observation).
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012  (gymnasium's convention)
+
+    def __init__(
+        self,
+        store: str | None = None,
+        config: TrainConfig | str | None = None,
+        *,
+        overrides: Mapping[str, Any] | None = None,
+        interval: int | None = None,
+        beta: float = DEFAULT_BETA,
+        eps: float = DEFAULT_EPS,
+        features: Sequence[str] = DEFAULT_FEATURES,
+        reward_terms: Sequence[RewardTerm] = (),
+        render_mode: str | None = None,
+    ) -> None:
+        if render_mode is not None:
+            raise EnvError(f"render_mode {render_mode!r} is not supported (no rendering)")
+        self.render_mode = render_mode
+        self.config = cfg = self._resolve_config(store, config, overrides, interval)
+        if not cfg.dynamics:
+            raise EnvError("the env needs config.dynamics=True: the reward is gradient alignment")
+        self.total_steps = cfg.total_steps()
+        if self.total_steps <= cfg.interval:
+            raise EnvError(
+                f"the run has {self.total_steps} steps and K = {cfg.interval}: the first "
+                "interval (run by reset) would spend the whole budget; use more steps or a smaller K"
+            )
+        self.domains: tuple[str, ...] = tuple(open_store(cfg.store).domains)
+        self.k = len(self.domains)
+        self.beta, self.eps = float(beta), float(eps)
+        action_to_weights(np.zeros(self.k), self.beta, self.eps)  # validates beta, eps, k
+        self.reward_terms = check_reward_terms(reward_terms)
+        self.observation_spec = ObservationSpec(tuple(features), self.k, _count_monitored(cfg))
+        low, high = self.observation_spec.bounds()
+        self.observation_space = spaces.Box(low, high, dtype=np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, (self.k,), dtype=np.float32)
+        self.trainer: Trainer | None = None
+
+    @staticmethod
+    def _resolve_config(
+        store: str | None,
+        config: TrainConfig | str | None,
+        overrides: Mapping[str, Any] | None,
+        interval: int | None,
+    ) -> TrainConfig:
+        if isinstance(config, TrainConfig):
+            cfg = config.replace(store=str(store)) if store is not None else config
+        else:
+            if store is None:
+                from .default_store import default_store
+
+                store = str(default_store())
+            cfg = default_config(str(store)) if config is None else preset(config, str(store))
+        if overrides:
+            cfg = cfg.replace(**dict(overrides))
+        if interval is not None:
+            cfg = cfg.replace(interval=interval)
+        return cfg
+
+    @property
+    def num_intervals(self) -> int:
+        """Intervals per run (the first is run by ``reset``): ``ceil(total_steps / K)``."""
+        return -(-self.total_steps // self.config.interval)
+
+    # -- the MDP ------------------------------------------------------------------------
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self._close_trainer()
+        # One seed source: the run (model init, sampler, projections) is seeded from np_random.
+        run_seed = int(self.np_random.integers(0, 2**31 - 1))
+        self.trainer = Trainer(self.config.replace(seed=run_seed))
+        uniform = np.full(self.k, 1.0 / self.k)
+        report = self.trainer.train_interval(uniform)  # start state: one uniform interval
+        return build_observation(report.dynamics, self.observation_spec), self._info(report)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        tr = self.trainer
+        if tr is None or tr.done:
+            raise EnvError("the episode is over (or was never started): call reset() first")
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != (self.k,):
+            raise EnvError(f"the action must have shape ({self.k},), got {np.shape(action)}")
+        weights = action_to_weights(np.clip(a, -1.0, 1.0), self.beta, self.eps)  # (k,)
+        report = tr.train_interval(weights)  # K optimizer steps with these weights
+        reward, terms = total_reward(weights, report.dynamics, self.reward_terms)
+        obs = build_observation(report.dynamics, self.observation_spec)
+        info = self._info(report)
+        info["reward_terms"] = terms
+        return obs, reward, tr.done, False, info
+
+    def _info(self, report: IntervalReport) -> dict[str, Any]:
+        return {
+            "weights": {d: float(w) for d, w in zip(self.domains, report.weights, strict=True)},
+            "step": int(report.dynamics.step),
+            "progress": float(report.dynamics.progress),
+            "train_loss": float(report.metrics["train/loss"]),
+        }
+
+    def _close_trainer(self) -> None:
+        if self.trainer is not None:
+            self.trainer.close()  # removes the alignment hooks
+            self.trainer = None
+
+    def close(self) -> None:
+        """Release the current run (model, optimizer, hooks); safe to call twice."""
+        self._close_trainer()
+        super().close()
