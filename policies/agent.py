@@ -1,0 +1,533 @@
+"""The DDPG/TD3 agent (stable-baselines3): config, construction, warm-up, logging, checkpoints.
+
+METHOD.md, "The agent": SB3 ``DDPG`` (``TD3`` as an option), MLP actor and critic, Gaussian
+action noise, replay buffer, soft target updates. Warm-up: the first steps follow an expert (the
+paper: an ODM bandit) and are **added to the replay buffer**, instead of SB3's ``learning_starts``
+uniform-random actions that would each cost LM steps; then the actor is fitted to copy the expert
+(behaviour cloning) and the critic to the rewards. ``frozen_actor`` is the ablation of the
+published code, whose actor optimizer never steps.
+
+Checkpoints (``.zip`` + replay buffer ``.pkl``) are SB3's pickle-based formats: for resuming
+one's own runs only, never for sharing (STYLE.md). Share a policy with
+:func:`acodm.policies.export.export_actor`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from stable_baselines3 import DDPG, TD3
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.utils import polyak_update
+from stable_baselines3.td3.policies import TD3Policy
+
+from acodm.errors import AcodmError
+from acodm.io import atomic_directory
+from acodm.policies.export import action_to_weights, weights_to_action
+
+__all__ = [
+    "AgentConfig",
+    "AgentError",
+    "FrozenActorPolicy",
+    "MixingCallback",
+    "Transition",
+    "WarmupResult",
+    "continue_learning",
+    "fill_replay_buffer",
+    "fit_actor_to_buffer",
+    "fit_critic_to_buffer",
+    "load_agent",
+    "make_agent",
+    "paper",
+    "save_checkpoint",
+    "small",
+    "warmup",
+    "weights_to_action",
+]
+
+Agent = DDPG | TD3
+Expert = Callable[[np.ndarray], np.ndarray]
+LogFn = Callable[[dict[str, Any], int], None]
+
+
+class AgentError(AcodmError):
+    """Invalid agent configuration or use (wrong action space, bad warm-up, bad checkpoint)."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Hyperparameters of the agent; validated on creation. Presets: :func:`small`, :func:`paper`.
+
+    ``learning_starts`` counts uniform-random steps before learning; 0 by default because every
+    env step costs LM steps and :func:`warmup` replaces them with an expert's transitions.
+    ``frozen_actor``: the actor stays at its random initialisation (the critic still trains):
+    what the published AC-ODM code effectively ran (METHOD.md, "The agent").
+    """
+
+    algorithm: str = "ddpg"
+    net_arch: tuple[int, ...] = (64, 64)
+    critic_arch: tuple[int, ...] | None = None  # None: same as net_arch
+    activation: str = "relu"
+    gamma: float = 0.95
+    tau: float = 0.005
+    buffer_size: int = 10_000
+    batch_size: int = 32
+    learning_rate: float = 1e-3  # SB3 uses one rate (one schedule) for actor and critic
+    noise_sigma: float = 0.1
+    train_freq: int = 1
+    gradient_steps: int = 1
+    learning_starts: int = 0
+    seed: int | None = 0
+    frozen_actor: bool = False
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ("ddpg", "td3"):
+            raise AgentError(f"algorithm must be 'ddpg' or 'td3', got {self.algorithm!r}")
+        for name, arch in (("net_arch", self.net_arch), ("critic_arch", self.critic_arch)):
+            if arch is not None and (len(arch) == 0 or any(int(n) <= 0 for n in arch)):
+                raise AgentError(f"{name} must be a non-empty tuple of positive widths, got {arch}")
+        if self.activation not in _ACTIVATIONS:
+            raise AgentError(f"activation must be one of {sorted(_ACTIVATIONS)}")
+        if not 0.0 <= self.gamma <= 1.0 or not 0.0 < self.tau <= 1.0:
+            raise AgentError(
+                f"need 0 <= gamma <= 1 and 0 < tau <= 1 (got {self.gamma}, {self.tau})"
+            )
+        for name in ("buffer_size", "batch_size", "train_freq"):
+            if int(getattr(self, name)) <= 0:
+                raise AgentError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.gradient_steps < 0 or self.learning_starts < 0:
+            raise AgentError("gradient_steps and learning_starts must be >= 0")
+        if self.learning_rate <= 0 or self.noise_sigma < 0:
+            raise AgentError("learning_rate must be > 0 and noise_sigma >= 0")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AgentConfig:
+        data = dict(data)
+        for key in ("net_arch", "critic_arch"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+_ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
+    "relu": torch.nn.ReLU,
+    "tanh": torch.nn.Tanh,
+    "elu": torch.nn.ELU,
+}
+
+
+def small(**overrides: Any) -> AgentConfig:
+    """Default preset: DDPG, [64, 64] MLPs, the paper's gamma/batch/buffer, tau 0.005."""
+    return replace(AgentConfig(), **overrides)
+
+
+def paper(**overrides: Any) -> AgentConfig:
+    """METHOD.md's values: gamma 0.95, tau 0.001, buffer 10k, batch 32, one update per env step,
+    6 x 1024 MLPs. Oversized for a ~100-dim observation and a few thousand decisions (≈5M
+    parameters per network): kept for reproduction; start with :func:`small` and measure.
+    The paper's LayerNorm is not reproduced (SB3's TD3 actor has no such option).
+    """
+    base = AgentConfig(
+        net_arch=(1024,) * 6,
+        gamma=0.95,
+        tau=0.001,
+        buffer_size=10_000,
+        batch_size=32,
+        train_freq=1,
+        gradient_steps=1,
+    )
+    return replace(base, **overrides)
+
+
+class FrozenActorPolicy(TD3Policy):
+    """TD3/DDPG policy whose actor never changes: its parameters do not require gradients.
+
+    SB3 still computes the actor loss, but ``actor.optimizer.step()`` skips parameters without
+    gradients, and the Polyak update then keeps ``actor_target == actor``. A policy class (not a
+    flag) so that the property survives SB3 save/load, which rebuilds the policy from its class.
+    """
+
+    def _build(self, lr_schedule: Any) -> None:
+        super()._build(lr_schedule)
+        for p in self.actor.parameters():
+            p.requires_grad_(False)
+
+
+def _check_env_spaces(env: Any) -> int:
+    space = env.action_space
+    if not isinstance(space, spaces.Box) or len(space.shape) != 1:
+        raise AgentError(f"the agent needs a 1-D Box action space, got {space}")
+    if not (np.all(space.low == -1.0) and np.all(space.high == 1.0)):
+        raise AgentError("the action space must be Box(-1, 1, (k,)) (METHOD.md, Action)")
+    if not isinstance(env.observation_space, spaces.Box):
+        raise AgentError(f"the agent needs a Box observation space, got {env.observation_space}")
+    return int(space.shape[0])
+
+
+def make_agent(env: Any, config: AgentConfig | None = None) -> Agent:
+    """An SB3 ``DDPG`` or ``TD3`` on ``env`` (any gymnasium env with Box(-1, 1, (k,)) actions)."""
+    config = config or small()
+    k = _check_env_spaces(env)
+    cls = DDPG if config.algorithm == "ddpg" else TD3
+    policy = FrozenActorPolicy if config.frozen_actor else TD3Policy
+    net_arch = {"pi": list(config.net_arch), "qf": list(config.critic_arch or config.net_arch)}
+    noise = (
+        NormalActionNoise(np.zeros(k), np.full(k, config.noise_sigma))
+        if config.noise_sigma > 0
+        else None
+    )
+    agent = cls(
+        policy,
+        env,
+        learning_rate=config.learning_rate,
+        buffer_size=config.buffer_size,
+        learning_starts=config.learning_starts,
+        batch_size=config.batch_size,
+        tau=config.tau,
+        gamma=config.gamma,
+        train_freq=config.train_freq,
+        gradient_steps=config.gradient_steps,
+        action_noise=noise,
+        seed=config.seed,
+        device=config.device,
+        policy_kwargs={"net_arch": net_arch, "activation_fn": _ACTIVATIONS[config.activation]},
+    )
+    return agent
+
+
+# ----------------------------------------------------------------------------- warm-up
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One env step as the replay buffer stores it (one env, unbatched arrays)."""
+
+    obs: np.ndarray
+    action: np.ndarray  # in [-1, 1]^k, the buffer's (scaled) action
+    reward: float
+    next_obs: np.ndarray  # the true next observation, also at the end of an episode
+    terminated: bool = False
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class WarmupResult:
+    """What :func:`warmup` did: transitions added, final pre-fit losses (None: not run)."""
+
+    transitions: int
+    bc_loss: float | None = None
+    critic_loss: float | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def fill_replay_buffer(agent: Agent, transitions: Any) -> int:
+    """Add ``transitions`` (an iterable of :class:`Transition`) to ``agent.replay_buffer``.
+
+    Follows SB3's conventions: ``done = terminated or truncated``, and a truncation is flagged
+    as ``TimeLimit.truncated`` so the buffer bootstraps through it. Returns the count added.
+    """
+    rb = agent.replay_buffer
+    if rb is None or rb.n_envs != 1:
+        raise AgentError("fill_replay_buffer needs an agent with a single-env replay buffer")
+    n = 0
+    for t in transitions:
+        done = bool(t.terminated or t.truncated)
+        info = {"TimeLimit.truncated": bool(t.truncated and not t.terminated)}
+        rb.add(
+            np.asarray(t.obs)[None],
+            np.asarray(t.next_obs)[None],
+            np.asarray(t.action, dtype=np.float32)[None],
+            np.array([t.reward], np.float32),
+            np.array([done]),
+            [info],
+        )
+        n += 1
+    return n
+
+
+def warmup(
+    agent: Agent,
+    expert: Expert,
+    steps: int,
+    *,
+    bc_steps: int = 300,
+    critic_steps: int = 300,
+    on_step: Callable[[Transition, dict[str, Any]], None] | None = None,
+) -> WarmupResult:
+    """Run ``expert`` (obs -> action in [-1, 1]^k) for ``steps`` env steps through the agent's own
+    env, add every transition to the replay buffer, then pre-fit (METHOD.md, "The agent").
+
+    * The steps count as the agent's timesteps and continue the same episode: call
+      :func:`continue_learning` (``reset_num_timesteps=False``) afterwards, never plain
+      ``agent.learn`` (which would reset the env, i.e. start a new LM run).
+    * ``agent.learning_starts`` is set to the step count, so learning starts at the next step
+      and SB3 never takes uniform-random actions.
+    * Behaviour cloning: ``bc_steps`` Adam steps of MSE(actor(obs), expert action) on the
+      warm-up transitions, then ``actor_target <- actor``. Skipped with ``frozen_actor``.
+    * Critic: ``critic_steps`` TD(0) regressions ``Q(s, a) -> r + gamma (1 - done)
+      Q'(s', mu'(s'))`` on the same transitions, hard-syncing the target critic every 50 steps
+      (the run's tau would leave it at its random init) and once at the end.
+
+    ``on_step(transition, info)`` lets a stateful expert (an ODM bandit) see each step's outcome;
+    an expert that outputs weights is wrapped with ``lambda obs: weights_to_action(w, beta, eps)``.
+    """
+    if steps <= 0:
+        raise AgentError(f"warm-up steps must be > 0, got {steps}")
+    env = agent.get_env()
+    if env is None or env.num_envs != 1:
+        raise AgentError("warm-up needs the agent's env with exactly one environment")
+    obs = np.asarray(agent._last_obs if agent._last_obs is not None else env.reset())
+    done_flags = np.zeros(1, dtype=bool)
+    collected: list[Transition] = []
+    for _ in range(steps):
+        action = np.clip(np.asarray(expert(obs[0]), np.float32), -1.0, 1.0)
+        stepped, rewards, done_flags, infos = env.step(action[None])
+        new_obs = np.asarray(stepped)
+        next_obs = (
+            np.asarray(infos[0].get("terminal_observation", new_obs[0]))
+            if done_flags[0]
+            else new_obs[0]
+        )
+        truncated = bool(infos[0].get("TimeLimit.truncated", False))
+        t = Transition(
+            obs[0].copy(),
+            action,
+            float(rewards[0]),
+            np.array(next_obs),
+            terminated=bool(done_flags[0]) and not truncated,
+            truncated=truncated,
+        )
+        fill_replay_buffer(agent, [t])
+        collected.append(t)
+        if on_step is not None:
+            on_step(t, infos[0])
+        agent.num_timesteps += 1
+        obs = new_obs
+    agent._last_obs = obs
+    agent._last_episode_starts = done_flags
+    agent.learning_starts = agent.num_timesteps
+    return _prefit(agent, collected, bc_steps, critic_steps)
+
+
+def _prefit(agent: Agent, data: list[Transition], bc_steps: int, critic_steps: int) -> WarmupResult:
+    notes: list[str] = []
+    bc_loss = critic_loss = None
+    if bc_steps > 0 and isinstance(agent.policy, FrozenActorPolicy):
+        notes.append("behaviour cloning skipped: frozen_actor keeps the actor at its random init")
+    elif bc_steps > 0:
+        bc_loss = fit_actor_to_buffer(agent, data, bc_steps)
+    if critic_steps > 0:
+        critic_loss = fit_critic_to_buffer(agent, data, critic_steps)
+    return WarmupResult(len(data), bc_loss, critic_loss, tuple(notes))
+
+
+def _stack(agent: Agent, data: list[Transition]) -> dict[str, torch.Tensor]:
+    dev = agent.device
+
+    def col(xs: list[Any]) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(xs, dtype=np.float32), device=dev)
+
+    return {
+        "obs": col([t.obs for t in data]),
+        "act": col([t.action for t in data]),
+        "rew": col([[t.reward] for t in data]),
+        "next": col([t.next_obs for t in data]),
+        "done": col([[float(t.terminated)] for t in data]),
+    }
+
+
+def _batches(n: int, batch: int, steps: int, seed: int | None) -> Any:
+    gen = torch.Generator().manual_seed(0 if seed is None else seed)
+    for _ in range(steps):
+        yield torch.randint(0, n, (min(batch, n),), generator=gen)
+
+
+def fit_actor_to_buffer(agent: Agent, data: list[Transition], steps: int) -> float:
+    """Behaviour cloning: MSE between ``actor(obs)`` and the expert's actions, with the actor's
+    own Adam; then ``actor_target <- actor``. Returns the last minibatch loss."""
+    d = _stack(agent, data)
+    agent.policy.set_training_mode(True)
+    loss = torch.zeros(())
+    for idx in _batches(len(data), agent.batch_size, steps, agent.seed):
+        loss = F.mse_loss(agent.actor(d["obs"][idx]), d["act"][idx])
+        agent.actor.optimizer.zero_grad()
+        loss.backward()
+        agent.actor.optimizer.step()
+    polyak_update(agent.actor.parameters(), agent.actor_target.parameters(), 1.0)
+    agent.policy.set_training_mode(False)
+    return float(loss.item())
+
+
+def fit_critic_to_buffer(
+    agent: Agent, data: list[Transition], steps: int, sync_every: int = 50
+) -> float:
+    """TD(0) regression of the critic(s) on ``data`` (SB3's loss, no target-policy noise);
+    the target critic is hard-synced every ``sync_every`` steps and at the end."""
+    d = _stack(agent, data)
+    agent.policy.set_training_mode(True)
+    loss = torch.zeros(())
+    for i, idx in enumerate(_batches(len(data), agent.batch_size, steps, agent.seed)):
+        with torch.no_grad():
+            nxt = (
+                torch.cat(
+                    agent.critic_target(d["next"][idx], agent.actor_target(d["next"][idx])), dim=1
+                )
+                .min(dim=1, keepdim=True)
+                .values
+            )
+            target = d["rew"][idx] + (1.0 - d["done"][idx]) * agent.gamma * nxt
+        qs = agent.critic(d["obs"][idx], d["act"][idx])
+        loss = sum((F.mse_loss(q, target) for q in qs), torch.zeros(()))
+        agent.critic.optimizer.zero_grad()
+        loss.backward()
+        agent.critic.optimizer.step()
+        if (i + 1) % sync_every == 0:
+            polyak_update(agent.critic.parameters(), agent.critic_target.parameters(), 1.0)
+    polyak_update(agent.critic.parameters(), agent.critic_target.parameters(), 1.0)
+    agent.policy.set_training_mode(False)
+    return float(loss.item())
+
+
+def continue_learning(
+    agent: Agent, total_timesteps: int, callback: Any = None, log_interval: int = 1
+) -> Agent:
+    """Learn until ``agent.num_timesteps == total_timesteps``, continuing the current episode,
+    the timestep count and the buffer (after :func:`warmup` or :func:`load_agent`)."""
+    remaining = int(total_timesteps) - int(agent.num_timesteps)
+    if remaining > 0:
+        agent.learn(
+            remaining, callback=callback, reset_num_timesteps=False, log_interval=log_interval
+        )
+    return agent
+
+
+# ----------------------------------------------------------------------------- logging, checkpoints
+
+CHECKPOINT_FORMAT = "acodm-agent-checkpoint"
+
+
+def save_checkpoint(agent: Agent, folder: str | Path) -> Path:
+    """Write ``agent.zip`` + ``replay_buffer.pkl`` + ``checkpoint.json`` into ``folder``,
+    atomically (built under a temporary name, then renamed over the previous checkpoint).
+
+    Pickle inside (SB3 formats): for resuming one's own runs only, never for sharing.
+    """
+    rb = agent.replay_buffer
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "algorithm": _algorithm(agent),
+        "num_timesteps": int(agent.num_timesteps),
+        "buffer_size": int(rb.size() if rb else 0),
+        "note": "SB3 pickle formats: resume your own runs only; share policies with "
+        "export_actor (safetensors + JSON)",
+    }
+    with atomic_directory(folder, overwrite=True) as tmp:
+        agent.save(tmp / "agent.zip")
+        agent.save_replay_buffer(tmp / "replay_buffer.pkl")
+        (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return Path(folder)
+
+
+def _algorithm(agent: Agent) -> str:
+    return "ddpg" if isinstance(agent, DDPG) else "td3"  # DDPG subclasses TD3: test it first
+
+
+def load_agent(folder: str | Path, env: Any, device: str = "cpu") -> Agent:
+    """Resume from :func:`save_checkpoint`: agent, optimizers, timestep count and replay buffer.
+
+    Loads pickle (SB3's format): only for checkpoints you wrote yourself. The env is reset at
+    the next ``learn`` (its state is not in the checkpoint): an LM env resumes only if it can
+    restore its own run from its own checkpoint.
+    """
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "checkpoint.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError) as e:
+        raise AgentError(f"{folder} is not an agent checkpoint ({e})") from e
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise AgentError(f"{folder}/checkpoint.json is not an acodm agent checkpoint")
+    cls = DDPG if meta["algorithm"] == "ddpg" else TD3
+    agent = cls.load(folder / "agent.zip", env=env, device=device)
+    agent.load_replay_buffer(folder / "replay_buffer.pkl")
+    agent._last_obs = None  # force an env reset at the next learn (set_env does the same)
+    return agent
+
+
+class MixingCallback(BaseCallback):
+    """Logs every ``log_every`` env steps and checkpoints every ``checkpoint_every`` steps.
+
+    ``log(metrics, step)`` receives ``rl/reward``, ``rl/action/<domain>``, ``mix/weight/<domain>``
+    (when ``beta``/``eps`` are given) and ``rl/actor_loss``/``rl/critic_loss`` (SB3's latest
+    values from ``agent.logger.name_to_value``, once training has started); ``step`` is the
+    agent's timestep. ``acodm.metrics.MetricsLogger.log`` fits.
+
+    Checkpoints are written at the start of a rollout, i.e. after the previous step was stored
+    *and* trained on, so a resumed run repeats nothing; and once more at the end of training.
+    """
+
+    def __init__(
+        self,
+        log: LogFn | None = None,
+        *,
+        domains: list[str] | None = None,
+        beta: float | None = None,
+        eps: float | None = None,
+        log_every: int = 1,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int = 0,
+    ) -> None:
+        super().__init__()
+        self._log, self.domains, self.beta, self.eps = log, domains, beta, eps
+        self.log_every, self.checkpoint_every = max(1, log_every), checkpoint_every
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self._last_saved = -1
+
+    def _on_training_start(self) -> None:
+        self._last_saved = int(self.num_timesteps)  # a resumed run's start is already saved
+
+    def _on_step(self) -> bool:
+        if self._log is not None and self.num_timesteps % self.log_every == 0:
+            self._log(self._metrics(), int(self.num_timesteps))
+        return True
+
+    def _metrics(self) -> dict[str, Any]:
+        action = np.asarray(self.locals["actions"])[0]
+        names = self.domains or [str(i) for i in range(len(action))]
+        out: dict[str, Any] = {"rl/reward": float(np.asarray(self.locals["rewards"])[0])}
+        out.update({f"rl/action/{n}": float(a) for n, a in zip(names, action, strict=True)})
+        if self.beta is not None and self.eps is not None:
+            w = action_to_weights(action, self.beta, self.eps)
+            out.update({f"mix/weight/{n}": float(x) for n, x in zip(names, w, strict=True)})
+        values = self.model.logger.name_to_value
+        for key in ("actor_loss", "critic_loss"):
+            if f"train/{key}" in values:
+                out[f"rl/{key}"] = float(values[f"train/{key}"])
+        return out
+
+    def _on_rollout_start(self) -> None:
+        n = int(self.num_timesteps)
+        if self.checkpoint_every > 0 and n > 0 and n % self.checkpoint_every == 0:
+            self._save()
+
+    def _on_training_end(self) -> None:
+        if self.checkpoint_dir is not None:
+            self._save()
+
+    def _save(self) -> None:
+        if self.checkpoint_dir is None or self._last_saved == self.num_timesteps:
+            return
+        save_checkpoint(self.model, self.checkpoint_dir)  # type: ignore[arg-type]
+        self._last_saved = int(self.num_timesteps)

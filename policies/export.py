@@ -1,0 +1,387 @@
+"""Export the actor as ``actor.safetensors`` + ``policy.json``; load it back without SB3 or pickle.
+
+METHOD.md, "Proxy mode and transfer": the agent learns on a proxy run, then only its **actor**
+is exported (weights + a JSON spec: domain names in order, observation feature spec, action
+mapping ``beta``/``eps``, interval K, network shape, versions) and drives the target's mixture.
+STYLE.md: artifacts a user may share are safetensors + JSON, never pickle. Loading therefore
+reads JSON and safetensors only, verifies a sha256 of the weights, and rebuilds a plain
+``torch.nn.Module`` (:class:`MixingPolicy`); stable-baselines3 is not imported here.
+
+This module also holds the action -> weights mapping (METHOD.md, "The environment", Action):
+``w = (1 - eps) * softmax(beta * a) + eps / k``, and its inverse :func:`weights_to_action`, because
+the loaded policy needs the mapping while staying free of SB3.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from acodm.envs.spaces import action_to_weights  # the one mapping, shared with the env
+from acodm.errors import AcodmError
+from acodm.io import atomic_directory, sha256_bytes
+
+FORMAT = "acodm-policy"
+FORMAT_VERSION = 1
+ACTOR_FILE = "actor.safetensors"
+SPEC_FILE = "policy.json"
+
+# Activations a policy.json may name; an unknown name is a PolicyError, never an import.
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+}
+
+
+class PolicyError(AcodmError):
+    """An exported policy is missing, tampered with, malformed, or does not fit this run."""
+
+
+# ----------------------------------------------------------------------------- action mapping
+
+
+def _check_mapping(beta: float, eps: float) -> None:
+    if not (math.isfinite(beta) and beta > 0):
+        raise PolicyError(f"beta must be a finite number > 0, got {beta}")
+    if not (0.0 <= eps < 1.0):
+        raise PolicyError(f"eps must be in [0, 1), got {eps}")
+
+
+def weights_to_action(weights: np.ndarray, beta: float, eps: float) -> np.ndarray:
+    """Inverse of :func:`action_to_weights` up to the softmax's free constant, clipped to [-1, 1].
+
+    ``p = (w - eps/k) / (1 - eps)`` is the softmax part; ``a = log(p) / beta + c``. The constant
+    ``c`` centres the action on the mid-range of ``log(p) / beta`` so the widest range of weights
+    is representable: every ``w`` with ``max(p) / min(p) <= exp(2 beta)`` round-trips exactly;
+    others are clipped (the nearest reachable mixture). Weights below the floor ``eps / k`` are
+    unreachable and treated as a tiny positive ``p``. Used to turn an expert's weights (e.g. an
+    ODM bandit during warm-up, METHOD.md "The agent") into actions for the replay buffer.
+    """
+    _check_mapping(beta, eps)
+    w = np.asarray(weights, dtype=np.float64)
+    k = w.shape[-1]
+    p = np.clip((w - eps / k) / (1.0 - eps), 1e-12, None)
+    logits = np.log(p) / beta
+    centre = 0.5 * (logits.max(axis=-1, keepdims=True) + logits.min(axis=-1, keepdims=True))
+    return np.clip(logits - centre, -1.0, 1.0).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- the module
+
+
+def _build_mlp(
+    input_dim: int, layers: Sequence[int], output_dim: int, activation: type[nn.Module]
+) -> nn.Sequential:
+    """The same ``nn.Sequential`` as SB3's ``create_mlp(..., squash_output=True)``.
+
+    Same module order, so the SB3 actor's ``mu.<i>.weight`` names map one to one.
+    """
+    mods: list[nn.Module] = []
+    sizes = [input_dim, *layers]
+    for i in range(len(layers)):
+        mods += [nn.Linear(sizes[i], sizes[i + 1]), activation()]
+    mods += [nn.Linear(sizes[-1], output_dim), nn.Tanh()]
+    return nn.Sequential(*mods)
+
+
+class MixingPolicy(nn.Module):
+    """The exported deterministic actor: observation -> action in [-1, 1]^k -> domain weights.
+
+    Rebuilt from ``policy.json`` + ``actor.safetensors`` by :meth:`load`. ``act`` gives the
+    tanh-squashed action exactly as SB3's ``actor(obs)``; ``weights`` maps it to the simplex
+    with the exported ``beta``/``eps``. The observation must be built by the same feature spec
+    (``spec["observation"]``) and in the domain order ``domains`` (see :func:`check_domains`).
+    """
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        super().__init__()
+        net = spec["network"]
+        self.spec: dict[str, Any] = dict(spec)
+        self.domains: tuple[str, ...] = tuple(spec["domains"])
+        self.beta = float(spec["action_mapping"]["beta"])
+        self.eps = float(spec["action_mapping"]["eps"])
+        self.interval = int(spec["interval"])
+        self.obs_dim = int(net["input_dim"])
+        self.mu = _build_mlp(
+            self.obs_dim, net["layers"], int(net["output_dim"]), ACTIVATIONS[net["activation"]]
+        )
+        self.eval()
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """obs: (B, obs_dim) float32 -> action (B, k) in [-1, 1]."""
+        return self.mu(obs)
+
+    def _as_batch(self, observation: np.ndarray) -> tuple[torch.Tensor, bool]:
+        x = np.asarray(observation, dtype=np.float32)
+        single = x.ndim == 1
+        x = x.reshape(1, -1) if single else x
+        if x.ndim != 2 or x.shape[1] != self.obs_dim:
+            raise PolicyError(
+                f"observation has shape {np.shape(observation)}; this policy "
+                f"expects ({self.obs_dim},) or (batch, {self.obs_dim})"
+            )
+        return torch.from_numpy(np.ascontiguousarray(x)), single
+
+    @torch.no_grad()
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        """Deterministic action(s), float32, shape (k,) or (batch, k)."""
+        x, single = self._as_batch(observation)
+        a = self.forward(x).numpy()
+        return a[0] if single else a
+
+    def weights(self, observation: np.ndarray) -> np.ndarray:
+        """Domain weights (float64, on the simplex), shape (k,) or (batch, k), ``domains`` order."""
+        a = self.act(observation)
+        if a.ndim == 1:
+            return action_to_weights(a, self.beta, self.eps)
+        return np.stack([action_to_weights(row, self.beta, self.eps) for row in a])
+
+    @classmethod
+    def load(cls, path: str | Path) -> MixingPolicy:
+        """Load from an export folder or its ``policy.json``. Never unpickles anything."""
+        return load_policy(path)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _activation_name(module_cls: type[nn.Module]) -> str:
+    for name, cls in ACTIVATIONS.items():
+        if module_cls is cls:
+            return name
+    raise PolicyError(
+        f"activation {module_cls.__name__} cannot be exported; use one of {sorted(ACTIVATIONS)}"
+    )
+
+
+def _versions() -> dict[str, str]:
+    import acodm
+
+    out = {"acodm": acodm.__version__, "torch": torch.__version__}
+    try:
+        import stable_baselines3
+
+        out["stable_baselines3"] = stable_baselines3.__version__
+    except ImportError:  # pragma: no cover - export is always called with SB3 present
+        pass
+    return out
+
+
+def _box_bounds(space: Any) -> dict[str, Any]:
+    return {
+        "shape": list(space.shape),
+        "low": np.asarray(space.low, np.float64).tolist(),
+        "high": np.asarray(space.high, np.float64).tolist(),
+    }
+
+
+def export_actor(
+    agent: Any,
+    out_dir: str | Path,
+    *,
+    domains: Sequence[str],
+    observation: Mapping[str, Any],
+    beta: float,
+    eps: float,
+    interval: int,
+    extra: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``out_dir/actor.safetensors`` + ``out_dir/policy.json`` (atomically); return out_dir.
+
+    ``agent``: an SB3 DDPG/TD3 with an MLP actor and a Box(-1, 1, (k,)) action space.
+    ``observation``: the env's feature spec (opaque JSON, stored verbatim).
+    Only the actor's weights are written (no critic, no optimizer, no buffer).
+    """
+    from safetensors.torch import save as st_save
+
+    _check_mapping(beta, eps)
+    domains = [str(d) for d in domains]
+    if len(set(domains)) != len(domains):
+        raise PolicyError(f"domain names must be unique, got {domains}")
+    actor = agent.actor
+    layers = [int(x) for x in actor.net_arch]
+    k = int(agent.action_space.shape[0])
+    if k != len(domains):
+        raise PolicyError(f"{len(domains)} domain names for an action space of size {k}")
+    # (name -> float32 CPU tensor) of the MLP only: "mu.<i>.weight|bias", as MixingPolicy names them
+    tensors = {
+        name: t.detach().to("cpu", torch.float32).contiguous()
+        for name, t in actor.state_dict().items()
+        if name.startswith("mu.")
+    }
+    blob = st_save(tensors)
+    spec = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "domains": domains,
+        "observation": json.loads(json.dumps(dict(observation))),  # must be plain JSON
+        "action_mapping": {
+            "formula": "w = (1 - eps) * softmax(beta * a) + eps / k",
+            "beta": float(beta),
+            "eps": float(eps),
+        },
+        "interval": int(interval),
+        "network": {
+            "input_dim": int(actor.features_dim),
+            "layers": layers,
+            "output_dim": k,
+            "activation": _activation_name(actor.activation_fn),
+            "output_activation": "tanh",
+        },
+        "observation_space": _box_bounds(agent.observation_space),
+        "action_space": _box_bounds(agent.action_space),
+        "versions": _versions(),
+        "actor_sha256": sha256_bytes(blob),
+        "extra": dict(extra or {}),
+    }
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        (tmp / ACTOR_FILE).write_bytes(blob)
+        (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+    return Path(out_dir)
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def _read_spec(spec_path: Path) -> dict[str, Any]:
+    try:
+        spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise PolicyError(f"{spec_path} not found: not an exported acodm policy folder") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PolicyError(f"{spec_path} is not valid JSON ({e}); truncated or edited?") from e
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+        raise PolicyError(
+            f'{spec_path} is not an acodm policy spec (expected "format": "{FORMAT}")'
+        )
+    if spec.get("format_version") != FORMAT_VERSION:
+        raise PolicyError(
+            f"{spec_path} has format_version {spec.get('format_version')!r}; "
+            f"this acodm reads version {FORMAT_VERSION}"
+        )
+    _validate_spec(spec, spec_path)
+    return spec
+
+
+def _validate_spec(spec: dict[str, Any], where: Path) -> None:
+    required = ("domains", "observation", "action_mapping", "interval", "network", "actor_sha256")
+    missing = [key for key in required if key not in spec]
+    if missing:
+        raise PolicyError(f"{where} lacks the keys {missing}")
+    try:
+        net = spec["network"]
+        k = int(net["output_dim"])
+        ok = (
+            int(net["input_dim"]) > 0
+            and all(int(n) > 0 for n in net["layers"])
+            and k == len(spec["domains"])
+            and int(spec["interval"]) > 0
+        )
+        act = net["activation"]
+        _check_mapping(float(spec["action_mapping"]["beta"]), float(spec["action_mapping"]["eps"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise PolicyError(f"{where}: malformed network/action_mapping entry ({e!r})") from e
+    if not ok:
+        raise PolicyError(f"{where}: inconsistent network shape, domains or interval")
+    if act not in ACTIVATIONS:
+        raise PolicyError(f"{where}: unknown activation {act!r}; known: {sorted(ACTIVATIONS)}")
+    if len(set(spec["domains"])) != len(spec["domains"]):
+        raise PolicyError(f"{where}: duplicate domain names {spec['domains']}")
+
+
+def _read_tensors(path: Path, expected_sha: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load as st_load
+
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError as e:
+        raise PolicyError(f"{path} not found beside policy.json") from e
+    if sha256_bytes(blob) != expected_sha:
+        raise PolicyError(
+            f"{path}: sha256 does not match policy.json (truncated, corrupted or "
+            "replaced); re-export the policy"
+        )
+    try:
+        return st_load(blob)  # parses the bytes we hashed: no check-then-read race
+    except Exception as e:  # safetensors raises its own SafetensorError
+        raise PolicyError(f"{path} is not a valid safetensors file ({e})") from e
+
+
+def load_policy(path: str | Path) -> MixingPolicy:
+    """Load an exported policy (folder or its policy.json). JSON + safetensors only, no pickle."""
+    path = Path(path)
+    spec_path = path / SPEC_FILE if path.is_dir() else path
+    spec = _read_spec(spec_path)
+    actor_path = spec_path.parent / ACTOR_FILE
+    tensors = _read_tensors(actor_path, str(spec["actor_sha256"]))
+    policy = MixingPolicy(spec)
+    expected = {name: tuple(t.shape) for name, t in policy.state_dict().items()}
+    got = {name: tuple(t.shape) for name, t in tensors.items()}
+    if set(got) != set(expected):
+        raise PolicyError(
+            f"{actor_path}: missing tensors {sorted(set(expected) - set(got))}, "
+            f"unexpected tensors {sorted(set(got) - set(expected))} for the network "
+            f"in {spec_path.name}"
+        )
+    wrong = {n: (got[n], expected[n]) for n in expected if got[n] != expected[n]}
+    if wrong:
+        raise PolicyError(
+            f"{actor_path}: shapes (found, expected) {wrong} do not match the "
+            f"network in {spec_path.name}"
+        )
+    if any(t.dtype != torch.float32 for t in tensors.values()):
+        raise PolicyError(f"{actor_path}: tensors must be float32")
+    policy.load_state_dict(tensors, strict=True)
+    return policy
+
+
+# ----------------------------------------------------------------------------- domains
+
+
+def check_domains(
+    policy: MixingPolicy, domains: Sequence[str], *, allow_reorder: bool = False
+) -> tuple[int, ...]:
+    """Check that a run's domains are the policy's; return ``order`` with ``domains[order[i]] ==
+    policy.domains[i]`` (the identity when the names match exactly).
+
+    METHOD.md, "Proxy mode and transfer": domains must match by name. A missing or extra domain
+    is always an error naming them. A pure reordering is an error unless ``allow_reorder``.
+
+    Why this never permutes an observation vector for you: the actor is an MLP over the
+    concatenated features, **not** permutation-equivariant, so feeding domain groups in another
+    order gives different (wrong) weights, not permuted ones; and the observation layout is the
+    env's opaque spec, not known here. With ``allow_reorder=True`` the safe remap is to run the
+    target *in the policy's order*: build the observation with the domains listed as
+    ``policy.domains`` (i.e. ``[domains[j] for j in order]``), and read ``weights()[i]`` as the
+    weight of ``policy.domains[i]``.
+    """
+    given = [str(d) for d in domains]
+    if given == list(policy.domains):
+        return tuple(range(len(given)))
+    missing = [d for d in policy.domains if d not in given]
+    extra = [d for d in given if d not in policy.domains]
+    if missing or extra or len(given) != len(policy.domains):
+        raise PolicyError(
+            f"domains do not match the policy: missing {missing}, extra {extra} "
+            f"(policy: {list(policy.domains)}); a policy only transfers to runs "
+            "with the same domain names"
+        )
+    if not allow_reorder:
+        raise PolicyError(
+            f"domains {given} are the policy's {list(policy.domains)} in another "
+            "order; build the run in the policy's order (or pass allow_reorder=True "
+            "and follow check_domains' docstring)"
+        )
+    return tuple(given.index(d) for d in policy.domains)
