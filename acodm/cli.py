@@ -7,8 +7,15 @@ command                        Python API
 ``acodm corpus import``        :func:`acodm.data.importer.import_corpus`
 ``acodm prepare``              :func:`acodm.data.prepare.prepare_store`
 ``acodm pretrain``             :func:`acodm.pretrain.pretrain` with :class:`acodm.config.TrainConfig`
+``acodm train-policy``         :func:`acodm.policies.train.train_policy`
+``acodm export``               :func:`acodm.policies.train.export_from_checkpoint`
+``acodm compare RUN...``       :mod:`acodm.report` and :mod:`acodm.plots`
+``acodm quickstart``           :func:`acodm.policies.quickstart.quickstart`
 ``acodm info PATH``            :class:`acodm.data.corpus.Corpus` / :class:`acodm.data.store.TokenStore`
 =============================  ==============================================
+
+The agent commands import :mod:`acodm.policies` only when they run, so the core package
+does not depend on it at import time.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from acodm import __version__
 from acodm.errors import AcodmError
+from acodm.report import format_table
 
 if TYPE_CHECKING:
     from acodm.data.corpus import Corpus
@@ -206,12 +214,125 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
     summary = pretrain(_train_config(args), args.out, resume=args.resume, progress=not args.quiet)
     keys = ["steps", "tokens", "eval/loss_mean", "eval/ppl_mean", "eval/ppl_worst", "seconds"]
-    print(_table(["metric", "value"], [[k, _fmt(summary.get(k))] for k in keys]))
+    print(format_table(["metric", "value"], [[k, _fmt(summary.get(k))] for k in keys]))
     return 0
 
 
 def _fmt(v: object) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
+    q = sub.add_parser(
+        "quickstart",
+        help="corpus -> store -> proxy policy -> target runs vs baselines -> report and plots",
+        description="The whole user story in one command; every finished stage is reused.",
+    )
+    q.add_argument("--out", type=Path, default=Path("quickstart"), help="output folder")
+    q.add_argument("--preset", default="cpu", help="cpu (minutes on 2 cores) or gpu")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    q.set_defaults(func=_cmd_quickstart)
+
+    t = sub.add_parser(
+        "train-policy",
+        help="train a DDPG mixing policy on a proxy model and export its actor",
+        description="One episode is one proxy pretraining run; the actor is exported to "
+        "OUT/policy (actor.safetensors + policy.json).",
+    )
+    t.add_argument("--store", required=True, help="token store from `acodm prepare`")
+    t.add_argument("--out", type=Path, required=True, help="run directory")
+    t.add_argument("--proxy", default="debug_cpu", help="run preset of the proxy pretraining")
+    t.add_argument("--proxy-model", default=None, help="override the preset's model")
+    t.add_argument("--steps", type=int, default=None, help="override the proxy run's steps")
+    t.add_argument("--interval", type=int, default=None, help="optimizer steps per env step")
+    t.add_argument("--episodes", type=int, default=1)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--frozen-actor",
+        action="store_true",
+        help="ablation: keep the actor at its random initialisation",
+    )
+    t.add_argument("--resume", action="store_true")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_cmd_train_policy)
+
+    e = sub.add_parser("export", help="re-export the actor from an agent checkpoint")
+    e.add_argument("run", type=Path, help="a train-policy run directory")
+    e.add_argument("--out", type=Path, default=None, help="policy folder (default RUN/policy)")
+    e.set_defaults(func=_cmd_export)
+
+    c = sub.add_parser("compare", help="compare finished pretraining runs; optional plots")
+    c.add_argument("runs", type=Path, nargs="+", help="run directories")
+    c.add_argument("--focus", default=None, help="run name to judge against the others")
+    c.add_argument("--plots", type=Path, default=None, help="write PNG plots here")
+    c.set_defaults(func=_cmd_compare)
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from acodm.policies.quickstart import quickstart
+
+    quickstart(args.out, preset=args.preset, seed=args.seed, progress=not args.quiet)
+    if args.quiet:
+        print((args.out / "report.txt").read_text(encoding="utf-8"))
+    return 0
+
+
+def _cmd_train_policy(args: argparse.Namespace) -> int:
+    from acodm.config import preset
+    from acodm.policies.agent import small
+    from acodm.policies.train import train_policy
+
+    proxy = preset(args.proxy, args.store)
+    changes: dict[str, Any] = {}
+    if args.proxy_model:
+        changes["model"] = args.proxy_model
+    if args.steps:
+        changes.update(steps=args.steps, tokens=None)
+    agent = small()
+    if args.frozen_actor:
+        import dataclasses
+
+        agent = dataclasses.replace(agent, frozen_actor=True)
+    out = train_policy(
+        args.store,
+        args.out,
+        proxy=proxy.replace(**changes),
+        agent=agent,
+        episodes=args.episodes,
+        interval=args.interval,
+        seed=args.seed,
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    print(f"policy exported to {out}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from acodm.policies.train import export_from_checkpoint
+
+    out = export_from_checkpoint(args.run, args.out or args.run / "policy")
+    print(f"policy exported to {out}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from acodm.report import format_comparison, load_curves
+
+    names = [p.name for p in args.runs]
+    if len(set(names)) != len(names):
+        raise AcodmError(f"run folder names must differ to label them: {names}")
+    curves = {n: load_curves(n, p) for n, p in zip(names, args.runs, strict=True)}
+    print(format_comparison(curves, focus=args.focus))
+    if args.plots:
+        from acodm.plots import plot_validation, plot_weights
+
+        plot_validation(dict(zip(names, args.runs, strict=True)), args.plots / "validation.png")
+        for n, p in zip(names, args.runs, strict=True):
+            plot_weights(p, args.plots / f"{n}_weights.png", f"weights: {n}")
+        print(f"plots in {args.plots}")
+    return 0
 
 
 def _cmd_corpus_build(args: argparse.Namespace) -> int:
@@ -290,22 +411,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [list(map(str, header))] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = []
-    for n, r in enumerate(cells):
-        lines.append(
-            "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w)
-                for i, (c, w) in enumerate(zip(r, widths, strict=True))
-            )
-        )
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def describe_corpus(corpus: Corpus) -> str:
     """A per-domain table of a corpus: documents and megabytes of text."""
     rows: list[list[object]] = [
@@ -315,7 +420,7 @@ def describe_corpus(corpus: Corpus) -> str:
     total_docs = sum(corpus.num_documents(d) for d in corpus.domains)
     total_mb = sum(corpus.num_characters(d) for d in corpus.domains) / 1e6
     rows.append(["total", total_docs, f"{total_mb:.2f}"])
-    return f"corpus {corpus.path} (hash {corpus.hash[:12]})\n" + _table(
+    return f"corpus {corpus.path} (hash {corpus.hash[:12]})\n" + format_table(
         ["domain", "documents", "M chars"], rows
     )
 
@@ -339,7 +444,7 @@ def describe_store(store: TokenStore) -> str:
     return (
         head
         + "\n"
-        + _table(["domain", "train docs", "train tokens", "val docs", "val tokens"], rows)
+        + format_table(["domain", "train docs", "train tokens", "val docs", "val tokens"], rows)
     )
 
 
@@ -353,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_corpus_commands(sub)
     _add_prepare_command(sub)
     _add_pretrain_command(sub)
+    _add_agent_commands(sub)
     info = sub.add_parser("info", help="summarise a corpus or a token store")
     info.add_argument("path", type=Path)
     info.set_defaults(func=_cmd_info)

@@ -319,6 +319,7 @@ class Trainer:
             counts=counts,
             epochs=epochs,
             extras={"alignment": scores},
+            dynamics=dyn,
         )
         tokens = steps * self.tokens_per_step
         metrics = {

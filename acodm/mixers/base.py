@@ -126,7 +126,9 @@ class IntervalFeedback:
     ``step``: optimizer steps done so far (end of the interval). ``loss``: mean training
     loss per domain in the interval, NaN where the domain got no samples. ``counts``:
     sequences drawn per domain in the interval. ``epochs``: epochs of each domain consumed
-    so far. ``extras``: optional dynamics by name (alignment scores, ...).
+    so far. ``extras``: optional dynamics by name (alignment scores, ...). ``dynamics``: the
+    interval's full :class:`acodm.dynamics.Dynamics` when the trainer measured them (what a
+    learned policy observes), else None.
     """
 
     step: int
@@ -134,6 +136,7 @@ class IntervalFeedback:
     counts: np.ndarray
     epochs: np.ndarray
     extras: Mapping[str, np.ndarray] = field(default_factory=dict)
+    dynamics: Any = None
 
     def __post_init__(self) -> None:
         if isinstance(self.step, bool) or not isinstance(self.step, int | np.integer):

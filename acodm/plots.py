@@ -1,0 +1,108 @@
+"""Plots of runs (PNG): domain weights over time, validation curves, the agent's reward.
+
+matplotlib is imported lazily (the ``plots`` extra); every function reads ``metrics.jsonl``
+files, so plots can be redrawn from any finished run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from acodm.errors import AcodmError
+from acodm.metrics import read_metrics
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise AcodmError("plots need matplotlib: pip install 'acodm[plots]'") from e
+    return plt
+
+
+def _save(fig: Any, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    tmp.replace(out)
+    _pyplot().close(fig)
+    return out
+
+
+def plot_weights(run_dir: str | Path, out: str | Path, title: str = "domain weights") -> Path:
+    """Stacked area plot of ``mix/weight/<domain>`` over training steps."""
+    plt = _pyplot()
+    recs = [
+        r
+        for r in read_metrics(Path(run_dir) / "metrics.jsonl")
+        if any(k.startswith("mix/weight/") for k in r)
+    ]
+    if not recs:
+        raise AcodmError(f"{run_dir} has no logged weights to plot")
+    domains = [k.removeprefix("mix/weight/") for k in recs[0] if k.startswith("mix/weight/")]
+    steps = [r["step"] for r in recs]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.stackplot(
+        steps, [[r[f"mix/weight/{d}"] for r in recs] for d in domains], labels=domains, step="pre"
+    )
+    ax.set(xlabel="optimizer step", ylabel="weight", ylim=(0, 1), title=title)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    return _save(fig, out)
+
+
+def plot_validation(runs: Mapping[str, str | Path], out: str | Path) -> Path:
+    """Mean (solid) and worst-domain (dashed) validation perplexity of several runs."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, run_dir in runs.items():
+        recs = [
+            r
+            for r in read_metrics(Path(run_dir) / "metrics.jsonl")
+            if r.get("eval/ppl_mean") is not None
+        ]
+        steps = [r["step"] for r in recs]
+        (line,) = ax.plot(steps, [r["eval/ppl_mean"] for r in recs], label=f"{name} (mean)")
+        ax.plot(
+            steps,
+            [r["eval/ppl_worst"] for r in recs],
+            "--",
+            color=line.get_color(),
+            alpha=0.6,
+            label=f"{name} (worst domain)",
+        )
+    ax.set(
+        xlabel="optimizer step",
+        ylabel="validation perplexity",
+        yscale="log",
+        title="validation perplexity",
+    )
+    ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def plot_reward(run_dir: str | Path, out: str | Path) -> Path:
+    """The agent's reward per environment step (with a running mean)."""
+    plt = _pyplot()
+    recs = [
+        r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if r.get("rl/reward") is not None
+    ]
+    if not recs:
+        raise AcodmError(f"{run_dir} has no logged rl/reward to plot")
+    rewards = [float(r["rl/reward"]) for r in recs]
+    window = max(1, len(rewards) // 20)
+    running = [
+        sum(rewards[max(0, i - window + 1) : i + 1]) / len(rewards[max(0, i - window + 1) : i + 1])
+        for i in range(len(rewards))
+    ]
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.plot(rewards, alpha=0.4, label="reward")
+    ax.plot(running, label=f"running mean ({window})")
+    ax.set(xlabel="environment step", ylabel="reward", title="agent reward (proxy training)")
+    ax.legend(fontsize=8)
+    return _save(fig, out)

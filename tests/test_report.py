@@ -1,0 +1,86 @@
+"""Run comparison (steps to reach a baseline's best) and plots, on hand-made metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from acodm.cli import main
+from acodm.errors import AcodmError
+from acodm.plots import plot_validation, plot_weights
+from acodm.report import compare, format_comparison, load_curves, steps_to_reach
+
+
+def write_run(folder: Path, ppl: list[float], weights: list[float]) -> Path:
+    folder.mkdir(parents=True)
+    lines = []
+    for i, p in enumerate(ppl):
+        step = 10 * i
+        lines.append({"step": step, "mix/weight/a": weights[0], "mix/weight/b": weights[1]})
+        lines.append(
+            {
+                "step": step,
+                "eval/ppl_mean": p,
+                "eval/ppl_worst": 2 * p,
+                "eval/ppl/a": p * 0.5,
+                "eval/ppl/b": p * 1.5,
+            }
+        )
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return folder
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return {
+        "policy": write_run(tmp_path / "policy", [100, 50, 30, 20], [0.7, 0.3]),
+        "uniform": write_run(tmp_path / "uniform", [100, 60, 40, 30], [0.5, 0.5]),
+        "slow": write_run(tmp_path / "slow", [100, 90, 80, 70], [0.5, 0.5]),
+    }
+
+
+def test_steps_to_reach_and_comparison(runs):
+    curves = {n: load_curves(n, p) for n, p in runs.items()}
+    assert steps_to_reach(curves["policy"], 30.0) == 20
+    assert steps_to_reach(curves["slow"], 30.0) is None
+    result = compare(curves)
+    assert result["policy"]["steps_to_reach"] == {"uniform": 20, "slow": 10}
+    assert result["uniform"]["steps_to_reach"] == {"policy": None, "slow": 10}
+    assert result["policy"]["final_ppl"] == {"a": 10.0, "b": 30.0}
+    text = format_comparison(curves, focus="policy")
+    assert "reached uniform's best perplexity (30.00) at step 20 vs 30 (+33% steps saved)" in text
+    text = format_comparison(curves, focus="slow")
+    assert "slow did NOT reach policy's best perplexity" in text
+
+
+def test_missing_run_is_a_clear_error(tmp_path):
+    with pytest.raises(AcodmError, match="did the run finish"):
+        load_curves("x", tmp_path)
+
+
+def test_plots_are_written(runs, tmp_path):
+    w = plot_weights(runs["policy"], tmp_path / "plots" / "w.png")
+    v = plot_validation(runs, tmp_path / "plots" / "v.png")
+    for png in (w, v):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_compare_cli(runs, tmp_path, capsys):
+    assert (
+        main(
+            [
+                "compare",
+                *map(str, runs.values()),
+                "--focus",
+                "policy",
+                "--plots",
+                str(tmp_path / "p"),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "reaches uniform's best at" in out and "steps saved" in out
+    assert (tmp_path / "p" / "validation.png").is_file()
