@@ -7,6 +7,14 @@
 * :mod:`acodm.policies.export` - ``export_actor`` (``actor.safetensors`` + ``policy.json``),
   ``MixingPolicy`` (a plain torch module, loaded without SB3 or pickle), ``check_domains``,
   ``PolicyError``, and the action <-> weights mapping.
+* :mod:`acodm.policies.train` - ``train_policy`` (proxy training -> exported actor; the
+  ``acodm train-policy`` command), ``export_from_checkpoint``, ``OnlineDDPGMixer`` (mixer
+  ``ddpg``: non-proxy mode, learning on the target run itself). Imports SB3.
+* :mod:`acodm.policies.transfer` - ``ActorMixer`` (mixer ``actor:PATH``), ``MixingController``
+  and ``DynamicsProbe`` (the small API for any torch loop).
+* :mod:`acodm.policies.hf` - ``MixtureDataset``, ``MixingTrainer``, ``MixingCallback``: the
+  Hugging Face ``Trainer`` path.
+* :mod:`acodm.policies.quickstart` - ``quickstart`` (the ``acodm quickstart`` command).
 * :mod:`acodm.policies.analytic` - ``TargetMixtureEnv``, an analytic test env.
 
 Installed as ``acodm.policies`` (never a top-level ``policies``). Importing this package does
@@ -37,6 +45,8 @@ _AGENT_NAMES = (
     "continue_learning",
     "fill_replay_buffer",
 )
+_TRAIN_NAMES = ("train_policy", "export_from_checkpoint", "OnlineDDPGMixer")
+_TRANSFER_NAMES = ("ActorMixer", "MixingController", "DynamicsProbe")
 
 __all__ = [
     "MixingPolicy",
@@ -47,6 +57,8 @@ __all__ = [
     "load_policy",
     "weights_to_action",
     *_AGENT_NAMES,
+    *_TRAIN_NAMES,
+    *_TRANSFER_NAMES,
 ]
 
 
@@ -56,4 +68,12 @@ def __getattr__(name: str) -> Any:
         from acodm.policies import agent
 
         return getattr(agent, name)
+    if name in _TRAIN_NAMES:
+        from acodm.policies import train
+
+        return getattr(train, name)
+    if name in _TRANSFER_NAMES:
+        from acodm.policies import transfer
+
+        return getattr(transfer, name)
     raise AttributeError(f"module 'acodm.policies' has no attribute {name!r}")

@@ -26,6 +26,9 @@ MixerFactory = Callable[[str | None], Mixer]
 """Builds a mixer from the text after ``NAME:`` (``None`` when the spec has no ``:``)."""
 
 _REGISTRY: dict[str, MixerFactory] = {}
+#: Mixers registered by optional modules, imported on first use (core never imports policies
+#: at import time): NAME -> module whose import calls :func:`register_mixer` for NAME.
+_PLUGINS: dict[str, str] = {"actor": "acodm.policies.transfer", "ddpg": "acodm.policies.train"}
 _NAME = re.compile(r"[a-z][a-z0-9_\-]*")
 
 
@@ -47,11 +50,26 @@ def known_mixers() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _import_plugin(name: str) -> None:
+    """Import the module that registers mixer ``name`` (see ``_PLUGINS``)."""
+    import importlib
+
+    module = _PLUGINS[name]
+    try:
+        importlib.import_module(module)  # registers the name as a side effect
+    except ModuleNotFoundError as e:
+        if e.name is None or not module.startswith(e.name):
+            raise  # a dependency of the plugin is missing: show the real cause
+        raise MixerError(f"mixer {name!r} needs the module {module}, which is not installed") from e
+
+
 def make_mixer(spec: str) -> Mixer:
     """Build a mixer from its spec, e.g. ``"unimax:4"`` or ``"odm:warmup=0.05"``."""
     if not isinstance(spec, str) or not spec.strip():
         raise MixerError(f"a mixer spec must be a non-empty string, got {spec!r}")
     name, sep, arg = spec.strip().partition(":")
+    if name not in _REGISTRY and name in _PLUGINS:
+        _import_plugin(name)
     if name not in _REGISTRY:
         raise MixerError(f"unknown mixer {name!r} in spec {spec!r}; known: {known_mixers()}")
     try:

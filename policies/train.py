@@ -1,0 +1,672 @@
+"""Proxy-mode training of the mixing agent (METHOD.md, "The agent", "Proxy mode and transfer").
+
+:func:`train_policy` runs the whole recipe on a proxy pretraining run and writes a run folder::
+
+    out/config.json       proxy TrainConfig, AgentConfig, env arguments, schedule (episodes, ...)
+    out/metrics.jsonl     one line per env step (MetricsLogger): rl/reward, rl/reward/<term>,
+                          rl/action/<domain>, mix/weight/<domain>, train/loss[/<domain>],
+                          rl/actor_loss, rl/critic_loss, rl/warmup (1 for expert steps)
+    out/agent/            SB3 checkpoint (agent.zip + replay_buffer.pkl + checkpoint.json)
+    out/policy/           the exported actor (actor.safetensors + policy.json, no pickle)
+
+The checkpoint under ``out/agent/`` is SB3's **pickle-based** format: use it to resume or
+re-export *your own* runs only, never load one you were sent. Share ``out/policy/``.
+
+Recipe: one episode of :class:`acodm.envs.DataMixingEnv` is one proxy pretraining run; the
+run lasts ``episodes * (num_intervals - 1)`` env steps. The first ``warmup_fraction`` of them
+(at least one) follow an ODM bandit (``make_mixer("odm:warmup=0")``, re-created for every new
+LM run) whose weights are mapped to actions with ``weights_to_action``; the transitions fill
+the replay buffer and the actor/critic are pre-fitted (:func:`acodm.policies.agent.warmup`).
+The agent then learns for the remaining steps (``continue_learning``, which continues the
+current episode instead of resetting the env).
+
+Resuming (``resume=True``) loads the last checkpoint (agent, optimizers, replay buffer,
+timestep count) and learns for the remaining env steps. Limits: the LM run itself is not in
+the checkpoint, so the interrupted episode *restarts* with a fresh model (the env is reset);
+the schedule then no longer lines up with episode boundaries (the last run may be cut short
+by the step budget); SB3's exploration-noise and sampling RNG states are re-seeded, so a
+resumed run is not bitwise equal to an uninterrupted one. An interruption during the ODM
+warm-up (before the first checkpoint) restarts from scratch. Metric lines logged after the
+checkpoint are dropped on resume, so each env step appears once in ``metrics.jsonl``.
+
+Non-proxy mode: :class:`OnlineDDPGMixer`, registered as mixer ``ddpg`` (importing this module
+registers it; ``make_mixer("ddpg")`` imports it on first use), learns on the target run itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from stable_baselines3.common.logger import Logger
+
+from acodm.config import ConfigError, TrainConfig, preset
+from acodm.envs import DataMixingEnv
+from acodm.envs.spaces import (
+    DEFAULT_FEATURES,
+    ObservationSpec,
+    action_to_weights,
+    build_observation,
+    total_reward,
+)
+from acodm.errors import AcodmError
+from acodm.io import atomic_write_json, atomic_write_text
+from acodm.metrics import MetricsLogger, read_metrics
+from acodm.mixers import IntervalFeedback, Mixer, MixerContext, MixerError, make_mixer
+from acodm.mixers.base import format_number
+from acodm.mixers.spec import parse_number, parse_options, register_mixer
+from acodm.policies.agent import (
+    Agent,
+    AgentConfig,
+    MixingCallback,
+    Transition,
+    continue_learning,
+    fill_replay_buffer,
+    fit_actor_to_buffer,
+    fit_critic_to_buffer,
+    load_agent,
+    make_agent,
+    save_checkpoint,
+    small,
+    warmup,
+)
+from acodm.policies.export import export_actor, weights_to_action
+from acodm.trainer import IntervalReport
+
+__all__ = [
+    "RUN_FORMAT",
+    "OnlineDDPGMixer",
+    "TrainPolicyError",
+    "export_from_checkpoint",
+    "train_policy",
+]
+
+RUN_FORMAT = "acodm-policy-run"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+AGENT_DIR = "agent"
+POLICY_DIR = "policy"
+ODM_EXPERT = "odm:warmup=0"  # the bandit itself; the agent's warm-up replaces ODM's own
+
+
+class TrainPolicyError(AcodmError):
+    """Bad arguments for :func:`train_policy` / :func:`export_from_checkpoint`, or a run
+    folder that cannot be started, resumed or exported."""
+
+
+# ----------------------------------------------------------------------------- the env
+
+
+class RecordingEnv(DataMixingEnv):
+    """:class:`DataMixingEnv` that keeps the last step's :class:`IntervalReport`.
+
+    The ODM expert needs each interval's per-domain losses (``report.feedback``), and the
+    metrics want ``train/loss/<domain>``; the plain env does not return the report.
+    """
+
+    last_report: IntervalReport | None = None
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        tr = self.trainer
+        if tr is None:
+            return super().step(action)  # raises the env's own error
+        original = tr.train_interval
+
+        def recording(weights: np.ndarray, steps: int | None = None) -> IntervalReport:
+            self.last_report = original(weights, steps)
+            return self.last_report
+
+        setattr(tr, "train_interval", recording)  # noqa: B010  (instance-level wrap)
+        try:
+            return super().step(action)
+        finally:
+            delattr(tr, "train_interval")
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def _resolve_proxy(
+    store: str | Path,
+    proxy: str | TrainConfig,
+    overrides: Mapping[str, Any] | None,
+    interval: int | None,
+) -> TrainConfig:
+    """The proxy run's TrainConfig on ``store`` (a preset name or a config, plus overrides)."""
+    store_path = Path(store)
+    if not store_path.exists():
+        raise TrainPolicyError(f"store {store_path} does not exist: build one with `acodm prepare`")
+    if isinstance(proxy, TrainConfig):
+        cfg = proxy.replace(store=str(store_path))
+    elif isinstance(proxy, str):
+        cfg = preset(proxy, str(store_path))
+    else:
+        raise TrainPolicyError(f"proxy must be a preset name or a TrainConfig, got {proxy!r}")
+    try:
+        if overrides:
+            cfg = cfg.replace(**dict(overrides))
+        if interval is not None:
+            cfg = cfg.replace(interval=int(interval))
+    except TypeError as e:  # an unknown field name
+        raise ConfigError(f"bad proxy override: {e}") from e
+    return cfg
+
+
+def _make_env(cfg: TrainConfig, beta: float | None, eps: float | None) -> RecordingEnv:
+    kwargs: dict[str, Any] = {}
+    if beta is not None:
+        kwargs["beta"] = beta
+    if eps is not None:
+        kwargs["eps"] = eps
+    return RecordingEnv(cfg.store, cfg, **kwargs)
+
+
+def _warmup_steps(total: int, fraction: float) -> int:
+    if not 0.0 <= fraction <= 1.0:
+        raise TrainPolicyError(f"warmup_fraction must be in [0, 1], got {fraction}")
+    return min(total, max(1, math.ceil(fraction * total - 1e-9)))
+
+
+def _run_config(
+    cfg: TrainConfig, agent_cfg: AgentConfig, env: DataMixingEnv, schedule: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "format": RUN_FORMAT,
+        "proxy": cfg.to_dict(),
+        "agent": agent_cfg.to_json(),
+        "env": {
+            "domains": list(env.domains),
+            "observation": env.observation_spec.to_dict(),
+            "beta": env.beta,
+            "eps": env.eps,
+            "interval": env.config.interval,
+            "num_intervals": env.num_intervals,
+        },
+        "schedule": schedule,
+    }
+
+
+def _read_run_config(path: Path) -> dict[str, Any]:
+    """Read a run's ``config.json`` (a file path, or the run folder holding it)."""
+    if path.is_dir():
+        path = path / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError) as e:
+        raise TrainPolicyError(f"{path} is missing or not valid JSON ({e})") from e
+    if not isinstance(data, dict) or data.get("format") != RUN_FORMAT:
+        raise TrainPolicyError(f"{path} is not an acodm policy-training run config")
+    return data
+
+
+def _check_resumable(old: dict[str, Any], new: dict[str, Any], run_dir: Path) -> None:
+    """Refuse to resume with settings that change the run (episodes may grow)."""
+    new = json.loads(json.dumps(new))  # tuples -> lists, as stored
+    diffs = [key for key in ("proxy", "agent", "env") if old.get(key) != new.get(key)]
+    old_s, new_s = old.get("schedule", {}), new.get("schedule", {})
+    if old_s.get("warmup_steps") != new_s.get("warmup_steps"):
+        diffs.append("schedule.warmup_steps")
+    if diffs:
+        raise TrainPolicyError(
+            f"cannot resume {run_dir}: {diffs} differ from its {CONFIG_FILE}; "
+            "use the same proxy/agent/interval settings or a new --out"
+        )
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+class _StepLog:
+    """Writes one metrics line per env step and an optional progress line to stderr."""
+
+    def __init__(self, logger: MetricsLogger, total: int, progress: bool) -> None:
+        self.logger, self.total, self.progress = logger, total, progress
+        self.every = max(1, total // 20)
+
+    def __call__(self, metrics: dict[str, Any], step: int) -> None:
+        self.logger.log(metrics, step)
+        if self.progress and (step % self.every == 0 or step == self.total):
+            reward = metrics.get("rl/reward", float("nan"))
+            print(f"[train-policy] step {step}/{self.total} reward {reward:+.4f}", file=sys.stderr)
+
+
+def _report_metrics(env: RecordingEnv, info: Mapping[str, Any]) -> dict[str, Any]:
+    """Per-step extras: reward terms, train loss (overall and per domain)."""
+    out: dict[str, Any] = {f"rl/reward/{n}": float(v) for n, v in info["reward_terms"].items()}
+    out["train/loss"] = float(info["train_loss"])
+    report = env.last_report
+    if report is not None:
+        out.update({k: v for k, v in report.metrics.items() if k.startswith("train/loss/")})
+    return out
+
+
+class _TrainCallback(MixingCallback):
+    """:class:`MixingCallback` plus reward terms and LM losses from the step's info."""
+
+    def __init__(self, env: RecordingEnv, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.env = env
+
+    def _metrics(self) -> dict[str, Any]:
+        out = super()._metrics()
+        out.update(_report_metrics(self.env, self.locals["infos"][0]))
+        out["rl/warmup"] = 0
+        return out
+
+
+# ----------------------------------------------------------------------------- warm-up
+
+
+class _OdmExpert:
+    """The ODM bandit as the warm-up expert: weights -> actions; one fresh bandit per LM run."""
+
+    def __init__(self, env: RecordingEnv, log: Callable[[dict[str, Any], int], None]) -> None:
+        self.env, self.log = env, log
+        self.mixer: Mixer | None = None
+        self._trainer: object = None
+        self.step = 0
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        tr = self.env.trainer
+        if tr is None:
+            raise TrainPolicyError("the env has no running LM episode during the warm-up")
+        if self.mixer is None or tr is not self._trainer:  # a new LM run: a new bandit
+            self.mixer = make_mixer(ODM_EXPERT)
+            self.mixer.setup(tr.mixer_context())
+            self._trainer = tr
+        return weights_to_action(self.mixer.weights(), self.env.beta, self.env.eps)
+
+    def on_step(self, t: Transition, info: dict[str, Any]) -> None:
+        report = self.env.last_report
+        if self.mixer is not None and report is not None:
+            self.mixer.update(report.feedback)
+        self.step += 1
+        metrics: dict[str, Any] = {"rl/reward": t.reward, "rl/warmup": 1}
+        names = self.env.domains
+        metrics.update({f"rl/action/{n}": float(a) for n, a in zip(names, t.action, strict=True)})
+        metrics.update({f"mix/weight/{n}": float(w) for n, w in info["weights"].items()})
+        metrics.update(_report_metrics(self.env, info))
+        self.log(metrics, self.step)
+
+
+# ----------------------------------------------------------------------------- main entry
+
+
+def train_policy(
+    store: str | Path,
+    out: str | Path,
+    *,
+    proxy: str | TrainConfig = "debug_cpu",
+    overrides: Mapping[str, Any] | None = None,
+    agent: AgentConfig | None = None,
+    episodes: int = 1,
+    interval: int | None = None,
+    warmup_fraction: float = 0.02,
+    checkpoint_every: int | None = None,
+    beta: float | None = None,
+    eps: float | None = None,
+    seed: int = 0,
+    resume: bool = False,
+    progress: bool = True,
+    wandb: bool = False,
+) -> Path:
+    """Train the mixing agent on ``episodes`` proxy runs; return ``out/policy`` (exported actor).
+
+    ``proxy``: a run preset name (``acodm.config.PRESETS``) or a :class:`TrainConfig`; its
+    ``store`` is replaced by ``store``; ``overrides`` replaces TrainConfig fields; ``interval``
+    sets K. ``agent``: default :func:`acodm.policies.agent.small`; its ``seed`` is replaced by
+    ``seed`` (which also seeds the LM runs through the env's reset); ``frozen_actor=True`` is
+    the frozen-random-actor ablation. ``checkpoint_every``: env steps between agent
+    checkpoints (default: one episode); one is also written after the warm-up and at the end.
+    ``beta``/``eps``: the action mapping (default: the env's). See the module docstring for
+    the run folder and for what ``resume`` can and cannot restore.
+    """
+    if episodes < 1:
+        raise TrainPolicyError(f"episodes must be >= 1, got {episodes}")
+    run_dir = Path(out)
+    cfg = _resolve_proxy(store, proxy, overrides, interval)
+    agent_cfg = replace(agent or small(), seed=int(seed))
+    env = _make_env(cfg, beta, eps)
+    per_episode = env.num_intervals - 1
+    total = episodes * per_episode
+    schedule = {
+        "episodes": episodes,
+        "steps_per_episode": per_episode,
+        "total_steps": total,
+        "warmup_fraction": warmup_fraction,
+        "warmup_steps": _warmup_steps(total, warmup_fraction),
+        "warmup_expert": ODM_EXPERT,
+        "checkpoint_every": int(checkpoint_every or per_episode),
+        "seed": int(seed),
+    }
+    run_config = _run_config(cfg, agent_cfg, env, schedule)
+    try:
+        model = _start_or_resume(env, agent_cfg, run_dir, run_config, resume)
+        logger = MetricsLogger(
+            run_dir / METRICS_FILE, wandb=wandb, run_name=run_dir.name, config=run_config
+        )
+        with logger:
+            log = _StepLog(logger, total, progress)
+            if model is None:
+                model = _warmup_phase(env, agent_cfg, run_dir, schedule, log)
+            _learn_phase(model, env, run_dir, schedule, log)
+        return _export(model, env, run_dir, run_config)
+    finally:
+        env.close()
+
+
+def _start_or_resume(
+    env: RecordingEnv,
+    agent_cfg: AgentConfig,
+    run_dir: Path,
+    run_config: dict[str, Any],
+    resume: bool,
+) -> Agent | None:
+    """Prepare ``run_dir``; return the resumed agent, or None for a fresh start."""
+    ckpt = run_dir / AGENT_DIR / "checkpoint.json"
+    if resume and (run_dir / CONFIG_FILE).exists():
+        _check_resumable(_read_run_config(run_dir / CONFIG_FILE), run_config, run_dir)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        hint = (
+            f"it has no {CONFIG_FILE}, so it is not a policy-training run to resume"
+            if resume
+            else "pass resume=True (--resume) to continue it"
+        )
+        raise TrainPolicyError(
+            f"{run_dir} already exists and is not empty; {hint}, or choose another output folder"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / CONFIG_FILE, run_config)
+    if not (resume and ckpt.exists()):
+        _drop_metrics_after(run_dir / METRICS_FILE, 0)
+        return None
+    model = load_agent(run_dir / AGENT_DIR, env, device=agent_cfg.device)
+    _drop_metrics_after(run_dir / METRICS_FILE, int(model.num_timesteps))
+    return model
+
+
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """Keep only metric lines with ``step <= step`` (those the checkpoint covers)."""
+    if not path.exists():
+        return
+    kept = [r for r in read_metrics(path) if int(r.get("step", 0)) <= step]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _warmup_phase(
+    env: RecordingEnv,
+    agent_cfg: AgentConfig,
+    run_dir: Path,
+    schedule: dict[str, Any],
+    log: _StepLog,
+) -> Agent:
+    """Make the agent, run the ODM expert for the warm-up steps, checkpoint."""
+    model = make_agent(env, agent_cfg)
+    expert = _OdmExpert(env, log)
+    result = warmup(model, expert, int(schedule["warmup_steps"]), on_step=expert.on_step)
+    summary: dict[str, Any] = {"rl/warmup_transitions": result.transitions}
+    if result.bc_loss is not None:
+        summary["rl/warmup_bc_loss"] = result.bc_loss
+    if result.critic_loss is not None:
+        summary["rl/warmup_critic_loss"] = result.critic_loss
+    log.logger.log(summary, int(model.num_timesteps))
+    save_checkpoint(model, run_dir / AGENT_DIR)
+    return model
+
+
+def _learn_phase(
+    model: Agent, env: RecordingEnv, run_dir: Path, schedule: dict[str, Any], log: _StepLog
+) -> None:
+    callback = _TrainCallback(
+        env,
+        log=log,
+        domains=list(env.domains),
+        beta=env.beta,
+        eps=env.eps,
+        checkpoint_dir=run_dir / AGENT_DIR,
+        checkpoint_every=int(schedule["checkpoint_every"]),
+    )
+    continue_learning(model, int(schedule["total_steps"]), callback=callback)
+
+
+def _reward_stats(run_dir: Path) -> dict[str, Any]:
+    records = [r for r in read_metrics(run_dir / METRICS_FILE) if "rl/reward" in r]
+    rewards = np.array([r["rl/reward"] for r in records if r["rl/reward"] is not None], float)
+    learned = np.array(
+        [r["rl/reward"] for r in records if r.get("rl/warmup") == 0 and r["rl/reward"] is not None]
+    )
+    tail = rewards[-max(1, len(rewards) // 5) :] if len(rewards) else rewards
+
+    def mean(a: np.ndarray) -> float | None:
+        return float(a.mean()) if len(a) else None
+
+    return {
+        "steps": len(rewards),
+        "mean": mean(rewards),
+        "mean_after_warmup": mean(learned),
+        "mean_last_20pct": mean(tail),
+    }
+
+
+def _export(model: Agent, env: RecordingEnv, run_dir: Path, run_config: dict[str, Any]) -> Path:
+    proxy = run_config["proxy"]
+    extra = {
+        "proxy_model": proxy["model"],
+        "proxy_steps": proxy["steps"],
+        "episodes": run_config["schedule"]["episodes"],
+        "num_timesteps": int(model.num_timesteps),
+        "frozen_actor": run_config["agent"]["frozen_actor"],
+        "algorithm": run_config["agent"]["algorithm"],
+        "reward": _reward_stats(run_dir),
+    }
+    return export_actor(
+        model,
+        run_dir / POLICY_DIR,
+        domains=list(env.domains),
+        observation=env.observation_spec.to_dict(),
+        beta=env.beta,
+        eps=env.eps,
+        interval=env.config.interval,
+        extra=extra,
+        overwrite=True,
+    )
+
+
+# ----------------------------------------------------------------------------- re-export
+
+
+def export_from_checkpoint(
+    agent_dir: str | Path,
+    out: str | Path,
+    *,
+    run_config: str | Path | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Re-export the actor of an agent checkpoint to ``out`` (``actor.safetensors`` +
+    ``policy.json``); return ``out``.
+
+    ``agent_dir``: a checkpoint folder (``<run>/agent``) or a run folder containing one.
+    ``run_config``: the run's ``config.json`` (domains, observation spec, beta, eps, K);
+    default ``<agent_dir>/../config.json``. Loads SB3 pickle: your own checkpoints only.
+    """
+    from stable_baselines3 import DDPG, TD3
+
+    folder = Path(agent_dir)
+    if (folder / AGENT_DIR / "checkpoint.json").exists():
+        folder = folder / AGENT_DIR
+    try:
+        meta = json.loads((folder / "checkpoint.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError) as e:
+        raise TrainPolicyError(f"{folder} is not an agent checkpoint ({e})") from e
+    config_path = Path(run_config) if run_config is not None else folder.parent / CONFIG_FILE
+    run = _read_run_config(config_path)
+    cls = DDPG if meta.get("algorithm") == "ddpg" else TD3
+    model = cls.load(folder / "agent.zip", env=None, device="cpu")
+    env_spec = run["env"]
+    extra = {
+        "proxy_model": run["proxy"]["model"],
+        "episodes": run["schedule"]["episodes"],
+        "num_timesteps": int(meta.get("num_timesteps", model.num_timesteps)),
+        "frozen_actor": run["agent"]["frozen_actor"],
+        "algorithm": run["agent"]["algorithm"],
+        "source": "export_from_checkpoint",
+    }
+    return export_actor(
+        model,
+        out,
+        domains=env_spec["domains"],
+        observation=env_spec["observation"],
+        beta=float(env_spec["beta"]),
+        eps=float(env_spec["eps"]),
+        interval=int(env_spec["interval"]),
+        extra=extra,
+        overwrite=overwrite,
+    )
+
+
+# ----------------------------------------------------------------------------- non-proxy mode
+
+
+class _SpacesOnlyEnv(gym.Env[np.ndarray, np.ndarray]):
+    """Carries the spaces SB3 needs to build the agent; never stepped (the mixer feeds the
+    replay buffer by hand)."""
+
+    def __init__(self, obs_space: spaces.Box, action_space: spaces.Box) -> None:
+        self.observation_space, self.action_space = obs_space, action_space
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        raise TrainPolicyError("the online DDPG mixer's agent is trained by hand, not by learn()")
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        raise TrainPolicyError("the online DDPG mixer's agent is trained by hand, not by learn()")
+
+
+class OnlineDDPGMixer(Mixer):
+    """``ddpg[:warmup=F,seed=N,beta=B,eps=E]``: non-proxy mode (METHOD.md), the agent learns on
+    the target run itself.
+
+    After every interval: observation = :func:`build_observation` of the run's own dynamics
+    (the env's feature spec), reward = gradient alignment of the weights just used
+    (:func:`total_reward`), one transition into the replay buffer, then ``gradient_steps``
+    SB3 updates. The first ``warmup`` fraction of the intervals (at least one) follows the ODM
+    bandit, then the actor/critic are pre-fitted on those transitions, as in proxy mode.
+    Needs ``TrainConfig.dynamics=True``. Limits: the agent (networks, buffer) is not part of
+    the mixer's ``state_dict``; a resumed pretraining run restarts learning from scratch.
+    """
+
+    name = "ddpg"
+    OPTIONS = ("warmup", "seed", "beta", "eps")
+
+    def __init__(
+        self,
+        warmup: float = 0.02,
+        seed: int = 0,
+        beta: float = 1.0,
+        eps: float = 0.15,
+        agent: AgentConfig | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= warmup <= 1.0:
+            raise MixerError(f"ddpg warmup must be in [0, 1], got {warmup}")
+        action_to_weights(np.zeros(2), beta, eps)  # validates the mapping
+        self.warmup, self.seed, self.beta, self.eps = float(warmup), int(seed), beta, eps
+        self.agent_config = replace(agent or small(), seed=int(seed))
+        self.model: Agent | None = None
+
+    @classmethod
+    def from_spec_arg(cls, arg: str | None) -> Mixer:
+        opts = parse_options(arg, cls.OPTIONS)
+        kw: dict[str, Any] = {k: parse_number(v, f"ddpg {k}") for k, v in opts.items()}
+        if "seed" in kw:
+            kw["seed"] = int(kw["seed"])
+        return cls(**kw)
+
+    def describe(self) -> str:
+        return (
+            f"ddpg:warmup={format_number(self.warmup)},seed={self.seed},"
+            f"beta={format_number(self.beta)},eps={format_number(self.eps)}"
+        )
+
+    def _prepare(self, ctx: MixerContext) -> None:
+        self.odm = make_mixer(ODM_EXPERT)
+        self.odm.setup(ctx)
+        intervals = -(-ctx.total_steps // ctx.interval)
+        self.warmup_updates = _warmup_steps(max(intervals - 1, 1), self.warmup)
+        self.model = None
+        self.spec: ObservationSpec | None = None
+        self.transitions: list[Transition] = []
+        self._obs: np.ndarray | None = None
+        self._action = np.zeros(ctx.k, dtype=np.float32)
+        self._w = action_to_weights(self._action, self.beta, self.eps)
+
+    def _weights(self) -> np.ndarray:
+        return np.asarray(self._w, dtype=np.float64)
+
+    def _agent(self, dyn: Any) -> Agent:
+        if self.model is None:
+            spec = ObservationSpec(DEFAULT_FEATURES, self.ctx.k, len(dyn.weight_norm))
+            self.spec = spec
+            low, high = spec.bounds()
+            stub = _SpacesOnlyEnv(
+                spaces.Box(low, high, dtype=np.float32),
+                spaces.Box(-1.0, 1.0, (self.ctx.k,), dtype=np.float32),
+            )
+            self.model = make_agent(stub, self.agent_config)
+            self.model.set_logger(Logger(folder=None, output_formats=[]))
+        return self.model
+
+    def _update(self, feedback: IntervalFeedback) -> None:
+        dyn = feedback.dynamics
+        if dyn is None:
+            raise MixerError("the ddpg mixer needs the interval's dynamics; run with dynamics=True")
+        model = self._agent(dyn)
+        assert self.spec is not None
+        obs = build_observation(dyn, self.spec)
+        if self._obs is not None:
+            reward, _ = total_reward(self._w, dyn)
+            self._learn(model, Transition(self._obs, self._action, float(reward), obs))
+        self.odm.update(feedback)
+        self._obs = obs
+        self._action = self._next_action(model, obs)
+        self._w = action_to_weights(self._action, self.beta, self.eps)
+
+    def _learn(self, model: Agent, t: Transition) -> None:
+        fill_replay_buffer(model, [t])
+        model.num_timesteps += 1
+        n = len(self.transitions) + 1
+        if n <= self.warmup_updates:
+            self.transitions.append(t)
+            if n == self.warmup_updates:
+                if not self.agent_config.frozen_actor:
+                    fit_actor_to_buffer(model, self.transitions, 300)
+                fit_critic_to_buffer(model, self.transitions, 300)
+            return
+        self.transitions.append(t)
+        model.train(gradient_steps=model.gradient_steps, batch_size=model.batch_size)
+
+    def _next_action(self, model: Agent, obs: np.ndarray) -> np.ndarray:
+        if len(self.transitions) < self.warmup_updates:
+            return weights_to_action(self.odm.weights(), self.beta, self.eps)
+        action, _ = model.predict(obs, deterministic=True)
+        noise = model.action_noise() if model.action_noise is not None else 0.0
+        return np.clip(np.asarray(action, np.float32) + noise, -1.0, 1.0).astype(np.float32)
+
+    def _state(self) -> dict[str, Any]:
+        return {"weights": np.asarray(self._w).tolist()}
+
+
+def _ddpg_factory(arg: str | None) -> Mixer:
+    return OnlineDDPGMixer.from_spec_arg(arg)
+
+
+register_mixer("ddpg", _ddpg_factory, replace=True)

@@ -1,0 +1,125 @@
+"""The Hugging Face ``Trainer`` path: MixtureDataset + MixingTrainer + MixingCallback."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+from transformers import TrainingArguments
+
+from acodm.envs.spaces import build_observation
+from acodm.mixers import make_mixer
+from acodm.models import build_model
+from acodm.policies.hf import (
+    HFMixingError,
+    MixingCallback,
+    MixingTrainer,
+    MixtureDataset,
+    per_sequence_loss,
+)
+from acodm.policies.transfer import DynamicsProbe, MixingController
+from tests.policies.test_transfer import policy_dir, text_store  # noqa: F401 (fixtures)
+
+SEQ = 16
+
+needs_accelerate = pytest.mark.skipif(
+    importlib.util.find_spec("accelerate") is None,
+    reason="transformers' Trainer needs accelerate (pip install 'acodm[hf]' / accelerate)",
+)
+
+
+def take(ds: MixtureDataset, n: int) -> list[dict[str, torch.Tensor]]:
+    it = iter(ds)
+    return [next(it) for _ in range(n)]
+
+
+def test_dataset_is_deterministic_and_follows_weights(text_store):  # noqa: F811
+    a, b = (MixtureDataset(text_store, seq_len=SEQ, seed=3) for _ in range(2))
+    xa, xb = take(a, 8), take(b, 8)
+    for u, v in zip(xa, xb, strict=True):
+        assert torch.equal(u["input_ids"], v["input_ids"]) and int(u["domain"]) == int(v["domain"])
+    assert xa[0]["input_ids"].shape == (SEQ + 1,) and torch.equal(
+        xa[0]["labels"], xa[0]["input_ids"]
+    )
+    a.set_weights([0.0, 1.0, 0.0])
+    assert {int(x["domain"]) for x in take(a, 10)} == {1}
+    with pytest.raises(HFMixingError, match="dataloader_num_workers=0"):
+        next(iter(DataLoader(b, batch_size=2, num_workers=1)))
+
+
+def test_per_sequence_loss_ignores_padding():
+    logits = torch.randn(2, 5, 7)
+    labels = torch.randint(0, 7, (2, 5))
+    full = per_sequence_loss(logits, labels)
+    labels[1, 3:] = -100
+    part = per_sequence_loss(logits, labels)
+    assert torch.allclose(full[0], part[0]) and not torch.allclose(full[1], part[1])
+
+
+def args(tmp_path, steps: int) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(tmp_path / "hf"),
+        max_steps=steps,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_strategy="no",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=0,
+    )
+
+
+def run(tmp_path, store, policy, steps: int = 4, interval: int | None = None):
+    ds = MixtureDataset(store, seq_len=SEQ, seed=0)
+    model = build_model("tiny", ds.vocab_size, max_seq_len=SEQ + 1, seed=0)
+    probe = DynamicsProbe(model, ds.domains)
+    cb = MixingCallback(ds, probe, policy(ds), interval=interval)
+    trainer = MixingTrainer(
+        model=model, args=args(tmp_path, steps), train_dataset=ds, probe=probe, callbacks=[cb]
+    )
+    trainer.train()
+    probe.close()
+    return ds, cb
+
+
+@needs_accelerate
+def test_mixing_trainer_follows_the_policy(text_store, policy_dir, tmp_path):  # noqa: F811
+    seen: list = []
+
+    def controller(ds: MixtureDataset) -> MixingController:
+        ctl = MixingController.load(policy_dir, ds.domains, n_layers=3)
+        observe = ctl.observe
+
+        def spy(dyn):
+            seen.append(dyn)
+            return observe(dyn)
+
+        ctl.observe = spy  # type: ignore[method-assign]
+        return ctl
+
+    ds, cb = run(tmp_path, text_store, controller)
+    steps = [s for s, _ in cb.history]
+    assert steps == [0, 2, 4]  # uniform start, then one decision per K = 2 steps
+    np.testing.assert_allclose(cb.history[0][1], 1 / 3)
+    ctl = cb.policy
+    assert isinstance(ctl, MixingController)
+    for dyn, (_, w) in zip(seen, cb.history[1:], strict=True):
+        assert dyn.share.sum() == pytest.approx(1.0) and np.any(dyn.gram != 0)
+        np.testing.assert_allclose(w, ctl.policy.weights(build_observation(dyn, ctl.spec)))
+        assert np.abs(w - 1 / 3).max() > 1e-3
+    np.testing.assert_allclose(ds.weights, cb.history[-1][1])
+
+
+@needs_accelerate
+def test_mixing_callback_with_an_acodm_mixer(text_store, tmp_path):  # noqa: F811
+    ds, cb = run(tmp_path, text_store, lambda ds: make_mixer("natural"), steps=2, interval=1)
+    tokens = np.array([ds.store.num_tokens(d) for d in ds.domains], dtype=np.float64)
+    assert [s for s, _ in cb.history] == [0, 1, 2]
+    np.testing.assert_allclose(ds.weights, tokens / tokens.sum())

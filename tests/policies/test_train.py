@@ -1,0 +1,177 @@
+"""Proxy-mode training (acodm.policies.train): run folder, export, determinism, resume, errors.
+
+Tiny on purpose (2 shared CPU cores): the ``tiny`` LM, 8 optimizer steps with K = 2 (three env
+steps per episode), a 16-unit agent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from acodm.errors import AcodmError
+from acodm.metrics import read_metrics
+from acodm.policies import train as train_mod
+from acodm.policies.agent import AgentConfig, small
+from acodm.policies.export import ACTOR_FILE, SPEC_FILE, MixingPolicy
+from acodm.policies.train import TrainPolicyError, export_from_checkpoint, train_policy
+from tests.fixtures import make_text_store
+
+OVERRIDES = {"steps": 8, "warmup_steps": 1, "device": "cpu", "eval_every": 0}
+STEPS_PER_EPISODE = 3  # ceil(8 / 2) intervals, the first one run by reset
+
+
+def _agent(**kw: Any) -> AgentConfig:
+    return small(net_arch=(16,), batch_size=4, **kw)
+
+
+def _train(store: Path, out: Path, **kw: Any) -> Path:
+    args: dict[str, Any] = {
+        "overrides": OVERRIDES,
+        "interval": 2,
+        "agent": _agent(),
+        "progress": False,
+    }
+    args.update(kw)
+    return train_policy(store, out, **args)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("train") / "store"
+    make_text_store(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # module scope: set up before the per-test one-thread fixture
+    out = tmp_path_factory.mktemp("train") / "run"
+    _train(store, out)
+    torch.set_num_threads(old)
+    yield out
+
+
+def _rewards(run_dir: Path) -> list[dict[str, Any]]:
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if "rl/reward" in r]
+
+
+def test_train_policy_writes_run_folder_and_loadable_policy(run: Path, store: Path) -> None:
+    from acodm.data.store import TokenStore
+
+    policy = MixingPolicy.load(run / "policy")
+    assert policy.domains == tuple(TokenStore(store).domains)
+    assert policy.interval == 2
+    spec = json.loads((run / "policy" / SPEC_FILE).read_text())
+    assert spec["extra"]["episodes"] == 1 and spec["extra"]["proxy_model"] == "tiny"
+    assert spec["extra"]["reward"]["steps"] == STEPS_PER_EPISODE
+    config = json.loads((run / "config.json").read_text())
+    assert config["proxy"]["steps"] == 8 and config["agent"]["net_arch"] == [16]
+    assert config["schedule"]["warmup_steps"] == 1  # 2% of 3 steps, at least one
+    ckpt = json.loads((run / "agent" / "checkpoint.json").read_text())
+    assert ckpt["num_timesteps"] == STEPS_PER_EPISODE
+    assert (run / "agent" / "replay_buffer.pkl").exists()
+
+
+def test_metrics_have_one_line_per_env_step(run: Path) -> None:
+    lines = _rewards(run)
+    assert [r["step"] for r in lines] == [1, 2, 3]
+    assert [r["rl/warmup"] for r in lines] == [1, 0, 0]
+    for r in lines:
+        assert "train/loss" in r and "rl/reward/alignment" in r
+        assert any(k.startswith("mix/weight/") for k in r)
+    assert any("rl/warmup_bc_loss" in r for r in read_metrics(run / "metrics.jsonl"))
+
+
+def test_same_seed_gives_identical_actor(run: Path, store: Path, tmp_path: Path) -> None:
+    again = _train(store, tmp_path / "again")
+    assert (again / ACTOR_FILE).read_bytes() == (run / "policy" / ACTOR_FILE).read_bytes()
+
+
+def test_export_from_checkpoint_reproduces_actor(run: Path, tmp_path: Path) -> None:
+    out = export_from_checkpoint(run / "agent", tmp_path / "exported")
+    assert (out / ACTOR_FILE).read_bytes() == (run / "policy" / ACTOR_FILE).read_bytes()
+    assert MixingPolicy.load(out).domains == MixingPolicy.load(run / "policy").domains
+    again = export_from_checkpoint(run, tmp_path / "from-run-dir")  # the run folder works too
+    assert (again / ACTOR_FILE).read_bytes() == (out / ACTOR_FILE).read_bytes()
+
+
+def test_resume_after_interruption_reaches_the_same_total(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = train_mod.continue_learning
+
+    def interrupted(agent: Any, total: int, callback: Any = None, **kw: Any) -> Any:
+        real(agent, total - 1, callback=callback)  # learn, checkpoint at the end, then "crash"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "continue_learning", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _train(store, tmp_path / "run", episodes=2)
+    assert not (tmp_path / "run" / "policy").exists()
+    monkeypatch.setattr(train_mod, "continue_learning", real)
+    with pytest.raises(TrainPolicyError, match="resume"):
+        _train(store, tmp_path / "run", episodes=2)  # an existing run needs resume=True
+    out = _train(store, tmp_path / "run", episodes=2, resume=True)
+    ckpt = json.loads((tmp_path / "run" / "agent" / "checkpoint.json").read_text())
+    assert ckpt["num_timesteps"] == 2 * STEPS_PER_EPISODE
+    steps = [r["step"] for r in _rewards(tmp_path / "run")]
+    assert steps == list(range(1, 2 * STEPS_PER_EPISODE + 1))
+    assert MixingPolicy.load(out).spec["extra"]["num_timesteps"] == 2 * STEPS_PER_EPISODE
+    # A finished run resumes to a plain re-export.
+    _train(store, tmp_path / "run", episodes=2, resume=True)
+
+
+def test_resume_refuses_changed_settings(run: Path, store: Path) -> None:
+    with pytest.raises(TrainPolicyError, match="agent"):
+        _train(store, run, agent=_agent(learning_rate=1e-2), resume=True)
+
+
+def test_frozen_actor_passes_through(store: Path, tmp_path: Path) -> None:
+    out = _train(store, tmp_path / "frozen", agent=_agent(frozen_actor=True))
+    assert MixingPolicy.load(out).spec["extra"]["frozen_actor"] is True
+    assert json.loads((tmp_path / "frozen" / "config.json").read_text())["agent"]["frozen_actor"]
+
+
+def test_bad_inputs_give_clear_errors(store: Path, tmp_path: Path) -> None:
+    with pytest.raises(AcodmError, match="unknown run preset"):
+        _train(store, tmp_path / "a", proxy="no_such_preset")
+    with pytest.raises(AcodmError, match="does not exist"):
+        _train(tmp_path / "missing-store", tmp_path / "b")
+    with pytest.raises(AcodmError, match="bad proxy override"):
+        _train(store, tmp_path / "c", overrides={"no_such_field": 1})
+    with pytest.raises(AcodmError, match="episodes"):
+        _train(store, tmp_path / "d", episodes=0)
+    with pytest.raises(AcodmError, match="not an agent checkpoint"):
+        export_from_checkpoint(tmp_path, tmp_path / "e")
+
+
+def test_online_ddpg_mixer_learns_on_the_run_itself(store: Path) -> None:
+    import numpy as np
+
+    from acodm.config import debug_cpu
+    from acodm.mixers import MixerError, make_mixer
+    from acodm.trainer import Trainer
+
+    cfg = debug_cpu(str(store)).replace(steps=10, interval=2, device="cpu", eval_every=0)
+    trainer = Trainer(cfg)
+    mixer = make_mixer("ddpg:warmup=0.25,seed=1")
+    mixer.setup(trainer.mixer_context())
+    seen = []
+    while not trainer.done:
+        report = trainer.train_interval(mixer.weights())
+        mixer.update(report.feedback)
+        seen.append(mixer.weights())
+    trainer.close()
+    assert all(np.isclose(w.sum(), 1.0) and (w > 0).all() for w in seen)
+    assert mixer.model is not None and mixer.model.num_timesteps == 4  # 5 intervals
+    assert not np.allclose(seen[-1], seen[0])  # the actor moved off the ODM/uniform start
+    with pytest.raises(MixerError):
+        make_mixer("ddpg:nope=1")

@@ -1,0 +1,211 @@
+"""Transfer of an exported actor to target runs (METHOD.md, "Proxy mode and transfer")."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from acodm.config import TrainConfig
+from acodm.data.sampler import DomainSampler
+from acodm.data.store import TokenStore
+from acodm.envs.spaces import ObservationSpec, build_observation
+from acodm.metrics import read_metrics
+from acodm.mixers import make_mixer
+from acodm.mixers.base import MixerContext, MixerError
+from acodm.models import build_model
+from acodm.policies.export import MixingPolicy, PolicyError
+from acodm.policies.transfer import ActorMixer, DynamicsProbe, MixingController
+from acodm.pretrain import pretrain
+from tests.fixtures import make_position_store, make_text_store
+
+BETA, EPS, K = 3.0, 0.1, 2
+
+
+@pytest.fixture(scope="module")
+def text_store(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("transfer") / "store"
+    make_text_store(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def policy_dir(text_store, tmp_path_factory) -> Path:
+    """A tiny DDPG actor (untrained: any deterministic map will do) exported SB3-free."""
+    from acodm.envs.data_mixing import DataMixingEnv
+    from acodm.policies.agent import make_agent, small
+    from acodm.policies.export import export_actor
+
+    env = DataMixingEnv(store=str(text_store), interval=K, beta=BETA, eps=EPS)
+    agent = make_agent(env, small(net_arch=(16,), seed=1))
+    out = tmp_path_factory.mktemp("policy") / "policy"
+    export_actor(
+        agent,
+        out,
+        domains=env.domains,
+        observation=env.observation_spec.to_dict(),
+        beta=BETA,
+        eps=EPS,
+        interval=K,
+    )
+    env.close()
+    return out
+
+
+def config(store: Path, policy: Path, **changes) -> TrainConfig:
+    base = TrainConfig(
+        store=str(store),
+        model="tiny",
+        mixer=f"actor:{policy}",
+        seq_len=32,
+        micro_batch_size=4,
+        steps=6,
+        warmup_steps=1,
+        interval=K,
+        eval_every=0,
+        eval_windows=1,
+        device="cpu",
+        lr=3e-3,
+    )
+    return base.replace(**changes)
+
+
+def spy(mixer: ActorMixer) -> list:
+    """Record every interval's dynamics the mixer receives."""
+    seen: list = []
+    update = mixer.update
+
+    def wrapped(feedback):
+        seen.append(feedback.dynamics)
+        update(feedback)
+
+    mixer.update = wrapped  # type: ignore[method-assign]
+    return seen
+
+
+def logged_weights(run: Path, domains: list[str]) -> list[np.ndarray]:
+    rows = [r for r in read_metrics(run / "metrics.jsonl") if f"mix/weight/{domains[0]}" in r]
+    return [np.array([r[f"mix/weight/{d}"] for d in domains]) for r in rows]
+
+
+def test_actor_mixer_drives_pretrain(text_store, policy_dir, tmp_path):
+    cfg = config(text_store, policy_dir)
+    mixer = make_mixer(cfg.mixer)
+    assert isinstance(mixer, ActorMixer) and mixer.describe() == cfg.mixer
+    seen = spy(mixer)
+    pretrain(cfg, tmp_path / "run", progress=False, mixer=mixer)
+    policy = MixingPolicy.load(policy_dir)
+    spec = ObservationSpec.from_dict(policy.spec["observation"])
+    weights = logged_weights(tmp_path / "run", list(policy.domains))
+    assert len(weights) == 3 and len(seen) == 3
+    np.testing.assert_allclose(weights[0], 1 / 3)  # first interval uniform, as env.reset
+    for dyn, w in zip(seen[:-1], weights[1:], strict=True):
+        by_hand = policy.weights(build_observation(dyn, spec))
+        np.testing.assert_allclose(w, by_hand, rtol=1e-12)
+        assert np.abs(w - 1 / 3).max() > 1e-3
+    state = mixer.state_dict()
+    np.testing.assert_allclose(state["state"]["weights"], mixer.weights())
+    resumed = make_mixer(cfg.mixer)
+    resumed.setup(MixerContext(policy.domains, np.ones(3), 6, 128, interval=K))
+    np.testing.assert_allclose(resumed.weights(), 1 / 3)
+    resumed.load_state_dict(state)  # resume: the last decision, not uniform
+    np.testing.assert_allclose(resumed.weights(), mixer.weights())
+
+
+def test_transfer_to_a_larger_target(text_store, policy_dir, tmp_path):
+    cfg = config(text_store, policy_dir, model="14m", micro_batch_size=2, steps=4)
+    summary = pretrain(cfg, tmp_path / "run14m", progress=False)
+    assert summary["steps"] == 4 and summary["mixer"] == cfg.mixer
+    weights = logged_weights(tmp_path / "run14m", list(MixingPolicy.load(policy_dir).domains))
+    assert np.abs(weights[1] - 1 / 3).max() > 1e-3
+
+
+def test_layer_count_mismatch_is_a_clear_error(text_store, policy_dir, tmp_path):
+    cfg = config(text_store, policy_dir, monitored_layers=2, steps=2)
+    with pytest.raises(MixerError, match=r"monitors 2 layers .* trained on 3"):
+        pretrain(cfg, tmp_path / "bad", progress=False)
+
+
+def test_domain_mismatch_in_the_controller(policy_dir):
+    with pytest.raises(PolicyError, match=r"missing \['prose'\], extra \['wiki'\]"):
+        MixingController.load(policy_dir, ["code", "numbers", "wiki"])
+    with pytest.raises(PolicyError, match="another order"):
+        MixingController.load(policy_dir, ["numbers", "code", "prose"])
+
+
+def test_domain_mismatch_in_pretrain(policy_dir, tmp_path):
+    store = make_position_store(tmp_path / "other", {"code": 4000, "wiki": 4000})
+    cfg = config(store.path, policy_dir, steps=2)
+    with pytest.raises(MixerError, match=r"missing \['prose', 'numbers'\], extra \['wiki'\]"):
+        pretrain(cfg, tmp_path / "bad", progress=False)
+
+
+def test_bad_path_and_unknown_name(tmp_path):
+    with pytest.raises(MixerError, match="not found"):
+        make_mixer(f"actor:{tmp_path / 'nowhere'}")
+    with pytest.raises(MixerError, match="needs an argument"):
+        make_mixer("actor")
+    with pytest.raises(MixerError, match="unknown mixer 'nosuch'"):
+        make_mixer("nosuch:1")
+
+
+def test_make_mixer_imports_the_plugin_lazily(policy_dir):
+    code = (
+        "import sys\n"
+        "from acodm.mixers import make_mixer\n"
+        "assert 'acodm.policies.transfer' not in sys.modules\n"
+        f"m = make_mixer('actor:{policy_dir}')\n"
+        "print(type(m).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ActorMixer"
+
+
+def test_load_path_never_unpickles(policy_dir, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("pickle/torch.load called while loading a policy")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    assert isinstance(make_mixer(f"actor:{policy_dir}"), ActorMixer)
+
+
+def test_plain_torch_loop(text_store, policy_dir):
+    """The module docstring's loop: controller + probe around a hand-written step."""
+    store = TokenStore(text_store)
+    sampler = DomainSampler(store, seq_len=16, batch_size=4, seed=0)
+    ctl = MixingController.load(policy_dir, domains=sampler.domains, n_layers=3)
+    model = build_model("tiny", store.vocab_size, max_seq_len=16, seed=0)
+    probe = DynamicsProbe(model, sampler.domains)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sampler.set_weights(ctl.weights)
+    total = 2 * ctl.interval
+    for step in range(1, total + 1):
+        batch = sampler.next_batch()
+        tokens = torch.from_numpy(batch.tokens)
+        probe.set_domains(batch.domains)
+        logits = model(input_ids=tokens[:, :-1]).logits
+        tok = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
+        seq_loss = tok.view(tokens.shape[0], -1).mean(dim=1)
+        seq_loss.mean().backward()
+        opt.step()
+        opt.zero_grad()
+        probe.record(seq_loss, batch.domains)
+        if step % ctl.interval == 0:
+            dyn = probe.interval_end(step, total, epochs=sampler.epochs())
+            w = ctl.observe(dyn)
+            np.testing.assert_allclose(w, ctl.policy.weights(build_observation(dyn, ctl.spec)))
+            sampler.set_weights(w)
+            assert dyn.gram.shape == (3, 3) and np.any(dyn.alignment != 0)
+    np.testing.assert_allclose(sampler.weights, ctl.weights)
+    probe.close()
+    with pytest.raises(PolicyError, match="monitors 2 layers"):
+        MixingController.load(policy_dir, sampler.domains, n_layers=2)
