@@ -38,8 +38,8 @@ from acodm.checkpoint import Checkpoint, CheckpointError
 from acodm.config import TrainConfig
 from acodm.data.sampler import DomainSampler
 from acodm.data.store import TokenStore, open_store
-from acodm.dynamics.alignment import GradientAlignment, alignment_scores
-from acodm.dynamics.features import Dynamics, LayerStats, LossTracker
+from acodm.dynamics.alignment import GradientAlignment
+from acodm.dynamics.features import Dynamics, LayerStats, LossTracker, measure_interval
 from acodm.errors import AcodmError
 from acodm.mixers import IntervalFeedback, MixerContext
 from acodm.models import build_model, monitored_layers
@@ -292,27 +292,18 @@ class Trainer:
     ) -> IntervalReport:
         sums, counts = stats
         raw_loss = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-        loss, change = self.loss_tracker.update(raw_loss)
-        if self.alignment is not None:
-            gram = self.alignment.gram().cpu().numpy().astype(np.float64)
-            scores = alignment_scores(gram, self.alignment.counts().cpu().numpy())
-            norm, distance = self.layer_stats()
-        else:
-            gram, scores = np.zeros((self.k, self.k)), np.zeros(self.k)
-            norm = distance = np.zeros(len(self.monitored))
         epochs = self._epochs()
-        dyn = Dynamics(
+        dyn = measure_interval(
             step=self.step,
-            progress=self.step / self.total_steps,
-            loss=loss,
-            loss_change=change,
-            share=counts / max(counts.sum(), 1),
+            total_steps=self.total_steps,
+            raw_loss=raw_loss,
+            counts=counts,
             epochs=epochs,
-            alignment=scores,
-            gram=gram,
-            weight_norm=norm,
-            weight_distance=distance,
+            loss_tracker=self.loss_tracker,
+            alignment=self.alignment,
+            layer_stats=self.layer_stats,
         )
+        scores = dyn.alignment
         feedback = IntervalFeedback(
             step=self.step,
             loss=raw_loss,

@@ -44,8 +44,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from acodm.dynamics.alignment import GradientAlignment, alignment_scores
-from acodm.dynamics.features import Dynamics, LayerStats, LossTracker
+from acodm.dynamics.alignment import GradientAlignment
+from acodm.dynamics.features import Dynamics, LayerStats, LossTracker, measure_interval
 from acodm.envs.spaces import ObservationSpec, SpaceError, build_observation
 from acodm.mixers.base import IntervalFeedback, Mixer, MixerContext, MixerError
 from acodm.mixers.spec import register_mixer, require_arg
@@ -213,24 +213,19 @@ class DynamicsProbe:
         """Close the interval: its :class:`IntervalFeedback` (``.dynamics`` set); resets."""
         counts = self._counts.copy()
         raw = np.where(counts > 0, self._sums / np.maximum(counts, 1), np.nan)
-        loss, change = self.loss_tracker.update(raw)
         self.alignment.all_reduce()
-        gram = self.alignment.gram().numpy().astype(np.float64)
-        scores = alignment_scores(gram, self.alignment.counts().numpy())
-        norm, distance = self.layer_stats()
         ep = np.zeros(self.k) if epochs is None else np.asarray(epochs, dtype=np.float64)
-        dyn = Dynamics(
+        dyn = measure_interval(
             step=int(step),
-            progress=min(1.0, step / max(total_steps, 1)),
-            loss=loss,
-            loss_change=change,
-            share=counts / max(counts.sum(), 1),
+            total_steps=total_steps,
+            raw_loss=raw,
+            counts=counts,
             epochs=ep,
-            alignment=scores,
-            gram=gram,
-            weight_norm=norm,
-            weight_distance=distance,
+            loss_tracker=self.loss_tracker,
+            alignment=self.alignment,
+            layer_stats=self.layer_stats,
         )
+        scores = dyn.alignment
         self._sums[:] = 0
         self._counts[:] = 0
         self.alignment.reset()

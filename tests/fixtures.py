@@ -45,33 +45,13 @@ def make_position_store(
 def synthetic_corpus(path: Path, *, docs_per_domain: int = 40, seed: int = 0) -> Path:
     """A small real-text corpus with 3 domains of clearly different statistics.
 
-    ``prose``: sentences from the standard library's docstrings; ``numbers``: arithmetic
-    lines; ``code``: standard-library source. Text already on the machine, no download.
+    ``prose``: comment and docstring lines of the standard library; ``numbers``: arithmetic
+    lines; ``code``: standard-library source. Text already on the machine, no download (the
+    same builder as the environment's default store).
     """
-    import random
-    import sysconfig
+    from acodm.envs.default_store import write_stdlib_corpus
 
-    from acodm.data.corpus import CorpusWriter, Document
-
-    rng = random.Random(seed)
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    sources = sorted(p for p in stdlib.glob("*.py") if p.stat().st_size > 4000)[:docs_per_domain]
-    with CorpusWriter(path) as w:
-        for i, p in enumerate(sources):
-            text = p.read_text(encoding="utf-8", errors="replace")
-            w.add(Document(text[:3000], "code", "python-stdlib", f"code/{i}"))
-            lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith(("#", '"'))]
-            w.add(
-                Document(
-                    " ".join(lines)[:2000] or "empty module", "prose", "python-stdlib", f"prose/{i}"
-                )
-            )
-            nums = [
-                f"{a} + {b} = {a + b}."
-                for a, b in ((rng.randint(0, 999), rng.randint(0, 999)) for _ in range(60))
-            ]
-            w.add(Document(" ".join(nums), "numbers", "generated", f"numbers/{i}"))
-    return path
+    return write_stdlib_corpus(path, docs_per_domain=docs_per_domain, seed=seed)
 
 
 def make_text_store(path: Path, *, vocab_size: int = 512, seed: int = 0) -> TokenStore:

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from acodm.dynamics.alignment import GradientAlignment, alignment_scores
+
 
 @dataclass(frozen=True)
 class Dynamics:
@@ -97,3 +99,42 @@ class LossTracker:
 
     def load_state_dict(self, state: list[float | None]) -> None:
         self.last = np.array([np.nan if x is None else x for x in state], dtype=np.float64)
+
+
+def measure_interval(
+    *,
+    step: int,
+    total_steps: int,
+    raw_loss: np.ndarray,
+    counts: np.ndarray,
+    epochs: np.ndarray,
+    loss_tracker: LossTracker,
+    alignment: GradientAlignment | None,
+    layer_stats: LayerStats,
+) -> Dynamics:
+    """Close an interval: the :class:`Dynamics` from its per-domain losses and sample counts.
+
+    ``alignment`` must already be reduced over ranks. Without it (no hooks), alignment,
+    Gram and layer statistics are zeros. Shared by the trainer and the torch-loop probe.
+    """
+    k = raw_loss.shape[0]
+    loss, change = loss_tracker.update(raw_loss)
+    if alignment is not None:
+        gram = alignment.gram().cpu().numpy().astype(np.float64)
+        scores = alignment_scores(gram, alignment.counts().cpu().numpy())
+        norm, distance = layer_stats()
+    else:
+        gram, scores = np.zeros((k, k)), np.zeros(k)
+        norm = distance = np.zeros(len(layer_stats.names))
+    return Dynamics(
+        step=int(step),
+        progress=min(1.0, step / max(total_steps, 1)),
+        loss=loss,
+        loss_change=change,
+        share=counts / max(counts.sum(), 1),
+        epochs=np.asarray(epochs, dtype=np.float64),
+        alignment=scores,
+        gram=gram,
+        weight_norm=norm,
+        weight_distance=distance,
+    )
