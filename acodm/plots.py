@@ -95,7 +95,7 @@ def plot_reward(run_dir: str | Path, out: str | Path) -> Path:
     if not recs:
         raise AcodmError(f"{run_dir} has no logged rl/reward to plot")
     rewards = [float(r["rl/reward"]) for r in recs]
-    window = max(1, len(rewards) // 20)
+    window = max(5, len(rewards) // 10)
     running = [
         sum(rewards[max(0, i - window + 1) : i + 1]) / len(rewards[max(0, i - window + 1) : i + 1])
         for i in range(len(rewards))
