@@ -94,3 +94,36 @@ def atomic_directory(out: str | os.PathLike[str], overwrite: bool = False) -> It
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_checked_manifest(
+    folder: Path,
+    *,
+    name: str,
+    fmt: str,
+    version: int,
+    what: str,
+    create: str,
+    rebuild: str,
+    error: type[AcodmError],
+) -> dict[str, Any]:
+    """Read ``folder/name`` and check its format and schema version, with clear errors.
+
+    ``what`` names the artifact ("corpus", "token store"), ``create`` says how to make one,
+    ``rebuild`` how to redo it with this version of acodm.
+    """
+    path = folder / name
+    if not path.is_file():
+        raise error(f"{folder} is not an acodm {what} (no {name}); {create}")
+    try:
+        m = read_json(path, f"{what} manifest")
+    except AcodmError as e:
+        raise error(str(e)) from e
+    if not isinstance(m, dict) or m.get("format") != fmt:
+        raise error(f"{path} is not an acodm {what} manifest")
+    if m.get("schema_version") != version:
+        raise error(
+            f"{folder} has {what} schema version {m.get('schema_version')!r}, but this acodm "
+            f"reads version {version}: {rebuild}"
+        )
+    return m

@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from acodm.errors import CorpusError
-from acodm.io import atomic_directory, atomic_write_json, read_json
+from acodm.io import atomic_directory, atomic_write_json, read_checked_manifest
 
 CORPUS_FORMAT = "acodm-corpus"
 CORPUS_SCHEMA_VERSION = 1
@@ -186,20 +186,17 @@ class Corpus:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        mpath = self.path / MANIFEST
-        if not mpath.is_file():
-            raise CorpusError(
-                f"{self.path} is not an acodm corpus (no {MANIFEST}); build one with "
-                "`acodm corpus build --out PATH` or `acodm corpus import INPUT --out PATH`"
-            )
-        m = read_json(mpath, "corpus manifest")
-        if not isinstance(m, dict) or m.get("format") != CORPUS_FORMAT:
-            raise CorpusError(f"{mpath} is not an acodm corpus manifest")
-        if m.get("schema_version") != CORPUS_SCHEMA_VERSION:
-            raise CorpusError(
-                f"{self.path} has corpus schema version {m.get('schema_version')!r}; this "
-                f"acodm reads version {CORPUS_SCHEMA_VERSION}: rebuild the corpus"
-            )
+        m = read_checked_manifest(
+            self.path,
+            name=MANIFEST,
+            fmt=CORPUS_FORMAT,
+            version=CORPUS_SCHEMA_VERSION,
+            what="corpus",
+            create="build one with `acodm corpus build --out PATH` or "
+            "`acodm corpus import INPUT --out PATH`",
+            rebuild="rebuild the corpus",
+            error=CorpusError,
+        )
         for d, st in m["domains"].items():
             if not (self.path / st["file"]).is_file():
                 raise CorpusError(f"{self.path}: file {st['file']} of domain {d!r} is missing")

@@ -29,7 +29,14 @@ import numpy as np
 
 from acodm.data.corpus import domain_file_stem
 from acodm.errors import StoreError
-from acodm.io import atomic_directory, atomic_write_json, read_json, sha256_bytes, sha256_file
+from acodm.io import (
+    atomic_directory,
+    atomic_write_json,
+    read_checked_manifest,
+    read_json,
+    sha256_bytes,
+    sha256_file,
+)
 
 STORE_FORMAT = "acodm-store"
 STORE_SCHEMA_VERSION = 1
@@ -170,21 +177,16 @@ class TokenStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        mpath = self.path / MANIFEST
-        if not mpath.is_file():
-            raise StoreError(
-                f"{self.path} is not an acodm token store (no {MANIFEST}); create one with "
-                "`acodm prepare CORPUS --out STORE`"
-            )
-        m = read_json(mpath, "store manifest")
-        if not isinstance(m, dict) or m.get("format") != STORE_FORMAT:
-            raise StoreError(f"{mpath} is not an acodm store manifest")
-        version = m.get("schema_version")
-        if version != STORE_SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path} has store schema version {version!r}, but this acodm reads "
-                f"version {STORE_SCHEMA_VERSION}: re-run `acodm prepare` with this version"
-            )
+        m = read_checked_manifest(
+            self.path,
+            name=MANIFEST,
+            fmt=STORE_FORMAT,
+            version=STORE_SCHEMA_VERSION,
+            what="token store",
+            create="create one with `acodm prepare CORPUS --out STORE`",
+            rebuild="re-run `acodm prepare` with this version",
+            error=StoreError,
+        )
         self.manifest: dict[str, Any] = m
         self.dtype = np.dtype(m["dtype"])
         self._entries = {e["name"]: e for e in m["domains"]}
