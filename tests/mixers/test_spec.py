@@ -97,10 +97,10 @@ def test_register_a_new_mixer(registry):
         seen.append(arg)
         return UniformMixer()
 
-    register_mixer("actor", factory)
-    assert "actor" in known_mixers()
-    assert isinstance(make_mixer("actor:runs/a/actor"), UniformMixer)
-    make_mixer("actor")
+    register_mixer("my-mixer", factory)  # a name no component registers
+    assert "my-mixer" in known_mixers()
+    assert isinstance(make_mixer("my-mixer:runs/a/actor"), UniformMixer)
+    make_mixer("my-mixer")
     assert seen == ["runs/a/actor", None]
 
 
