@@ -111,3 +111,63 @@ def test_python_dash_m_entry_point():
         [sys.executable, "-m", "acodm", "--version"], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == f"acodm {__version__}"
+
+
+def test_train_policy_export_pretrain_with_actor_compare(tmp_path, capsys):
+    from tests.fixtures import make_text_store
+
+    store, proxy = tmp_path / "store", tmp_path / "proxy"
+    make_text_store(store)
+    assert (
+        main(
+            [
+                "train-policy",
+                "--store",
+                str(store),
+                "--out",
+                str(proxy),
+                "--proxy",
+                "debug_cpu",
+                "--steps",
+                "12",
+                "--interval",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (proxy / "policy" / "actor.safetensors").is_file()
+    assert main(["export", str(proxy), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "actor.safetensors").read_bytes() == (
+        proxy / "policy" / "actor.safetensors"
+    ).read_bytes()
+    runs = []
+    for name, mixer in (("policy", f"actor:{proxy / 'policy'}"), ("uniform", "uniform")):
+        runs.append(str(tmp_path / name))
+        assert (
+            main(
+                [
+                    "pretrain",
+                    "--preset",
+                    "debug_cpu",
+                    "--store",
+                    str(store),
+                    "--out",
+                    runs[-1],
+                    "--mixer",
+                    mixer,
+                    "--model",
+                    "14m",
+                    "--steps",
+                    "4",
+                    "--interval",
+                    "2",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
+    capsys.readouterr()
+    assert main(["compare", *runs, "--focus", "policy"]) == 0
+    assert "uniform's best" in capsys.readouterr().out
