@@ -143,7 +143,12 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--interval", "interval", int, "optimizer steps between mixer decisions (K)"),
     ("--eval-every", "eval_every", int, "steps between evaluations (0: only at the end)"),
     ("--eval-windows", "eval_windows", int, "validation windows per domain"),
-    ("--checkpoint-every", "checkpoint_every", int, "steps between checkpoints (0: end only)"),
+    (
+        "--checkpoint-every",
+        "checkpoint_every",
+        int,
+        "steps between checkpoints (default 500; 0: end only)",
+    ),
     ("--keep-last", "keep_last", int, "checkpoints kept"),
     ("--device", "device", str, "auto | cpu | cuda[:N]"),
     ("--precision", "precision", str, "auto (bf16 on GPU) | fp32 | bf16"),

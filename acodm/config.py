@@ -45,7 +45,7 @@ class TrainConfig:
     interval: int = 1
     eval_every: int = 100
     eval_windows: int = 16
-    checkpoint_every: int = 0
+    checkpoint_every: int = 500
     keep_last: int = 2
     device: str = "auto"
     precision: str = "auto"
