@@ -11,6 +11,7 @@ command                        Python API
 ``acodm export``               :func:`acodm.policies.train.export_from_checkpoint`
 ``acodm compare RUN...``       :mod:`acodm.report` and :mod:`acodm.plots`
 ``acodm quickstart``           :func:`acodm.policies.quickstart.quickstart`
+``acodm annotate STORE``       :func:`acodm.agents.annotate.annotate_store`
 ``acodm info PATH``            :class:`acodm.data.corpus.Corpus` / :class:`acodm.data.store.TokenStore`
 =============================  ==============================================
 
@@ -274,6 +275,55 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=_cmd_compare)
 
 
+def _add_annotate_command(sub: argparse._SubParsersAction) -> None:
+    a = sub.add_parser(
+        "annotate",
+        help="score every document of a store: quality, domain and topic agents",
+        description="Offline annotation stored beside the store (STORE/annotations); "
+        "reused while the store is unchanged.",
+    )
+    a.add_argument("store", type=Path, help="token store from `acodm prepare`")
+    a.add_argument(
+        "--reference",
+        action="append",
+        default=None,
+        metavar="DOMAIN",
+        help="a reference-quality domain (repeatable; default wiki, books, speeches)",
+    )
+    a.add_argument("--quality-bins", type=int, default=5)
+    a.add_argument("--topics", type=int, default=12)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--overwrite", action="store_true", help="re-annotate a changed store")
+    a.add_argument("--quiet", action="store_true")
+    a.set_defaults(func=_cmd_annotate)
+
+
+def _cmd_annotate(args: argparse.Namespace) -> int:
+    from acodm.agents.annotate import annotate_store, load_annotations
+
+    annotate_store(
+        args.store,
+        reference_domains=args.reference,
+        n_quality_bins=args.quality_bins,
+        n_topics=args.topics,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    ann = load_annotations(args.store)
+    rows = [
+        [
+            d,
+            len(ann.quality_score[d]),
+            f"{float(ann.quality_score[d].mean()):.3f}",
+            len(set(ann.topic[d].tolist())),
+        ]
+        for d in ann.domains
+    ]
+    print(format_table(["domain", "documents", "mean quality", "topics used"], rows))
+    return 0
+
+
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from acodm.policies.quickstart import quickstart
 
@@ -464,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prepare_command(sub)
     _add_pretrain_command(sub)
     _add_agent_commands(sub)
+    _add_annotate_command(sub)
     info = sub.add_parser("info", help="summarise a corpus or a token store")
     info.add_argument("path", type=Path)
     info.set_defaults(func=_cmd_info)

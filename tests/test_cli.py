@@ -171,3 +171,16 @@ def test_train_policy_export_pretrain_with_actor_compare(tmp_path, capsys):
     capsys.readouterr()
     assert main(["compare", *runs, "--focus", "policy"]) == 0
     assert "uniform's best" in capsys.readouterr().out
+
+
+def test_annotate_command(tmp_path, capsys):
+    from tests.fixtures import make_text_store
+
+    store = tmp_path / "store"
+    make_text_store(store)
+    assert main(["annotate", str(store), "--reference", "prose", "--topics", "4", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "mean quality" in out and "numbers" in out
+    assert (store / "annotations" / "annotations.safetensors").is_file()
+    assert main(["annotate", str(store)]) == 2  # no default reference domain in this store
+    assert "reference" in capsys.readouterr().err

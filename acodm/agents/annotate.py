@@ -1,0 +1,301 @@
+"""Offline annotation of a token store by the quality and topic agents (METHOD.md).
+
+:func:`annotate_store` decodes every training document of a store back to text, trains the
+quality classifier (reference domains vs. the rest), bins its scores by quantile *within*
+each domain, clusters the documents into topics, and writes the result beside the store::
+
+    STORE/annotations/
+      annotations.json          schema version, the store's corpus_hash + tokenizer_sha256,
+                                settings, agents and their label counts, domains in order
+      annotations.safetensors   quality_score/<i>, quality_bin/<i>, topic/<i> for the domain
+                                with index i, one entry per training document in store order
+      quality/                  the trained QualityClassifier (its own save format)
+      topic/                    the fitted TopicModel (its own save format)
+
+The folder is built under a temporary name and renamed when complete. Annotating again with
+the same store and settings returns the existing folder without work; a changed store (hash
+mismatch) or changed settings is a clear error unless ``overwrite=True``.
+:func:`load_annotations` reads the arrays back (safetensors and JSON only, never pickle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from acodm.agents.quality import quantile_bins, train_quality
+from acodm.agents.topic import TopicModel
+from acodm.data.store import TokenStore
+from acodm.errors import AcodmError
+from acodm.io import atomic_directory, atomic_write_json, read_json
+
+ANNOTATIONS_DIR = "annotations"
+ANNOTATIONS_JSON = "annotations.json"
+ANNOTATIONS_TENSORS = "annotations.safetensors"
+ANNOTATIONS_FORMAT = "acodm-annotations"
+ANNOTATIONS_SCHEMA_VERSION = 1
+DEFAULT_REFERENCE_DOMAINS = ("wiki", "books", "speeches")
+MAX_CHARS = 20_000
+_ARRAYS = ("quality_score", "quality_bin", "topic")
+
+
+class AnnotationError(AcodmError):
+    """Annotations are missing, stale (the store changed), corrupt, or cannot be built."""
+
+
+@dataclass(frozen=True)
+class Annotations:
+    """Per-domain annotation arrays aligned with a store's training documents."""
+
+    path: Path
+    domains: tuple[str, ...]
+    quality_score: dict[str, np.ndarray]
+    quality_bin: dict[str, np.ndarray]
+    topic: dict[str, np.ndarray]
+    meta: dict[str, Any]
+
+    @property
+    def reference_domains(self) -> tuple[str, ...]:
+        return tuple(self.meta["settings"]["reference_domains"])
+
+    @property
+    def n_quality_bins(self) -> int:
+        return int(self.meta["settings"]["n_quality_bins"])
+
+    @property
+    def n_topics(self) -> int:
+        """The number of topic clusters actually fitted (``min(n_topics, documents)``)."""
+        return int(self.meta["agents"]["topic"]["n_labels"])
+
+
+def _open(store: str | Path | TokenStore) -> TokenStore:
+    return store if isinstance(store, TokenStore) else TokenStore(store)
+
+
+def annotations_path(store: str | Path | TokenStore) -> Path:
+    """Where a store's annotations live: ``STORE/annotations``."""
+    root = store.path if isinstance(store, TokenStore) else Path(store)
+    return root / ANNOTATIONS_DIR
+
+
+def decode_domain(store: TokenStore, domain: str, tokenizer: Any, max_chars: int) -> list[str]:
+    """The training documents of one domain as text, each cut to ``max_chars`` characters.
+
+    At most ``max_chars`` tokens are decoded per document (every token is at least one
+    character in practice), so very long documents cost no more than short ones.
+    """
+    n = store.num_documents(domain)
+    ids = [store.document(domain, i)[:max_chars].tolist() for i in range(n)]
+    texts: list[str] = tokenizer.decode_batch(ids, skip_special_tokens=True) if ids else []
+    return [t[:max_chars] for t in texts]
+
+
+def resolve_reference_domains(store: TokenStore, reference: Sequence[str] | None) -> list[str]:
+    """The reference domains (default: those of wiki/books/speeches in the store), checked."""
+    if reference is None:
+        found = [d for d in store.domains if d in DEFAULT_REFERENCE_DOMAINS]
+        if not found:
+            raise AnnotationError(
+                f"store {store.path} has none of the default reference domains "
+                f"{list(DEFAULT_REFERENCE_DOMAINS)} (it has {store.domains}); pass "
+                "reference_domains=[...] (CLI: --reference DOMAIN) naming its well-written ones"
+            )
+        return found
+    refs = list(dict.fromkeys(reference))
+    unknown = [d for d in refs if d not in store.domains]
+    if not refs or unknown:
+        raise AnnotationError(
+            f"reference_domains={list(reference)} must name domains of store {store.path} "
+            f"(it has {store.domains}); unknown: {unknown}"
+        )
+    return refs
+
+
+def _settings(refs: Sequence[str], n_quality_bins: int, n_topics: int, seed: int) -> dict[str, Any]:
+    return {
+        "reference_domains": list(refs),
+        "n_quality_bins": int(n_quality_bins),
+        "n_topics": int(n_topics),
+        "seed": int(seed),
+        "max_chars": MAX_CHARS,
+    }
+
+
+def _reuse_existing(store: TokenStore, out: Path, settings: dict[str, Any]) -> bool:
+    """True when ``out`` already holds these annotations; an error when it holds other ones."""
+    try:
+        existing = load_annotations(store)
+    except AnnotationError as e:
+        raise AnnotationError(f"{e}. Pass overwrite=True (CLI: --overwrite) to rebuild") from e
+    if existing.meta["settings"] != settings:
+        raise AnnotationError(
+            f"{out} was built with settings {existing.meta['settings']}, not {settings}; "
+            "pass overwrite=True (CLI: --overwrite) to rebuild them"
+        )
+    return True
+
+
+def _annotate(
+    store: TokenStore, texts: dict[str, list[str]], settings: dict[str, Any], tmp: Path
+) -> dict[str, Any]:
+    """Train both agents, label every document, write models and arrays into ``tmp``."""
+    refs, seed = settings["reference_domains"], settings["seed"]
+    ref_texts = [t for d in refs for t in texts[d]]
+    pool = [t for d in store.domains if d not in refs for t in texts[d]]
+    clf = train_quality(ref_texts, pool, seed=seed)
+    all_texts = [t for d in store.domains for t in texts[d]]
+    labels = [d for d in store.domains for _ in texts[d]]
+    scores = clf.score(all_texts)
+    bins = quantile_bins(scores, labels, settings["n_quality_bins"])
+    k = min(settings["n_topics"], len(all_texts))
+    model = TopicModel()
+    topics = model.fit(all_texts, k=k, seed=seed)
+    clf.save(tmp / "quality")
+    model.save(tmp / "topic")
+    tensors: dict[str, np.ndarray] = {}
+    start = 0
+    for i, d in enumerate(store.domains):
+        end = start + len(texts[d])
+        tensors[f"quality_score/{i}"] = scores[start:end].astype(np.float32)
+        tensors[f"quality_bin/{i}"] = bins[start:end].astype(np.int64)
+        tensors[f"topic/{i}"] = np.asarray(topics[start:end], dtype=np.int64)
+        start = end
+    save_file(tensors, str(tmp / ANNOTATIONS_TENSORS))
+    return {
+        "quality": {"n_labels": settings["n_quality_bins"], "counts": _counts(bins)},
+        "topic": {"n_labels": k, "counts": _counts(topics)},
+    }
+
+
+def _counts(labels: np.ndarray) -> dict[str, int]:
+    values, counts = np.unique(np.asarray(labels), return_counts=True)
+    return {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)}
+
+
+def annotate_store(
+    store: str | Path,
+    *,
+    reference_domains: Sequence[str] | None = None,
+    n_quality_bins: int = 5,
+    n_topics: int = 12,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Annotate every training document of ``store``; returns ``STORE/annotations``.
+
+    Returns the existing folder without work when it matches the store and settings; a
+    changed store or other settings is an :class:`AnnotationError` unless ``overwrite``.
+    """
+    ts = _open(store)
+    if n_quality_bins < 1 or n_topics < 1:
+        raise AnnotationError("n_quality_bins and n_topics must be at least 1")
+    settings = _settings(
+        resolve_reference_domains(ts, reference_domains), n_quality_bins, n_topics, seed
+    )
+    out = annotations_path(ts)
+    if out.exists() and not overwrite and _reuse_existing(ts, out, settings):
+        return out
+    texts = _decode_all(ts, progress)
+    if sum(len(t) for t in texts.values()) == 0:
+        raise AnnotationError(f"store {ts.path} has no training documents to annotate")
+    with atomic_directory(out, overwrite=True) as tmp:
+        agents = _annotate(ts, texts, settings, tmp)
+        meta = {
+            "format": ANNOTATIONS_FORMAT,
+            "schema_version": ANNOTATIONS_SCHEMA_VERSION,
+            "corpus_hash": ts.corpus_hash,
+            "tokenizer_sha256": ts.tokenizer_sha256,
+            "domains": ts.domains,
+            "num_documents": {d: len(texts[d]) for d in ts.domains},
+            "settings": settings,
+            "agents": agents,
+        }
+        atomic_write_json(tmp / ANNOTATIONS_JSON, meta)
+    return out
+
+
+def _decode_all(store: TokenStore, progress: bool) -> dict[str, list[str]]:
+    from tqdm.auto import tqdm
+
+    tokenizer = store.tokenizer()
+    bar = tqdm(store.domains, desc="decode", unit="domain", disable=not progress)
+    return {d: decode_domain(store, d, tokenizer, MAX_CHARS) for d in bar}
+
+
+def _check_meta(store: TokenStore, folder: Path) -> dict[str, Any]:
+    path = folder / ANNOTATIONS_JSON
+    if not path.is_file():
+        raise AnnotationError(
+            f"{folder} holds no annotations ({ANNOTATIONS_JSON} missing); "
+            f"run `acodm annotate {store.path}`"
+        )
+    try:
+        meta = read_json(path, "annotations metadata")
+    except AcodmError as e:
+        raise AnnotationError(str(e)) from e
+    if not isinstance(meta, dict) or meta.get("format") != ANNOTATIONS_FORMAT:
+        raise AnnotationError(f"{path} is not acodm annotations metadata; re-run annotate")
+    if meta.get("schema_version") != ANNOTATIONS_SCHEMA_VERSION:
+        raise AnnotationError(
+            f"{path} has schema version {meta.get('schema_version')!r}, this acodm reads "
+            f"{ANNOTATIONS_SCHEMA_VERSION}; re-run `acodm annotate {store.path} --overwrite`"
+        )
+    stale = [
+        k
+        for k, v in (
+            ("corpus_hash", store.corpus_hash),
+            ("tokenizer_sha256", store.tokenizer_sha256),
+        )
+        if meta.get(k) != v
+    ]
+    if stale or meta.get("domains") != store.domains:
+        raise AnnotationError(
+            f"{folder} is stale: it was built for another version of store {store.path} "
+            f"({', '.join(stale) or 'domains'} differ); re-run `acodm annotate {store.path} "
+            "--overwrite`"
+        )
+    return meta
+
+
+def _read_tensors(folder: Path) -> dict[str, np.ndarray]:
+    try:
+        return load_file(str(folder / ANNOTATIONS_TENSORS))
+    except Exception as e:  # missing or corrupt safetensors: one clear message
+        raise AnnotationError(
+            f"{folder / ANNOTATIONS_TENSORS} is missing or corrupt ({e}); re-run annotate "
+            "with --overwrite"
+        ) from e
+
+
+def load_annotations(store: str | Path | TokenStore) -> Annotations:
+    """Read and check a store's annotations (JSON + safetensors only, never pickle)."""
+    ts = _open(store)
+    folder = annotations_path(ts)
+    meta = _check_meta(ts, folder)
+    tensors = _read_tensors(folder)
+    arrays: dict[str, dict[str, np.ndarray]] = {name: {} for name in _ARRAYS}
+    for i, d in enumerate(ts.domains):
+        n = ts.num_documents(d)
+        for name in _ARRAYS:
+            arr = tensors.get(f"{name}/{i}")
+            if arr is None or arr.shape != (n,):
+                got = "missing" if arr is None else f"shape {arr.shape}"
+                raise AnnotationError(
+                    f"{folder}: {name} of domain {d!r} is {got}, expected {n} entries (one per "
+                    "training document); re-run annotate with --overwrite"
+                )
+            arrays[name][d] = arr
+    return Annotations(
+        path=folder,
+        domains=tuple(ts.domains),
+        quality_score=arrays["quality_score"],
+        quality_bin=arrays["quality_bin"],
+        topic=arrays["topic"],
+        meta=meta,
+    )
