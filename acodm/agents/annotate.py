@@ -32,7 +32,7 @@ from acodm.agents.quality import quantile_bins, train_quality
 from acodm.agents.topic import TopicModel
 from acodm.data.store import TokenStore
 from acodm.errors import AcodmError
-from acodm.io import atomic_directory, atomic_write_json, read_json
+from acodm.io import atomic_directory, atomic_write_json, read_checked_manifest
 
 ANNOTATIONS_DIR = "annotations"
 ANNOTATIONS_JSON = "annotations.json"
@@ -229,23 +229,16 @@ def _decode_all(store: TokenStore, progress: bool) -> dict[str, list[str]]:
 
 
 def _check_meta(store: TokenStore, folder: Path) -> dict[str, Any]:
-    path = folder / ANNOTATIONS_JSON
-    if not path.is_file():
-        raise AnnotationError(
-            f"{folder} holds no annotations ({ANNOTATIONS_JSON} missing); "
-            f"run `acodm annotate {store.path}`"
-        )
-    try:
-        meta = read_json(path, "annotations metadata")
-    except AcodmError as e:
-        raise AnnotationError(str(e)) from e
-    if not isinstance(meta, dict) or meta.get("format") != ANNOTATIONS_FORMAT:
-        raise AnnotationError(f"{path} is not acodm annotations metadata; re-run annotate")
-    if meta.get("schema_version") != ANNOTATIONS_SCHEMA_VERSION:
-        raise AnnotationError(
-            f"{path} has schema version {meta.get('schema_version')!r}, this acodm reads "
-            f"{ANNOTATIONS_SCHEMA_VERSION}; re-run `acodm annotate {store.path} --overwrite`"
-        )
+    meta = read_checked_manifest(
+        folder,
+        name=ANNOTATIONS_JSON,
+        fmt=ANNOTATIONS_FORMAT,
+        version=ANNOTATIONS_SCHEMA_VERSION,
+        what="annotations",
+        create=f"run `acodm annotate {store.path}`",
+        rebuild=f"re-run `acodm annotate {store.path} --overwrite`",
+        error=AnnotationError,
+    )
     stale = [
         k
         for k, v in (
