@@ -201,13 +201,14 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
-    def _micro_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
+    def _micro_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray, bool]]:
+        """(tokens, domains) on the device, the domains also on the host, and "is last"."""
         accum = self.config.grad_accum
         for i in range(accum):
             b = self.sampler.next_batch()
             tokens = torch.from_numpy(b.tokens).to(self.device, non_blocking=True)
             domains = torch.from_numpy(b.domains).to(self.device, non_blocking=True)
-            yield tokens, domains, i == accum - 1
+            yield tokens, domains, b.domains, i == accum - 1
 
     def _forward_losses(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
         """Mean loss of each sequence, (B,), in fp32 from one forward pass."""
@@ -230,11 +231,12 @@ class Trainer:
             group["lr"] = lr_at(self.step, cfg, self.total_steps)
         self.optimizer.zero_grad(set_to_none=True)
         local = torch.zeros(2, self.k, device=self.device, dtype=torch.float64)
-        for tokens, domains, last in self._micro_batches():
+        for tokens, domains, host_domains, last in self._micro_batches():
             if self.alignment is not None:
                 # Non-finite contributions are dropped inside the hooks, so a skipped
                 # step leaves the interval's Gram untouched.
-                self.alignment.set_domains(domains)
+                # host ids: set_domains validates them, which would sync on a device tensor
+                self.alignment.set_domains(host_domains)
             sync = (
                 contextlib.nullcontext()
                 if last or not isinstance(self.train_model, DistributedDataParallel)
