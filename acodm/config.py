@@ -25,6 +25,12 @@ class TrainConfig:
     Batch geometry: each optimizer step consumes ``micro_batch_size * grad_accum *
     world_size`` sequences of ``seq_len`` tokens. The run lasts ``steps`` optimizer steps,
     or as many as ``tokens`` allows.
+
+    ``console``: drive the order of documents *inside* each domain by the multi-agent console
+    (quality, domain and topic agents; needs ``acodm annotate`` on the store, see
+    :mod:`acodm.agents.online`); ``console_temperature`` is its sampling temperature and
+    ``console_reference`` the reference-quality domains of its feedback (empty: those the
+    annotations were trained with).
     """
 
     store: str
@@ -55,6 +61,9 @@ class TrainConfig:
     monitored_layers: int = 3
     monitored_patterns: tuple[str, ...] = ()
     max_bad_steps: int = 5
+    console: bool = False
+    console_temperature: float = 1.0
+    console_reference: tuple[str, ...] = ()
     wandb: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -98,6 +107,14 @@ class TrainConfig:
         )
         need(self.monitored_layers >= 1, "monitored_layers must be >= 1")
         need(self.max_bad_steps >= 1, "max_bad_steps must be >= 1")
+        need(
+            self.console_temperature > 0,
+            f"console_temperature must be > 0, got {self.console_temperature}",
+        )
+        need(
+            not self.console or self.dynamics,
+            "console=True needs dynamics=True: the console's feedback reuses the gradient hooks",
+        )
 
     def tokens_per_step(self, world_size: int = 1) -> int:
         return self.seq_len * self.micro_batch_size * self.grad_accum * world_size
@@ -112,6 +129,7 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
         d["monitored_patterns"] = list(self.monitored_patterns)
+        d["console_reference"] = list(self.console_reference)
         return d
 
     @classmethod
@@ -123,8 +141,9 @@ class TrainConfig:
         d = dict(d)
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
-        if "monitored_patterns" in d:
-            d["monitored_patterns"] = tuple(d["monitored_patterns"])
+        for key in ("monitored_patterns", "console_reference"):
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(**d)
 
     def replace(self, **changes: Any) -> TrainConfig:
