@@ -7,16 +7,20 @@ observation, reward) live in :mod:`acodm.envs.spaces`. The env talks to the LM o
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from acodm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from acodm.config import TrainConfig, debug_cpu, preset
 from acodm.data.store import open_store
 from acodm.errors import AcodmError
+from acodm.io import atomic_write_json, read_json
 from acodm.trainer import IntervalReport, Trainer
 
 from .spaces import (
@@ -30,6 +34,10 @@ from .spaces import (
     check_reward_terms,
     total_reward,
 )
+
+#: ``env.json`` format of :meth:`DataMixingEnv.save_state`.
+ENV_STATE_FORMAT = "acodm-env-state"
+ENV_STATE_FILE = "env.json"
 
 #: The default interval K of the built-in config (METHOD.md: K = 1 reproduces the paper;
 #: a larger K makes each decision cheaper and each reward less noisy).
@@ -164,6 +172,13 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
     Determinism: on CPU, the same reset seed and actions give bitwise identical observations
     and rewards. On CUDA (bf16, atomics) runs are close but not bitwise equal.
 
+    Saving and resuming: ``env.save_state(folder)`` writes the running LM (the trainer's
+    checkpoint, :mod:`acodm.checkpoint`: safetensors + weights-only optimizer + JSON) and the
+    env's own state (``np_random``, which seeds the next episodes, and the run seed) into
+    ``folder``; ``env.load_state(folder)`` on an env built with the same arguments continues
+    the episode where it was (the next ``step`` equals the uninterrupted run's on CPU). The
+    global torch RNG is part of the trainer checkpoint and is restored too.
+
     ## Version History
 
     * v0: initial version (gradient-alignment reward, uniform first interval, per-group
@@ -269,6 +284,69 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
             "progress": float(report.dynamics.progress),
             "train_loss": float(report.metrics["train/loss"]),
         }
+
+    # -- saving and resuming ---------------------------------------------------------------
+    def save_state(self, folder: str | Path) -> Path:
+        """Write the current episode (LM run) and the env's RNG state into ``folder``.
+
+        ``folder/env.json`` (format, ``np_random`` bit-generator state, run seed) plus, while
+        an episode runs, the trainer's checkpoint under ``folder/checkpoints/`` (no pickle).
+        Write into a temporary folder (e.g. :func:`acodm.io.atomic_directory`) for atomicity.
+        """
+        folder = Path(folder)
+        tr = self.trainer
+        if tr is not None:
+            payload = tr.checkpoint_payload()
+            save_checkpoint(
+                folder,
+                tr.step,
+                model=payload["model"],
+                optimizer=payload["optimizer"],
+                extra=payload["extra"],
+                state=payload["state"],
+                keep_last=1,
+            )
+        rng = self._np_random
+        state = {
+            "format": ENV_STATE_FORMAT,
+            "config": self.config.to_dict(),
+            "domains": list(self.domains),
+            # PCG64's state holds 128-bit ints: Python's json keeps them exact.
+            "np_random": rng.bit_generator.state if rng is not None else None,
+            "np_random_seed": self._np_random_seed,
+            "run_seed": tr.config.seed if tr is not None else None,
+        }
+        atomic_write_json(folder / ENV_STATE_FILE, state)
+        return folder
+
+    def load_state(self, folder: str | Path) -> None:
+        """Restore :meth:`save_state` output: the running episode continues where it was."""
+        folder = Path(folder)
+        try:
+            state = read_json(folder / ENV_STATE_FILE, "env state")
+        except FileNotFoundError as e:
+            raise EnvError(f"{folder} holds no saved env state ({ENV_STATE_FILE})") from e
+        if not isinstance(state, dict) or state.get("format") != ENV_STATE_FORMAT:
+            raise EnvError(f"{folder / ENV_STATE_FILE} is not an acodm env state")
+        config = json.loads(json.dumps(self.config.to_dict()))  # tuples -> lists, as stored
+        if state.get("config") != config or state.get("domains") != list(self.domains):
+            raise EnvError(
+                f"the env state in {folder} was saved with another config or store; "
+                "build the env with the same arguments"
+            )
+        self._close_trainer()
+        if state["np_random"] is not None:
+            rng = np.random.Generator(getattr(np.random, state["np_random"]["bit_generator"])())
+            rng.bit_generator.state = state["np_random"]
+            self._np_random = rng
+            self._np_random_seed = state["np_random_seed"]
+        if state["run_seed"] is not None:
+            ckpt = latest_checkpoint(folder)
+            if ckpt is None:
+                raise EnvError(f"{folder} has an env state but no trainer checkpoint")
+            trainer = Trainer(self.config.replace(seed=int(state["run_seed"])))
+            trainer.load_checkpoint(load_checkpoint(ckpt))
+            self.trainer = trainer
 
     def _close_trainer(self) -> None:
         if self.trainer is not None:

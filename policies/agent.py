@@ -15,6 +15,7 @@ one's own runs only, never for sharing (STYLE.md). Share a policy with
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,8 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from gymnasium import spaces
+from safetensors.torch import load_file, save_file
 from stable_baselines3 import DDPG, TD3
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.td3.policies import TD3Policy
@@ -417,11 +421,22 @@ def continue_learning(
 # ----------------------------------------------------------------------------- logging, checkpoints
 
 CHECKPOINT_FORMAT = "acodm-agent-checkpoint"
+RESUME_FILE = "resume.json"  # global RNGs (numpy, python), SB3 logger values, Monitor episode
+TORCH_RNG_FILE = "rng.safetensors"  # the global torch CPU RNG state
+StateWriter = Callable[[Path], None]
 
 
-def save_checkpoint(agent: Agent, folder: str | Path) -> Path:
+def save_checkpoint(
+    agent: Agent, folder: str | Path, write_state: StateWriter | None = None
+) -> Path:
     """Write ``agent.zip`` + ``replay_buffer.pkl`` + ``checkpoint.json`` into ``folder``,
     atomically (built under a temporary name, then renamed over the previous checkpoint).
+
+    Also written, for :func:`load_agent` with ``exact=True``: ``resume.json`` (the global numpy
+    and python RNG states that SB3 draws exploration noise and replay minibatches from, the SB3
+    logger's pending values, the Monitor's current episode) and ``rng.safetensors`` (the global
+    torch RNG). ``write_state(tmp_folder)`` adds the env's own state (e.g. the LM run) to the
+    same atomic folder, so agent and env are always saved together.
 
     Pickle inside (SB3 formats): for resuming one's own runs only, never for sharing.
     """
@@ -431,26 +446,92 @@ def save_checkpoint(agent: Agent, folder: str | Path) -> Path:
         "algorithm": _algorithm(agent),
         "num_timesteps": int(agent.num_timesteps),
         "buffer_size": int(rb.size() if rb else 0),
+        "env_state": write_state is not None,
         "note": "SB3 pickle formats: resume your own runs only; share policies with "
         "export_actor (safetensors + JSON)",
     }
     with atomic_directory(folder, overwrite=True) as tmp:
-        agent.save(tmp / "agent.zip")
+        agent.save(tmp / "agent.zip")  # holds _last_obs, _episode_num, ... (SB3's own pickle)
         agent.save_replay_buffer(tmp / "replay_buffer.pkl")
+        (tmp / RESUME_FILE).write_text(json.dumps(_resume_state(agent)) + "\n")
+        save_file({"torch_cpu": torch.get_rng_state()}, str(tmp / TORCH_RNG_FILE))
+        if write_state is not None:
+            write_state(tmp)
         (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=2) + "\n")
     return Path(folder)
+
+
+def _monitor(agent: Agent) -> Monitor | None:
+    venv = agent.get_env()
+    env = getattr(venv, "envs", [None])[0] if venv is not None else None
+    while env is not None and not isinstance(env, Monitor):
+        env = getattr(env, "env", None)
+    return env
+
+
+def _resume_state(agent: Agent) -> dict[str, Any]:
+    """JSON state that :func:`load_agent` (``exact=True``) restores besides SB3's own files."""
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    version, internal, gauss_next = random.getstate()
+    logger = getattr(agent, "_logger", None)
+    monitor = _monitor(agent)
+    return {
+        "numpy": [name, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(cached)],
+        "python": [version, list(internal), gauss_next],
+        "logger": None
+        if logger is None
+        else {
+            "values": {k: _number(v) for k, v in logger.name_to_value.items()},
+            "counts": dict(logger.name_to_count),
+            "excluded": {k: list(v) for k, v in logger.name_to_excluded.items()},
+        },
+        "monitor": None
+        if monitor is None
+        else {"needs_reset": monitor.needs_reset, "rewards": list(monitor.rewards)},
+    }
+
+
+def _number(v: Any) -> Any:
+    return int(v) if isinstance(v, int | np.integer) else float(v)
+
+
+def _restore_resume_state(agent: Agent, folder: Path) -> None:
+    try:
+        state = json.loads((folder / RESUME_FILE).read_text())
+        torch_rng = load_file(str(folder / TORCH_RNG_FILE))["torch_cpu"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError) as e:
+        raise AgentError(f"{folder} has no exact-resume state ({e})") from e
+    log = state["logger"]
+    if log is not None:  # pending values: the next step's metrics read rl/*_loss from them
+        logger = Logger(folder=None, output_formats=[])
+        logger.name_to_value.update(log["values"])
+        logger.name_to_count.update(log["counts"])
+        logger.name_to_excluded.update({k: tuple(v) for k, v in log["excluded"].items()})
+        agent.set_logger(logger)
+    monitor = _monitor(agent)
+    if monitor is not None and state["monitor"] is not None:
+        monitor.needs_reset = bool(state["monitor"]["needs_reset"])
+        monitor.rewards = [float(r) for r in state["monitor"]["rewards"]]
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, np.uint32), pos, has_gauss, cached))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    torch.set_rng_state(torch_rng)
 
 
 def _algorithm(agent: Agent) -> str:
     return "ddpg" if isinstance(agent, DDPG) else "td3"  # DDPG subclasses TD3: test it first
 
 
-def load_agent(folder: str | Path, env: Any, device: str = "cpu") -> Agent:
+def load_agent(folder: str | Path, env: Any, device: str = "cpu", *, exact: bool = False) -> Agent:
     """Resume from :func:`save_checkpoint`: agent, optimizers, timestep count and replay buffer.
 
-    Loads pickle (SB3's format): only for checkpoints you wrote yourself. The env is reset at
-    the next ``learn`` (its state is not in the checkpoint): an LM env resumes only if it can
-    restore its own run from its own checkpoint.
+    Loads pickle (SB3's format): only for checkpoints you wrote yourself. Default: the env is
+    reset at the next ``learn`` (its state is not in the checkpoint). ``exact=True``: the
+    caller has restored ``env`` to the checkpoint's state (``write_state`` of
+    :func:`save_checkpoint`); the agent keeps its last observation (no reset), and the global
+    RNGs, logger values and Monitor episode are restored last, so that
+    :func:`continue_learning` repeats the uninterrupted run bit for bit on CPU.
     """
     folder = Path(folder)
     try:
@@ -460,9 +541,14 @@ def load_agent(folder: str | Path, env: Any, device: str = "cpu") -> Agent:
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise AgentError(f"{folder}/checkpoint.json is not an acodm agent checkpoint")
     cls = DDPG if meta["algorithm"] == "ddpg" else TD3
-    agent = cls.load(folder / "agent.zip", env=env, device=device)
+    # force_reset=False keeps the saved _last_obs / _last_episode_starts: no env reset at the
+    # next learn. Loading reseeds the global RNGs (SB3's set_random_seed): restored after.
+    agent = cls.load(folder / "agent.zip", env=env, device=device, force_reset=not exact)
     agent.load_replay_buffer(folder / "replay_buffer.pkl")
-    agent._last_obs = None  # force an env reset at the next learn (set_env does the same)
+    if exact:
+        _restore_resume_state(agent, folder)
+    else:
+        agent._last_obs = None  # force an env reset at the next learn (set_env does the same)
     return agent
 
 
@@ -476,6 +562,7 @@ class MixingCallback(BaseCallback):
 
     Checkpoints are written at the start of a rollout, i.e. after the previous step was stored
     *and* trained on, so a resumed run repeats nothing; and once more at the end of training.
+    ``write_state(folder)`` adds the env's state to each checkpoint (:func:`save_checkpoint`).
     """
 
     def __init__(
@@ -488,8 +575,10 @@ class MixingCallback(BaseCallback):
         log_every: int = 1,
         checkpoint_dir: str | Path | None = None,
         checkpoint_every: int = 0,
+        write_state: StateWriter | None = None,
     ) -> None:
         super().__init__()
+        self.write_state = write_state
         self._log, self.domains, self.beta, self.eps = log, domains, beta, eps
         self.log_every, self.checkpoint_every = max(1, log_every), checkpoint_every
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -529,5 +618,5 @@ class MixingCallback(BaseCallback):
     def _save(self) -> None:
         if self.checkpoint_dir is None or self._last_saved == self.num_timesteps:
             return
-        save_checkpoint(self.model, self.checkpoint_dir)  # type: ignore[arg-type]
+        save_checkpoint(self.model, self.checkpoint_dir, self.write_state)  # type: ignore[arg-type]
         self._last_saved = int(self.num_timesteps)

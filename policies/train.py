@@ -6,7 +6,8 @@
     out/metrics.jsonl     one line per env step (MetricsLogger): rl/reward, rl/reward/<term>,
                           rl/action/<domain>, mix/weight/<domain>, train/loss[/<domain>],
                           rl/actor_loss, rl/critic_loss, rl/warmup (1 for expert steps)
-    out/agent/            SB3 checkpoint (agent.zip + replay_buffer.pkl + checkpoint.json)
+    out/agent/            SB3 checkpoint (agent.zip + replay_buffer.pkl + checkpoint.json),
+                          RNG states (resume.json, rng.safetensors), the LM run (env/)
     out/policy/           the exported actor (actor.safetensors + policy.json, no pickle)
 
 The checkpoint under ``out/agent/`` is SB3's **pickle-based** format: use it to resume or
@@ -20,14 +21,21 @@ the replay buffer and the actor/critic are pre-fitted (:func:`acodm.policies.age
 The agent then learns for the remaining steps (``continue_learning``, which continues the
 current episode instead of resetting the env).
 
-Resuming (``resume=True``) loads the last checkpoint (agent, optimizers, replay buffer,
-timestep count) and learns for the remaining env steps. Limits: the LM run itself is not in
-the checkpoint, so the interrupted episode *restarts* with a fresh model (the env is reset);
-the schedule then no longer lines up with episode boundaries (the last run may be cut short
-by the step budget); SB3's exploration-noise and sampling RNG states are re-seeded, so a
-resumed run is not bitwise equal to an uninterrupted one. An interruption during the ODM
-warm-up (before the first checkpoint) restarts from scratch. Metric lines logged after the
-checkpoint are dropped on resume, so each env step appears once in ``metrics.jsonl``.
+Resuming (``resume=True``) continues exactly: every agent checkpoint (after the warm-up,
+every ``checkpoint_every`` env steps, at the end) saves, in one atomic folder, the agent with
+its optimizers, replay buffer, timestep/episode counters and last observation (SB3's files),
+the running LM episode (``agent/env/``: the trainer's checkpoint in acodm's pickle-free
+format, the env's ``np_random`` state and run seed, :meth:`DataMixingEnv.save_state`), the
+global numpy / python / torch RNG states that SB3 draws exploration noise and replay
+minibatches from, and the SB3 logger's pending losses. A resumed run neither resets the env
+nor reseeds anything, so on CPU it writes the same ``metrics.jsonl`` lines and exports a
+bit-identical actor as an uninterrupted run with the same seed
+(``tests/policies/test_resume_exact.py``). Steps run after the last checkpoint are redone;
+metric lines logged after it are dropped on resume, so each env step appears once. An
+interruption during the ODM warm-up (before the first checkpoint) restarts from scratch. On
+CUDA the LM steps are not bitwise reproducible, so a resumed run is close, not equal.
+Checkpoints written before this format (no ``agent/env/``) still resume, inexactly: the
+interrupted LM run restarts with a fresh model.
 
 Non-proxy mode: :class:`OnlineDDPGMixer`, registered as mixer ``ddpg`` (importing this module
 registers it; ``make_mixer("ddpg")`` imports it on first use), learns on the target run itself.
@@ -93,6 +101,7 @@ RUN_FORMAT = "acodm-policy-run"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 AGENT_DIR = "agent"
+ENV_DIR = "env"  # inside AGENT_DIR: the env's state (LM run, RNG), saved with the agent
 POLICY_DIR = "policy"
 ODM_EXPERT = "odm:warmup=0"  # the bandit itself; the agent's warm-up replaces ODM's own
 
@@ -388,7 +397,11 @@ def _start_or_resume(
     if not (resume and ckpt.exists()):
         _drop_metrics_after(run_dir / METRICS_FILE, 0)
         return None
-    model = load_agent(run_dir / AGENT_DIR, env, device=agent_cfg.device)
+    env_state = run_dir / AGENT_DIR / ENV_DIR
+    exact = env_state.is_dir()  # checkpoints of older acodm versions lack it
+    if exact:
+        env.load_state(env_state)  # before load_agent, which restores the global RNGs last
+    model = load_agent(run_dir / AGENT_DIR, env, device=agent_cfg.device, exact=exact)
     _drop_metrics_after(run_dir / METRICS_FILE, int(model.num_timesteps))
     return model
 
@@ -418,8 +431,17 @@ def _warmup_phase(
     if result.critic_loss is not None:
         summary["rl/warmup_critic_loss"] = result.critic_loss
     log.logger.log(summary, int(model.num_timesteps))
-    save_checkpoint(model, run_dir / AGENT_DIR)
+    save_checkpoint(model, run_dir / AGENT_DIR, _env_writer(env))
     return model
+
+
+def _env_writer(env: RecordingEnv) -> Callable[[Path], None]:
+    """Saves the env's state (running LM, RNG) inside an agent checkpoint being written."""
+
+    def write(folder: Path) -> None:
+        env.save_state(folder / ENV_DIR)
+
+    return write
 
 
 def _learn_phase(
@@ -433,6 +455,7 @@ def _learn_phase(
         eps=env.eps,
         checkpoint_dir=run_dir / AGENT_DIR,
         checkpoint_every=int(schedule["checkpoint_every"]),
+        write_state=_env_writer(env),
     )
     continue_learning(model, int(schedule["total_steps"]), callback=callback)
 
