@@ -105,6 +105,7 @@ def pretrain(
         ckpt = load_checkpoint(ckpt_path)
         trainer.load_checkpoint(ckpt)
         mixer.load_state_dict(ckpt.state["mixer"])
+        mixer.load_tensor_state(_mixer_tensors(ckpt.extra))
     if resume and main:  # without a checkpoint the run restarts from step 0
         _truncate_metrics(run_dir / "metrics.jsonl", trainer.step if ckpt_path else -1)
     if main:
@@ -123,9 +124,17 @@ def pretrain(
         trainer.close()
 
 
+MIXER_TENSORS = "mixer/"  # prefix of the mixer's tensors in the checkpoint's extra tensors
+
+
+def _mixer_tensors(extra: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len(MIXER_TENSORS) :]: t for k, t in extra.items() if k.startswith(MIXER_TENSORS)}
+
+
 def _save(trainer: Trainer, mixer: Mixer, run_dir: Path) -> None:
     payload = trainer.checkpoint_payload()
     payload["state"]["mixer"] = mixer.state_dict()
+    payload["extra"].update({MIXER_TENSORS + k: t for k, t in mixer.tensor_state().items()})
     if trainer.dist.is_main:
         save_checkpoint(
             run_dir,

@@ -49,7 +49,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -88,6 +88,9 @@ from acodm.policies.agent import (
 )
 from acodm.policies.export import export_actor, weights_to_action
 from acodm.trainer import IntervalReport
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "RUN_FORMAT",
@@ -583,8 +586,14 @@ class OnlineDDPGMixer(Mixer):
     (:func:`total_reward`), one transition into the replay buffer, then ``gradient_steps``
     SB3 updates. The first ``warmup`` fraction of the intervals (at least one) follows the ODM
     bandit, then the actor/critic are pre-fitted on those transitions, as in proxy mode.
-    Needs ``TrainConfig.dynamics=True``. Limits: the agent (networks, buffer) is not part of
-    the mixer's ``state_dict``; a resumed pretraining run restarts learning from scratch.
+    Needs ``TrainConfig.dynamics=True``.
+
+    Resume: ``state_dict`` (JSON: last observation/action, counters, the ODM expert, the
+    global numpy RNG) plus ``tensor_state`` (actor/critic and their targets, both Adam states,
+    the replay buffer's filled rows, the warm-up transitions, the torch RNG), which
+    :func:`acodm.pretrain.pretrain` stores in the run checkpoint's ``extra.safetensors``; a
+    resumed run equals the uninterrupted one on CPU. Limits: code that restores only
+    ``load_state_dict`` (no ``load_tensor_state``) gets the last weights but a fresh agent.
     """
 
     name = "ddpg"
@@ -627,7 +636,9 @@ class OnlineDDPGMixer(Mixer):
         self.warmup_updates = _warmup_steps(max(intervals - 1, 1), self.warmup)
         self.model = None
         self.spec: ObservationSpec | None = None
-        self.transitions: list[Transition] = []
+        self.transitions: list[Transition] = []  # the warm-up's, for the pre-fit
+        self.updates = 0  # transitions learned from so far
+        self._pending_agent: dict[str, Any] | None = None
         self._obs: np.ndarray | None = None
         self._action = np.zeros(ctx.k, dtype=np.float32)
         self._w = action_to_weights(self._action, self.beta, self.eps)
@@ -637,15 +648,19 @@ class OnlineDDPGMixer(Mixer):
 
     def _agent(self, dyn: Any) -> Agent:
         if self.model is None:
-            spec = ObservationSpec(DEFAULT_FEATURES, self.ctx.k, len(dyn.weight_norm))
-            self.spec = spec
-            low, high = spec.bounds()
-            stub = _SpacesOnlyEnv(
-                spaces.Box(low, high, dtype=np.float32),
-                spaces.Box(-1.0, 1.0, (self.ctx.k,), dtype=np.float32),
-            )
-            self.model = make_agent(stub, self.agent_config)
-            self.model.set_logger(Logger(folder=None, output_formats=[]))
+            self._build_agent(ObservationSpec(DEFAULT_FEATURES, self.ctx.k, len(dyn.weight_norm)))
+        assert self.model is not None
+        return self.model
+
+    def _build_agent(self, spec: ObservationSpec) -> Agent:
+        self.spec = spec
+        low, high = spec.bounds()
+        stub = _SpacesOnlyEnv(
+            spaces.Box(low, high, dtype=np.float32),
+            spaces.Box(-1.0, 1.0, (self.ctx.k,), dtype=np.float32),
+        )
+        self.model = make_agent(stub, self.agent_config)
+        self.model.set_logger(Logger(folder=None, output_formats=[]))
         return self.model
 
     def _update(self, feedback: IntervalFeedback) -> None:
@@ -666,26 +681,136 @@ class OnlineDDPGMixer(Mixer):
     def _learn(self, model: Agent, t: Transition) -> None:
         fill_replay_buffer(model, [t])
         model.num_timesteps += 1
-        n = len(self.transitions) + 1
-        if n <= self.warmup_updates:
+        self.updates += 1
+        if self.updates <= self.warmup_updates:
             self.transitions.append(t)
-            if n == self.warmup_updates:
+            if self.updates == self.warmup_updates:
                 if not self.agent_config.frozen_actor:
                     fit_actor_to_buffer(model, self.transitions, 300)
                 fit_critic_to_buffer(model, self.transitions, 300)
             return
-        self.transitions.append(t)
         model.train(gradient_steps=model.gradient_steps, batch_size=model.batch_size)
 
     def _next_action(self, model: Agent, obs: np.ndarray) -> np.ndarray:
-        if len(self.transitions) < self.warmup_updates:
+        if self.updates < self.warmup_updates:
             return weights_to_action(self.odm.weights(), self.beta, self.eps)
         action, _ = model.predict(obs, deterministic=True)
         noise = model.action_noise() if model.action_noise is not None else 0.0
         return np.clip(np.asarray(action, np.float32) + noise, -1.0, 1.0).astype(np.float32)
 
+    # -- state: small values in JSON, networks/optimizers/buffer as tensors ------------------
     def _state(self) -> dict[str, Any]:
-        return {"weights": np.asarray(self._w).tolist()}
+        model = self.model
+        state: dict[str, Any] = {
+            "weights": np.asarray(self._w).tolist(),
+            "action": np.asarray(self._action, np.float64).tolist(),
+            "obs": None if self._obs is None else np.asarray(self._obs, np.float64).tolist(),
+            "updates": self.updates,
+            "odm": self.odm.state_dict(),
+            "agent": None,
+        }
+        if model is not None and self.spec is not None:
+            rb = model.replay_buffer
+            assert rb is not None
+            name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+            state["agent"] = {
+                "n_layers": self.spec.n_layers,
+                "num_timesteps": int(model.num_timesteps),
+                "n_updates": int(model._n_updates),
+                "buffer_pos": int(rb.pos),
+                "buffer_full": bool(rb.full),
+                # SB3 draws noise and minibatches from the global numpy RNG (METHOD: resume).
+                "numpy_rng": [name, np.asarray(keys).tolist(), int(pos), int(has_gauss), cached],
+            }
+        return state
+
+    def _load_state(self, state: Mapping[str, Any]) -> None:
+        self._w = np.asarray(state["weights"], np.float64)
+        if "updates" not in state:  # a state of an older acodm: the last decision only
+            return
+        self._action = np.asarray(state["action"], np.float32)
+        self._obs = None if state["obs"] is None else np.asarray(state["obs"], np.float32)
+        self.updates = int(state["updates"])
+        self.odm.load_state_dict(state["odm"])
+        self._pending_agent = state["agent"]  # built by load_tensor_state, from its tensors
+
+    def tensor_state(self) -> dict[str, torch.Tensor]:
+        import torch
+
+        model = self.model
+        if model is None:
+            return {}
+        out = {f"policy/{k}": v.detach().cpu() for k, v in model.policy.state_dict().items()}
+        for name, opt in (("actor", model.actor.optimizer), ("critic", model.critic.optimizer)):
+            for pid, st in opt.state_dict()["state"].items():
+                out.update({f"opt/{name}/{pid}/{k}": v.detach().cpu() for k, v in st.items()})
+        rb = model.replay_buffer
+        assert rb is not None
+        n = rb.buffer_size if rb.full else rb.pos
+        for key in _BUFFER_ARRAYS:
+            out[f"buffer/{key}"] = torch.from_numpy(np.ascontiguousarray(getattr(rb, key)[:n]))
+        out["rng/torch_cpu"] = torch.get_rng_state()
+        out.update(
+            {f"warmup/{i}/{f}": v for i, t in enumerate(self.transitions) for f, v in _tensors(t)}
+        )
+        return out
+
+    def load_tensor_state(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        import torch
+
+        meta = getattr(self, "_pending_agent", None)
+        self._pending_agent = None
+        if meta is None:
+            return
+        spec = ObservationSpec(DEFAULT_FEATURES, self.ctx.k, int(meta["n_layers"]))
+        model = self._build_agent(spec)  # reseeds the global RNGs: restored below
+        try:
+            model.policy.load_state_dict(
+                {k[len("policy/") :]: v for k, v in tensors.items() if k.startswith("policy/")}
+            )
+            for name, opt in (("actor", model.actor.optimizer), ("critic", model.critic.optimizer)):
+                blank = opt.state_dict()
+                prefix = f"opt/{name}/"
+                st: dict[int, dict[str, torch.Tensor]] = {}
+                for key, v in tensors.items():
+                    if key.startswith(prefix):
+                        pid, field_name = key[len(prefix) :].split("/", 1)
+                        st.setdefault(int(pid), {})[field_name] = v
+                opt.load_state_dict({"state": st, "param_groups": blank["param_groups"]})
+            rb = model.replay_buffer
+            assert rb is not None
+            for key in _BUFFER_ARRAYS:
+                data = tensors[f"buffer/{key}"].numpy()
+                getattr(rb, key)[: len(data)] = data
+            torch.set_rng_state(tensors["rng/torch_cpu"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise MixerError(f"the ddpg mixer's saved agent does not fit ({e})") from e
+        rb.pos, rb.full = int(meta["buffer_pos"]), bool(meta["buffer_full"])
+        model.num_timesteps, model._n_updates = int(meta["num_timesteps"]), int(meta["n_updates"])
+        self.transitions = [
+            Transition(
+                *(tensors[f"warmup/{i}/{f}"].numpy() for f in ("obs", "action")),
+                float(tensors[f"warmup/{i}/reward"]),
+                tensors[f"warmup/{i}/next_obs"].numpy(),
+            )
+            for i in range(min(self.updates, self.warmup_updates))
+        ]
+        name, keys, pos, has_gauss, cached = meta["numpy_rng"]
+        np.random.set_state((name, np.asarray(keys, np.uint32), pos, has_gauss, cached))
+
+
+_BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+
+
+def _tensors(t: Transition) -> list[tuple[str, torch.Tensor]]:
+    import torch
+
+    return [
+        ("obs", torch.as_tensor(np.asarray(t.obs, np.float32))),
+        ("action", torch.as_tensor(np.asarray(t.action, np.float32))),
+        ("reward", torch.tensor(float(t.reward), dtype=torch.float64)),
+        ("next_obs", torch.as_tensor(np.asarray(t.next_obs, np.float32))),
+    ]
 
 
 def _ddpg_factory(arg: str | None) -> Mixer:

@@ -25,11 +25,14 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from acodm.errors import AcodmError
+
+if TYPE_CHECKING:
+    import torch
 
 MIXER_STATE_VERSION = 1
 
@@ -237,6 +240,15 @@ class Mixer(ABC):
                 stacklevel=2,
             )
         self._load_state(state.get("state", {}))
+
+    def tensor_state(self) -> dict[str, torch.Tensor]:
+        """Learned state too large for JSON (networks, buffers) as named CPU tensors, saved
+        beside :meth:`state_dict` in the run checkpoint's ``extra.safetensors`` (no pickle).
+        Default: none; only a mixer that learns a network needs it."""
+        return {}
+
+    def load_tensor_state(self, tensors: Mapping[str, torch.Tensor]) -> None:  # noqa: B027
+        """Restore :meth:`tensor_state` output; called right after :meth:`load_state_dict`."""
 
     @abstractmethod
     def describe(self) -> str:

@@ -129,3 +129,62 @@ def test_resume_with_changed_settings_still_errors(full: Path, store: Path) -> N
         _train(store, full, agent=_agent(learning_rate=1e-2), resume=True)
     with pytest.raises(TrainPolicyError, match="proxy"):
         _train(store, full, overrides={**OVERRIDES, "lr": 1e-2}, resume=True)
+
+
+# ----------------------------------------------------------------------------- non-proxy mode
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("crash_step", [6, 10], ids=["during-warmup", "while-learning"])
+def test_pretrain_with_the_ddpg_mixer_resumes_exactly(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_step: int
+) -> None:
+    """``acodm pretrain --mixer ddpg`` interrupted and resumed equals the uninterrupted run:
+    the agent (networks, optimizers, replay buffer, RNGs) is part of the run checkpoint."""
+    import torch
+
+    from acodm.checkpoint import latest_checkpoint, load_checkpoint
+    from acodm.config import debug_cpu
+    from acodm.pretrain import pretrain
+    from acodm.trainer import Trainer
+
+    # 8 intervals, 7 transitions, 2 of them warm-up; checkpoints at steps 4, 8, 12, 16.
+    config = debug_cpu(str(store)).replace(
+        steps=16,
+        interval=2,
+        checkpoint_every=4,
+        eval_every=0,
+        device="cpu",
+        mixer="ddpg:warmup=0.25,seed=1",
+    )
+    pretrain(config, tmp_path / "full", progress=False)
+    real = Trainer.train_interval
+
+    def crash(self: Trainer, weights: Any, steps: int | None = None) -> Any:
+        if self.step == crash_step:
+            raise _Crash
+        return real(self, weights, steps)
+
+    monkeypatch.setattr(Trainer, "train_interval", crash)
+    with pytest.raises(_Crash):
+        pretrain(config, tmp_path / "cut", progress=False)
+    monkeypatch.setattr(Trainer, "train_interval", real)
+    pretrain(config, tmp_path / "cut", resume=True, progress=False)
+
+    def records(run: Path) -> list[dict[str, Any]]:
+        return [
+            {k: v for k, v in r.items() if not k.startswith("perf/")}
+            for r in read_metrics(run / "metrics.jsonl")
+        ]
+
+    assert records(tmp_path / "cut") == records(tmp_path / "full")
+    a = load_checkpoint(latest_checkpoint(tmp_path / "full"))  # type: ignore[arg-type]
+    b = load_checkpoint(latest_checkpoint(tmp_path / "cut"))  # type: ignore[arg-type]
+    assert a.state["mixer"] == b.state["mixer"]
+    assert a.extra.keys() == b.extra.keys()
+    assert any(k.startswith("mixer/policy/") for k in a.extra)
+    for name, t in a.extra.items():
+        assert torch.equal(t, b.extra[name]), name
