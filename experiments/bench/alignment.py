@@ -13,6 +13,14 @@ off-diagonal Gram correlation with the exact Gram and the correlation of the ali
 
     python experiments/bench/alignment.py --json alignment_cpu.json                       # CPU defaults
     python experiments/bench/alignment.py --device cuda --preset pythia-160m --json alignment_gpu.json
+
+Real data (``--store``): accuracy only, on a run preset's model (``--model``, default 70m) at
+init and after ``--train-steps`` steps of acodm's Trainer with uniform weights, same batches
+from the store's sampler, the layers acodm monitors; every rank is forced (also where the
+trainer's ``effective_rank`` would take the exact path; the JSON says where).
+
+    python experiments/bench/alignment.py --store STORE --model 70m --train-steps 300 \\
+        --ranks 32,64,128,256,512 --interval 16 --seeds 3 --threads 2 --json out.json
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from acodm.dynamics import GradientAlignment, alignment_scores
 
@@ -92,6 +101,17 @@ def step(model, toks, device: str, bf16: bool) -> None:
     model.zero_grad(set_to_none=True)
 
 
+def lm_step(model, tokens, device: str, bf16: bool) -> float:
+    """The trainer's objective on (B, L+1) store windows: next-token cross-entropy, mean over
+    tokens (all sequences have L targets). Returns the loss."""
+    with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+        logits = model(input_ids=tokens[:, :-1], use_cache=False).logits
+    loss = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return loss.item()
+
+
 class TimedAlignment(GradientAlignment):
     """Adds up the wall time spent inside the hooks (exact on the CPU; on CUDA the hooks only
     launch kernels, so this undercounts there and the step-time ratio is the number to read)."""
@@ -109,11 +129,16 @@ class TimedAlignment(GradientAlignment):
         self.hook_s += time.perf_counter() - t0
 
 
-def make(variant, model, k: int, seed: int = 0) -> TimedAlignment | None:
+def make(variant, model, k: int, seed: int = 0, modules=None) -> TimedAlignment | None:
+    """Hooks for ``variant`` ("off", "exact" or a rank) on ``modules`` (default: the
+    synthetic model's :func:`monitored` layers)."""
     if variant == "off":
         return None
     return TimedAlignment(
-        monitored(model), k, rank=None if variant == "exact" else int(variant), seed=seed
+        modules if modules is not None else monitored(model),
+        k,
+        rank=None if variant == "exact" else int(variant),
+        seed=seed,
     )
 
 
@@ -158,29 +183,62 @@ def timing(model, batches, variants, k: int, reps: int, device: str, bf16: bool)
     }
 
 
-def accuracy(model, batches, ranks, k: int, seeds: int, device: str, bf16: bool) -> dict:
-    exact = make("exact", model, k)
-    projs = {r: [make(r, model, k, seed=s) for s in range(seeds)] for r in ranks}
-    for toks, dom in batches:
-        for ga in [exact, *(ga for group in projs.values() for ga in group)]:
+def accuracy(
+    model, batches, ranks, k: int, seeds: int, device: str, bf16: bool, modules=None, step_fn=None
+) -> dict:
+    """Exact and projected (each rank, ``seeds`` projections) hooks attached at once for the
+    interval ``batches``; off-diagonal Gram and score correlations with the exact ones.
+
+    Yardstick for the projection's error: the sampling noise of the exact scores, as the
+    correlation between the exact Grams/scores of the interval's two halves."""
+    step_fn = step_fn or (lambda toks: step(model, toks, device, bf16))
+    exact = make("exact", model, k, modules=modules)
+    halves = [make("exact", model, k, modules=modules) for _ in range(2)]
+    projs = {r: [make(r, model, k, seed=s, modules=modules) for s in range(seeds)] for r in ranks}
+    everything = [exact, *halves, *(ga for group in projs.values() for ga in group)]
+    losses = []
+    for b, (toks, dom) in enumerate(batches):
+        first = b < len(batches) // 2
+        halves[0].enable() if first else halves[0].disable()
+        halves[1].disable() if first else halves[1].enable()
+        for ga in everything:
             ga.set_domains(dom)
-        step(model, toks, device, bf16)
+        losses.append(step_fn(toks))
     g = exact.gram()
     n = exact.counts()
     off = ~torch.eye(k, dtype=torch.bool)
     z_exact = alignment_scores(g, n)
     res: dict = {"counts": n.tolist()}
+    if losses and losses[0] is not None:
+        res["loss_mean"] = float(np.mean(losses))
+    act = n > 0  # domains the interval saw
     diag = g.diagonal().sqrt()
-    cos = (g / torch.outer(diag, diag))[off]
+    cos = (g / torch.outer(diag, diag))[off & torch.outer(act, act)]
     res["exact_offdiag_cosine_mean_std"] = [float(cos.mean()), float(cos.std())]
+    res["exact_scores"] = z_exact.tolist()
+    if len(batches) >= 2:
+        (g0, n0), (g1, n1) = ((h.gram(), h.counts()) for h in halves)
+        res["exact_half_split"] = {
+            "offdiag_corr": float(np.corrcoef(g0[off], g1[off])[0, 1]),
+            "score_corr": float(
+                np.corrcoef(alignment_scores(g0, n0), alignment_scores(g1, n1))[0, 1]
+            ),
+        }
     for r, gas in projs.items():
         corr = [float(np.corrcoef(g[off], p.gram()[off])[0, 1]) for p in gas]
-        zc = [float(np.corrcoef(z_exact, alignment_scores(p.gram(), n))[0, 1]) for p in gas]
+        zs = [alignment_scores(p.gram(), n) for p in gas]
+        zc = [float(np.corrcoef(z_exact, z)[0, 1]) for z in zs]
+        rmse = [float(np.sqrt(np.mean((z - z_exact) ** 2))) for z in zs]
         err = [
             float((p.gram() - g).norm() ** 2 / g.trace() ** 2 / (4 / r * (1 + 1 / r))) for p in gas
         ]
-        res[str(r)] = {"offdiag_corr": corr, "score_corr": zc, "sq_err_over_bound": err}
-    for ga in [exact, *(ga for group in projs.values() for ga in group)]:
+        res[str(r)] = {
+            "offdiag_corr": corr,
+            "score_corr": zc,
+            "score_rmse": rmse,
+            "sq_err_over_bound": err,
+        }
+    for ga in everything:
         ga.remove()
     return res
 
@@ -198,6 +256,130 @@ def gram_cost(model, k: int, ranks, device: str) -> dict:
     return out
 
 
+def machine_info(device: str) -> dict:
+    return {
+        "device": torch.cuda.get_device_name()
+        if device.startswith("cuda")
+        else platform.processor() or "cpu",
+        "cpu_threads": torch.get_num_threads(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "load_avg": os.getloadavg(),
+    }
+
+
+def real_data(args, ranks: list[int], bf16: bool) -> dict:
+    """A run preset's model (``--model``) on a real store: the accuracy at init, then after
+    ``--train-steps`` steps of acodm's Trainer with uniform weights, on the same batches."""
+    from acodm.config import TrainConfig
+    from acodm.models import count_parameters
+    from acodm.trainer import Trainer, effective_rank
+
+    t_start = time.perf_counter()
+    cfg = TrainConfig(
+        store=args.store,
+        model=args.model,
+        seq_len=args.seq_len,
+        micro_batch_size=args.batch,
+        steps=max(args.train_steps, 1),
+        warmup_steps=min(args.warmup, max(args.train_steps - 1, 0)),
+        lr=args.lr,
+        device=args.device,
+        precision="bf16" if bf16 else "fp32",
+        dynamics=False,  # no hooks while training; the benchmark attaches its own
+        eval_every=0,
+        checkpoint_every=0,
+        seed=args.seed,
+    )
+    trainer = Trainer(cfg)
+    model, modules, k = trainer.model, trainer.monitored, trainer.k
+    uniform = np.full(k, 1.0 / k)
+    trainer.sampler.set_weights(uniform)
+    # drawn before training: the first epoch's training windows come after them
+    batches = []
+    for _ in range(args.interval):
+        b = trainer.sampler.next_batch()
+        batches.append((torch.from_numpy(b.tokens).to(trainer.device), torch.from_numpy(b.domains)))
+
+    def step_fn(toks):
+        return lm_step(model, toks, args.device, bf16)
+
+    def measure(label: str) -> dict:
+        t0 = time.perf_counter()
+        model.train()
+        acc = accuracy(model, batches, ranks, k, args.seeds, args.device, bf16, modules, step_fn)
+        acc["seconds"] = time.perf_counter() - t0
+        print(f"[{label}] accuracy measured in {acc['seconds']:.0f} s, loss {acc['loss_mean']:.3f}")
+        return acc
+
+    init = measure("step 0")
+    curve = []
+    t0 = time.perf_counter()
+    while args.train_steps > 0 and not trainer.done:
+        rep = trainer.train_interval(uniform, steps=args.log_every)
+        curve.append([trainer.step, rep.metrics["train/loss"], rep.seconds])
+        print(
+            f"step {trainer.step}: train loss {rep.metrics['train/loss']:.3f} ({rep.seconds:.0f} s)"
+        )
+    train_s = time.perf_counter() - t0
+    trained = measure(f"step {trainer.step}")
+    trainer.close()
+    return {
+        "mode": "real-data",
+        "store": os.path.abspath(args.store),
+        "domains": list(trainer.domains),
+        "config": cfg.to_dict(),
+        "parameters": count_parameters(model),
+        "monitored": [{"name": n, "in": m.in_features, "out": m.out_features} for n, m in modules],
+        "trainer_projects": {str(r): effective_rank(r, modules) == r for r in ranks},
+        "tokens_per_interval": args.interval * args.batch * args.seq_len,
+        "train": {
+            "steps": trainer.step,
+            "seconds": train_s,
+            "curve_step_loss_seconds": curve,
+            "loss_on_accuracy_batches": {
+                "init": init["loss_mean"],
+                "trained": trained["loss_mean"],
+            },
+        },
+        "accuracy": {"init": init, "trained": trained},
+        "wall_s": time.perf_counter() - t_start,
+    }
+
+
+def print_real(result: dict, ranks: list[int]) -> None:
+    m, c = result["machine"], result["config"]
+    print(
+        f"\n{c['model']} ({result['parameters'] / 1e6:.1f}M params) on {m['device']} "
+        f"({m['cpu_threads']} threads), {len(result['domains'])} domains, batch "
+        f"{c['micro_batch_size']}x{c['seq_len']}, {result['args']['interval']} micro-batches per "
+        f"Gram, {result['args']['seeds']} projection seeds, wall {result['wall_s']:.0f} s"
+    )
+    accs = result["accuracy"]
+    print(
+        f"{'':>8}"
+        + "".join(
+            f" {label + ' (loss ' + format(a['loss_mean'], '.2f') + ')':>36}"
+            for label, a in [("init", accs["init"]), ("trained", accs["trained"])]
+        )
+    )
+    print(f"{'rank':>8}" + f" {'offdiag corr mean/min':>22} {'score corr mean/min':>13}" * 2)
+    for r in ranks:
+        row = f"{r:>8}"
+        for a in accs.values():
+            c_, z = a[str(r)]["offdiag_corr"], a[str(r)]["score_corr"]
+            row += f" {np.mean(c_):13.3f} / {np.min(c_):.3f} {np.mean(z):7.3f} / {np.min(z):.3f}"
+        print(row)
+    for label, a in accs.items():
+        h = a.get("exact_half_split", {})
+        cm, cs = a["exact_offdiag_cosine_mean_std"]
+        print(
+            f"{label}: exact off-diagonal cosines {cm:.3f} +- {cs:.3f}; exact halves of the "
+            f"interval agree: offdiag {h.get('offdiag_corr', float('nan')):.3f}, scores "
+            f"{h.get('score_corr', float('nan')):.3f}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
@@ -210,26 +392,36 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (default on cuda)")
     ap.add_argument("--json", default=None)
+    real = ap.add_argument_group("real data (a store from `acodm prepare`; no timing)")
+    real.add_argument("--store", default=None, help="store folder: switches to real-data mode")
+    real.add_argument("--model", default="70m", help="acodm.models preset")
+    real.add_argument("--train-steps", type=int, default=300, help="Trainer steps, uniform mix")
+    real.add_argument("--seq-len", type=int, default=256)
+    real.add_argument("--batch", type=int, default=8, help="micro-batch (sequences)")
+    real.add_argument("--lr", type=float, default=2e-3)
+    real.add_argument("--warmup", type=int, default=30)
+    real.add_argument("--seed", type=int, default=0, help="model init and sampler seed")
+    real.add_argument("--log-every", type=int, default=25, help="steps per training report")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     bf16 = args.bf16 or args.device.startswith("cuda")
     ranks = [int(r) for r in args.ranks.split(",")]
+    if args.store:
+        result = real_data(args, ranks, bf16)
+        result = {"args": vars(args), "machine": machine_info(args.device), **result}
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
+        print_real(result, ranks)
+        return
     model, batch, seq, vocab = build_model(args.preset, args.device)
     batches = domain_batches(max(args.interval, 4), batch, seq, vocab, args.k, args.device)
     variants = ["off", *ranks, "exact"]
     t = timing(model, batches, variants, args.k, args.reps, args.device, bf16)
     acc = accuracy(model, batches[: args.interval], ranks, args.k, args.seeds, args.device, bf16)
     cost = gram_cost(model, args.k, ranks, args.device)
-    machine = {
-        "device": torch.cuda.get_device_name()
-        if args.device.startswith("cuda")
-        else platform.processor() or "cpu",
-        "cpu_threads": torch.get_num_threads(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "load_avg": os.getloadavg(),
-    }
+    machine = machine_info(args.device)
     result = {
         "args": vars(args),
         "machine": machine,
