@@ -155,6 +155,12 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--precision", "precision", str, "auto (bf16 on GPU) | fp32 | bf16"),
     ("--alignment-rank", "alignment_rank", int, "projection rank of the gradient alignment"),
     ("--max-bad-steps", "max_bad_steps", int, "stop after this many NaN/inf steps in a row"),
+    (
+        "--console-temperature",
+        "console_temperature",
+        float,
+        "with --console: temperature of the score-ordered sampling inside a domain",
+    ),
 ]
 
 
@@ -177,6 +183,18 @@ def _add_pretrain_command(sub: argparse._SubParsersAction) -> None:
         help="exact per-domain gradients instead of the random projection",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument(
+        "--console",
+        action="store_true",
+        help="order documents inside each domain by the agent console (run `acodm annotate` "
+        "on the store first)",
+    )
+    p.add_argument(
+        "--console-reference",
+        default=None,
+        help="with --console: comma-separated reference-quality domains of the feedback "
+        "(default: those of the annotations)",
+    )
     p.add_argument("--wandb", action="store_true", help="also log to wandb (offline by default)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -208,6 +226,10 @@ def _train_config(args: argparse.Namespace) -> Any:
         base["alignment_rank"] = None
     if args.compile:
         base["compile"] = True
+    if args.console:
+        base["console"] = True
+    if args.console_reference is not None:
+        base["console_reference"] = [d for d in args.console_reference.split(",") if d]
     if args.wandb:
         base["wandb"] = True
     if "store" not in base:

@@ -20,12 +20,13 @@ One optimizer step, shapes annotated (B = micro-batch, L = seq_len, V = vocab, k
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,6 +44,10 @@ from acodm.dynamics.features import Dynamics, LayerStats, LossTracker, measure_i
 from acodm.errors import AcodmError
 from acodm.mixers import IntervalFeedback, MixerContext
 from acodm.models import build_model, monitored_layers
+
+if TYPE_CHECKING:
+    from acodm.agents.console import ScoredDomainSampler
+    from acodm.agents.online import OnlineConsole
 
 
 class TrainingDiverged(AcodmError):
@@ -127,14 +132,36 @@ class Trainer:
         self.store: TokenStore = open_store(cfg.store)
         self.domains = self.store.domains
         self.k = len(self.domains)
-        self.sampler = DomainSampler(
+        sampler_cls: type[DomainSampler] = DomainSampler
+        sampler_kw: dict[str, Any] = {}
+        if cfg.console:
+            from acodm.agents.console import ScoredDomainSampler
+
+            sampler_cls = ScoredDomainSampler
+            sampler_kw["temperature"] = cfg.console_temperature
+        self.sampler = sampler_cls(
             self.store,
             seq_len=cfg.seq_len,
             batch_size=cfg.micro_batch_size,
             seed=cfg.seed,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
+            **sampler_kw,
         )
+        self.console: OnlineConsole | None = None
+        if cfg.console:
+            from acodm.agents.online import OnlineConsole
+
+            self.console = OnlineConsole(
+                self.store,
+                cfg.seq_len,
+                self.sampler.num_windows(),
+                reference=cfg.console_reference,
+            )
+            for i in range(self.k):  # every epoch is scored, the first by the initial memory
+                self._scored_sampler().set_window_scores(
+                    i, self.console.window_scores(i), from_epoch=0
+                )
         self.total_steps = cfg.total_steps(self.dist.world_size)
         self.tokens_per_step = cfg.tokens_per_step(self.dist.world_size)
         self.model = build_model(
@@ -206,6 +233,9 @@ class Trainer:
         accum = self.config.grad_accum
         for i in range(accum):
             b = self.sampler.next_batch()
+            if self.console is not None:
+                assert b.windows is not None
+                self.console.record(b.domains, b.windows)
             tokens = torch.from_numpy(b.tokens).to(self.device, non_blocking=True)
             domains = torch.from_numpy(b.domains).to(self.device, non_blocking=True)
             yield tokens, domains, b.domains, i == accum - 1
@@ -286,11 +316,53 @@ class Trainer:
         bad = self._check_bad_steps(flags)
         if self.alignment is not None:
             self.alignment.all_reduce()
+        agents = self._close_console()
         seconds = time.perf_counter() - start
-        return self._report(weights, stats.cpu().numpy(), steps, bad, seconds)
+        return self._report(weights, stats.cpu().numpy(), steps, bad, seconds, agents)
+
+    def _scored_sampler(self) -> ScoredDomainSampler:
+        from acodm.agents.console import ScoredDomainSampler
+
+        assert isinstance(self.sampler, ScoredDomainSampler)
+        return self.sampler
+
+    def _close_console(self) -> dict[str, np.ndarray]:
+        """The console's part of closing an interval (METHOD.md, "Online update").
+
+        Gathers every rank's (domain, window, credit) items, updates the console from the
+        credits, takes the interval's reference gradient for the next one, and plans the new
+        window scores for each domain's next epoch (the same epoch on every rank).
+        Returns the per-domain agent features ({} without a console).
+        """
+        console, ga = self.console, self.alignment
+        if console is None or ga is None:
+            return {}
+        domains, windows = console.take_items()
+        credits = ga.sequence_credits() if ga.has_reference else None
+        if self.dist.world_size > 1:
+            parts = dist.all_gather_object((domains, windows, credits))
+            domains = np.concatenate([p[0] for p in parts])
+            windows = np.concatenate([p[1] for p in parts])
+            credits = None if credits is None else np.concatenate([p[2] for p in parts])
+        if credits is not None and credits.size != domains.size:
+            credits = None  # a backward without hooks (cannot happen in this loop): no update
+        features = console.close_interval(domains, windows, credits)
+        ga.set_reference(ga.reference_gradient(console.reference_ids))
+        sampler = self._scored_sampler()
+        local = torch.as_tensor(sampler.next_epochs(), device=self.device, dtype=torch.float64)
+        start = dist.all_reduce_max(local).cpu().numpy().astype(np.int64)
+        for i in range(self.k):
+            sampler.set_window_scores(i, console.window_scores(i), from_epoch=int(start[i]))
+        return features
 
     def _report(
-        self, weights: np.ndarray, stats: np.ndarray, steps: int, bad: int, seconds: float
+        self,
+        weights: np.ndarray,
+        stats: np.ndarray,
+        steps: int,
+        bad: int,
+        seconds: float,
+        agents: dict[str, np.ndarray] | None = None,
     ) -> IntervalReport:
         sums, counts = stats
         raw_loss = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
@@ -305,6 +377,8 @@ class Trainer:
             alignment=self.alignment,
             layer_stats=self.layer_stats,
         )
+        if self.console is not None:
+            dyn = dataclasses.replace(dyn, agents=agents or {}, console_alpha=self.console.alpha)
         scores = dyn.alignment
         feedback = IntervalFeedback(
             step=self.step,
@@ -326,6 +400,10 @@ class Trainer:
             metrics[f"train/loss/{d}"] = float(raw_loss[i])
             metrics[f"train/epochs/{d}"] = float(epochs[i])
             metrics[f"dyn/alignment/{d}"] = float(scores[i])
+            for name, values in dyn.agents.items():
+                metrics[f"agents/{name}/{d}"] = float(values[i])
+        if self.console is not None:
+            metrics.update(self.console.metrics())
         return IntervalReport(
             dyn,
             feedback,
@@ -386,7 +464,9 @@ class Trainer:
         extra["rng/torch_cpu"] = torch.get_rng_state()
         if self.device.type == "cuda":
             extra["rng/torch_cuda"] = torch.cuda.get_rng_state(self.device)
-        state = {
+        if self.console is not None:
+            extra.update(self._console_tensors())
+        state: dict[str, Any] = {
             "trainer": {
                 "step": self.step,
                 "tokens_seen": self.tokens_seen,
@@ -397,6 +477,8 @@ class Trainer:
             },
             "sampler": samplers,
         }
+        if self.console is not None:
+            state["console"] = self.console.state_dict()
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -421,6 +503,8 @@ class Trainer:
                 "written with another --model or store?"
             ) from e
         self.sampler.load_state_dict(ckpt.state["sampler"][self.dist.rank])
+        if self.console is not None:
+            self._load_console(ckpt)
         torch.set_rng_state(ckpt.extra["rng/torch_cpu"])
         if self.device.type == "cuda" and "rng/torch_cuda" in ckpt.extra:
             torch.cuda.set_rng_state(ckpt.extra["rng/torch_cuda"], self.device)
@@ -429,6 +513,38 @@ class Trainer:
         self.bad_in_row = int(st["bad_in_row"])
         self.bad_total = int(st["bad_total"])
         self.loss_tracker.load_state_dict(st["loss_tracker"])
+
+    def _console_tensors(self) -> dict[str, torch.Tensor]:
+        """The console's window counters, the sampler's planned scores (identical on every
+        rank) and the reference gradient for the next interval."""
+        assert self.console is not None and self.alignment is not None
+        out = {k: torch.from_numpy(v) for k, v in self.console.tensors().items()}
+        for key, v in self._scored_sampler().score_plans().items():
+            out[f"console/plan/{key}"] = torch.from_numpy(v)
+        for i, ref in enumerate(self.alignment.reference()):
+            out[f"console/reference/{i}"] = ref.detach().cpu()
+        return out
+
+    def _load_console(self, ckpt: Checkpoint) -> None:
+        assert self.console is not None and self.alignment is not None
+        state = ckpt.state.get("console")
+        if state is None:
+            raise CheckpointError(
+                f"checkpoint {ckpt.path} was written without --console; resume without it"
+            )
+        extra = {k: v.numpy() for k, v in ckpt.extra.items() if k.startswith("console/")}
+        try:
+            self.console.load_state_dict(state, extra)
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {ckpt.path}: bad console state ({e})") from e
+        plans = {k.removeprefix("console/plan/"): v for k, v in extra.items() if "/plan/" in k}
+        self._scored_sampler().load_score_plans(plans)
+        n = len(self.monitored)
+        refs = [ckpt.extra.get(f"console/reference/{i}") for i in range(n)]
+        if all(r is not None for r in refs):
+            self.alignment.set_reference([r for r in refs if r is not None], normalized=True)
+        else:
+            self.alignment.set_reference(None)
 
     def close(self) -> None:
         if self.alignment is not None:

@@ -16,6 +16,8 @@ import gymnasium
 
 from .data_mixing import DEFAULT_INTERVAL, DataMixingEnv, EnvError, default_config
 from .spaces import (
+    AGENT_FEATURES,
+    CONSOLE_FEATURES,
     DEFAULT_BETA,
     DEFAULT_EPS,
     DEFAULT_FEATURES,
@@ -27,6 +29,7 @@ from .spaces import (
     action_to_weights,
     alignment_reward,
     build_observation,
+    console_reward_terms,
     observation_size,
     total_reward,
     zscore_clip,
@@ -40,6 +43,8 @@ if ENV_ID not in gymnasium.registry:  # re-imports (e.g. importlib.reload) must 
     )
 
 __all__ = [
+    "AGENT_FEATURES",
+    "CONSOLE_FEATURES",
     "DEFAULT_BETA",
     "DEFAULT_EPS",
     "DEFAULT_FEATURES",
@@ -55,6 +60,7 @@ __all__ = [
     "action_to_weights",
     "alignment_reward",
     "build_observation",
+    "console_reward_terms",
     "default_config",
     "observation_size",
     "total_reward",

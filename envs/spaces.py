@@ -86,6 +86,19 @@ class FeatureGroup:
     doc: str
 
 
+def _agent_feature(name: str) -> Callable[[Dynamics], np.ndarray]:
+    def read(d: Dynamics) -> np.ndarray:
+        if name not in d.agents:
+            raise SpaceError(
+                f"observation feature {name!r} comes from the agent console, which this run "
+                "does not have: annotate the store (`acodm annotate STORE`) and train with "
+                "the console on (`--console`, TrainConfig.console=True)"
+            )
+        return np.asarray(d.agents[name], dtype=np.float64)
+
+    return read
+
+
 #: Every feature group the observation can hold, by name. Per-domain and per-layer groups
 #: are z-scored within the group and clipped to [-3, 3]; scalar groups are already in [0, 1].
 FEATURES: dict[str, FeatureGroup] = {
@@ -131,6 +144,30 @@ FEATURES: dict[str, FeatureGroup] = {
             "||W - W_0|| / ||W_0|| of each monitored layer",
         ),
         FeatureGroup(
+            "mean_quality",
+            "domain",
+            _agent_feature("mean_quality"),
+            "mean quality score of what the domain contributed (console runs only)",
+        ),
+        FeatureGroup(
+            "topic_entropy",
+            "domain",
+            _agent_feature("topic_entropy"),
+            "entropy of the topics drawn from the domain over log(n_topics) (console runs only)",
+        ),
+        FeatureGroup(
+            "topic_coverage",
+            "domain",
+            _agent_feature("topic_coverage"),
+            "fraction of the topics drawn at least once from the domain (console runs only)",
+        ),
+        FeatureGroup(
+            "repetition_rate",
+            "domain",
+            _agent_feature("repetition_rate"),
+            "fraction of the domain's windows drawn that were seen before (console runs only)",
+        ),
+        FeatureGroup(
             "progress",
             "scalar",
             lambda d: d.progress,
@@ -149,6 +186,16 @@ DEFAULT_FEATURES: tuple[str, ...] = (
     "weight_distance",
     "progress",
 )
+
+#: The agent console's per-domain features (need ``TrainConfig.console=True``).
+AGENT_FEATURES: tuple[str, ...] = (
+    "mean_quality",
+    "topic_entropy",
+    "topic_coverage",
+    "repetition_rate",
+)
+#: The default features plus the console's, before ``progress``.
+CONSOLE_FEATURES: tuple[str, ...] = DEFAULT_FEATURES[:-1] + AGENT_FEATURES + ("progress",)
 
 SPEC_FORMAT = "acodm-observation"
 SPEC_VERSION = 1
@@ -358,3 +405,39 @@ def total_reward(
             raise SpaceError(f"reward term {t.name!r} returned {value}")
         parts[t.name] = t.weight * value
     return float(sum(parts.values())), parts
+
+
+#: Default total weight of the console's reward terms (METHOD.md: small, at most 0.3).
+DEFAULT_CONSOLE_REWARD_WEIGHT = 0.2
+
+
+def _console_term(feature: str, agent: str) -> Callable[[np.ndarray, Dynamics], float]:
+    def value(weights: np.ndarray, d: Dynamics) -> float:
+        if feature not in d.agents or agent not in d.console_alpha:
+            raise SpaceError(
+                f"reward term {feature!r} needs the agent console: train with --console "
+                "(TrainConfig.console=True) on an annotated store"
+            )
+        alpha = d.console_alpha
+        trust = float(alpha[agent]) / max(float(max(alpha.values())), 1e-12)  # in (0, 1]
+        return trust * float(np.asarray(weights) @ zscore_clip(d.agents[feature]))
+
+    return value
+
+
+def console_reward_terms(
+    total_weight: float = DEFAULT_CONSOLE_REWARD_WEIGHT,
+) -> tuple[RewardTerm, RewardTerm]:
+    """The console-weighted quality and diversity terms (METHOD.md, "As reward terms").
+
+    ``quality = c_q * sum_i w_i z(mean_quality)_i`` and ``diversity = c_t * sum_i w_i
+    z(topic_entropy)_i``, each with weight ``total_weight / 2``; ``z`` is the clipped
+    z-score across domains (the alignment term's scale) and ``c_a = alpha_a / max(alpha)``
+    in (0, 1] the console's current trust in the quality / topic agent, so an agent the
+    feedback does not confirm fades from the reward. Needs a console run.
+    """
+    half = float(total_weight) / 2.0
+    return (
+        RewardTerm("quality", half, _console_term("mean_quality", "quality")),
+        RewardTerm("diversity", half, _console_term("topic_entropy", "topic")),
+    )

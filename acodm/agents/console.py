@@ -329,10 +329,15 @@ class ScoredDomainSampler(DomainSampler):
     ``world_size``-th entry, so the base guarantees hold: without replacement per epoch,
     disjoint rank shards. Domains without scores keep the base uniform permutation.
 
-    New scores (:meth:`set_window_scores`) take effect at the domain's next epoch (the current
-    epoch's order is kept, so no window repeats inside an epoch). Exact resume: the state
-    records a hash of the scores behind each current epoch; resuming mid-epoch with other
-    scores is a :class:`SamplerError`, never a silently different stream.
+    Scores are planned per epoch: :meth:`set_window_scores` applies from a given epoch of the
+    domain on (default: the first epoch this rank has not started), so an epoch's order never
+    changes once begun and no window repeats inside an epoch. Under DDP the ranks reach an
+    epoch at different times; passing the same ``from_epoch`` on every rank (the largest
+    :meth:`next_epochs` over the ranks) gives every rank the same scores for every epoch, so
+    the shards stay disjoint. Exact resume: :meth:`state_dict` records a hash of the scores
+    behind each current epoch, and :meth:`score_plans` / :meth:`load_score_plans` carry the
+    planned scores (arrays, e.g. checkpoint tensors); resuming mid-epoch with other scores
+    is a :class:`SamplerError`, never a silently different stream.
     """
 
     def __init__(self, *args: Any, temperature: float = 1.0, **kwargs: Any) -> None:
@@ -341,26 +346,54 @@ class ScoredDomainSampler(DomainSampler):
             raise SamplerError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
         k = len(self.domains)
-        self._scores: list[np.ndarray | None] = [None] * k
+        # per domain: (from_epoch, scores or None), ascending in from_epoch
+        self._plans: list[list[tuple[int, np.ndarray | None]]] = [[] for _ in range(k)]
         self._sha: list[str | None] = [None] * k
         self._verify = [False] * k
 
-    def set_window_scores(self, domain: str | int, scores: np.ndarray | None) -> None:
-        """Scores of every window of a domain (``num_windows()[i]`` values); ``None`` clears."""
-        i = domain if isinstance(domain, int) else self.domains.index(domain)
-        if scores is None:
-            self._scores[i] = None
-            return
-        s = np.array(scores, dtype=np.float64).reshape(-1)
-        if s.size != int(self._n_windows[i]) or not np.all(np.isfinite(s)):
+    def _index(self, domain: str | int) -> int:
+        return domain if isinstance(domain, int) else self.domains.index(domain)
+
+    def next_epochs(self) -> np.ndarray:
+        """Per domain, the first epoch this rank has not started (its scores may still change)."""
+        return self._epoch + (self._cursor > 0)
+
+    def set_window_scores(
+        self, domain: str | int, scores: np.ndarray | None, *, from_epoch: int | None = None
+    ) -> None:
+        """Scores of every window of a domain (``num_windows()[i]`` values); ``None`` clears.
+
+        They apply from epoch ``from_epoch`` of the domain on (default
+        ``next_epochs()[i]``); plans for that epoch and later are replaced.
+        """
+        i = self._index(domain)
+        start = int(self.next_epochs()[i])
+        first = start if from_epoch is None else int(from_epoch)
+        if first < start:
             raise SamplerError(
-                f"domain {self.domains[i]!r} needs {int(self._n_windows[i])} finite window "
-                f"scores, got {s.size}"
+                f"domain {self.domains[i]!r}: epoch {first} has already begun on this rank; "
+                f"scores can apply from epoch {start} on"
             )
-        self._scores[i] = s
+        s = None
+        if scores is not None:
+            s = np.array(scores, dtype=np.float64).reshape(-1)
+            if s.size != int(self._n_windows[i]) or not np.all(np.isfinite(s)):
+                raise SamplerError(
+                    f"domain {self.domains[i]!r} needs {int(self._n_windows[i])} finite window "
+                    f"scores, got {s.size}"
+                )
+        self._plans[i] = [(e, p) for e, p in self._plans[i] if e < first] + [(first, s)]
+
+    def _scores_for(self, i: int, epoch: int) -> np.ndarray | None:
+        plans = self._plans[i]
+        use = [n for n, (e, _) in enumerate(plans) if e <= epoch]
+        if not use:
+            return None
+        self._plans[i] = plans[use[-1] :]  # earlier plans are never needed again on this rank
+        return plans[use[-1]][1]
 
     def _epoch_order(self, i: int, epoch: int) -> np.ndarray:
-        scores = self._scores[i]
+        scores = self._scores_for(i, epoch)
         sha = _scores_sha(scores)
         if self._verify[i] and self._cursor[i] > 0 and sha != self._sha[i]:
             raise SamplerError(
@@ -374,6 +407,31 @@ class ScoredDomainSampler(DomainSampler):
         rng = np.random.default_rng([self.seed, _domain_key(self.domains[i]), epoch, 0x5C0])
         order = weighted_order(scores, rng, self.temperature)
         return order[self.rank :: self.world_size]
+
+    def score_plans(self) -> dict[str, np.ndarray]:
+        """The planned scores as ``{"<domain index>/<from epoch>": scores}`` (a cleared plan
+        is an empty array), for a checkpoint's tensors; see :meth:`load_score_plans`."""
+        return {
+            f"{i}/{e}": (np.zeros(0) if p is None else p.copy())
+            for i, plans in enumerate(self._plans)
+            for e, p in plans
+        }
+
+    def load_score_plans(self, plans: Mapping[str, np.ndarray]) -> None:
+        """Restore :meth:`score_plans` (after :meth:`load_state_dict`)."""
+        restored: list[list[tuple[int, np.ndarray | None]]] = [[] for _ in self.domains]
+        for key, value in plans.items():
+            try:
+                i, e = (int(x) for x in key.split("/"))
+                a = np.asarray(value, dtype=np.float64).reshape(-1)
+                ok = 0 <= i < len(self.domains) and a.size in (0, int(self._n_windows[i]))
+            except ValueError:
+                ok = False
+            if not ok:
+                raise SamplerError(f"saved window scores {key!r} do not fit this store's windows")
+            restored[i].append((e, None if a.size == 0 else a))
+        self._plans = [sorted(p, key=lambda x: x[0]) for p in restored]
+        self._order = [None] * len(self.domains)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -416,7 +474,7 @@ def topic_entropy(topics: np.ndarray, n_topics: int, weights: np.ndarray | None 
     if n_topics < 2 or m.sum() <= 0:
         return 0.0
     p = m[m > 0] / m.sum()
-    return float(-(p * np.log(p)).sum() / math.log(n_topics))
+    return max(0.0, float(-(p * np.log(p)).sum() / math.log(n_topics)))  # no -0.0
 
 
 def topic_coverage(topics: np.ndarray, n_topics: int) -> float:

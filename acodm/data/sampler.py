@@ -42,11 +42,14 @@ class Batch:
     ``tokens``: ``(batch, seq_len + 1)`` int64 token ids; inputs are ``tokens[:, :-1]``,
     targets ``tokens[:, 1:]``. ``domains``: ``(batch,)`` int64 index into the store's domains.
     ``step``: the sampler step that produced it (``-1`` for validation batches).
+    ``windows``: ``(batch,)`` int64 index of each sequence's window within its domain's
+    training windows (window ``w`` starts at token ``w * seq_len``); None for validation.
     """
 
     tokens: np.ndarray
     domains: np.ndarray
     step: int
+    windows: np.ndarray | None = None
 
 
 def _domain_key(name: str) -> int:
@@ -170,10 +173,12 @@ class DomainSampler:
         domains = self.draw_domains()
         width = self.seq_len + 1
         tokens = np.empty((self.batch_size, width), dtype=np.int64)
+        windows = np.empty(self.batch_size, dtype=np.int64)
         for row, i in enumerate(domains.tolist()):
-            start = self._take(i) * self.seq_len
+            windows[row] = w = self._take(i)
+            start = w * self.seq_len
             tokens[row] = self._arrays[i][start : start + width]
-        batch = Batch(tokens=tokens, domains=domains, step=self.step)
+        batch = Batch(tokens=tokens, domains=domains, step=self.step, windows=windows)
         self.step += 1
         return batch
 

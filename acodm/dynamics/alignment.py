@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,6 +114,7 @@ class _Monitored:
     p_out: Tensor | None  # (r, out) fp32
     acc: Tensor  # (k, r, r) projected, or (k, out, in) exact; fp32
     handle: Any = None  # RemovableHandle of the forward hook
+    reference: Tensor | None = None  # like acc[0]: direction for per-sequence credits
     low: dict[str, Tensor] = field(default_factory=dict)  # bf16 copies: "in" / "out"
 
 
@@ -228,6 +230,9 @@ class GradientAlignment:
         self._loss_scale: float | Tensor = 1.0
         self.redraw = redraw
         self._interval = 0  # number of reset() calls: seeds redrawn projections
+        # Per-sequence credit <g_b, reference> (set_reference): micro-batch version -> (B,)
+        self._credits: dict[int, Tensor] = {}
+        self._has_reference = False
         # The hooks reference self through the modules only (no self-cycle): after remove(),
         # dropping the last reference frees the accumulators at once, without waiting for gc.
         fwd = _eager(type(self)._forward_hook)
@@ -320,6 +325,7 @@ class GradientAlignment:
         for m in self._mods:
             m.acc.zero_()
         self._counts.zero_()
+        self._credits.clear()
         self._reduced = False
         self._interval += 1
         if self.redraw and self.rank is not None:
@@ -385,6 +391,82 @@ class GradientAlignment:
             offset += n
         dist.all_reduce(self._counts, group=group)
         self._reduced = True
+
+    def reference_gradient(self, domains: Sequence[int]) -> list[Tensor]:
+        """Sum of the accumulators of ``domains`` per monitored module (copies, fp32).
+
+        After :meth:`all_reduce`, this is the interval's summed gradient of those domains
+        (projected, or exact): e.g. the reference-quality domains' gradient, for
+        :meth:`set_reference`.
+        """
+        idx = [int(i) for i in domains]
+        if not idx or min(idx) < 0 or max(idx) >= self.num_domains:
+            raise AlignmentError(f"reference domains {idx} are not in [0, {self.num_domains})")
+        return [m.acc[idx].sum(0) for m in self._mods]
+
+    @property
+    def has_reference(self) -> bool:
+        """Whether per-sequence credits are being recorded (:meth:`set_reference`)."""
+        return self._has_reference
+
+    def reference(self) -> list[Tensor]:
+        """The unit-norm reference in use, one tensor per module ([] when none is set)."""
+        if not self._has_reference:
+            return []
+        return [m.reference for m in self._mods if m.reference is not None]
+
+    def set_reference(
+        self, reference: Sequence[Tensor] | None, *, normalized: bool = False
+    ) -> None:
+        """From the next micro-batch on, also record each sequence's credit ``<g_b, u>``.
+
+        ``reference``: one tensor per monitored module shaped like its accumulator slot
+        (:meth:`reference_gradient`); it is scaled to unit total norm ``u``, so the credit is
+        the length of the sequence's gradient along the reference direction: to first order,
+        how much one SGD step on that sequence alone lowers the reference loss (up to the
+        common factor of the module docstring's "Scale"). ``None`` (or an all-zero
+        reference) stops recording. Read the credits with :meth:`sequence_credits`.
+        ``normalized=True``: ``reference`` is :meth:`reference` of a run being resumed, used
+        as it is (bit-exact).
+        """
+        if reference is None:
+            for m in self._mods:
+                m.reference = None
+            self._has_reference = False
+            return
+        refs = list(reference)
+        if len(refs) != len(self._mods):
+            raise AlignmentError(f"{len(refs)} reference tensors for {len(self._mods)} modules")
+        for m, r in zip(self._mods, refs, strict=True):
+            if tuple(r.shape) != tuple(m.acc.shape[1:]):
+                raise AlignmentError(
+                    f"reference of {m.name!r} has shape {tuple(r.shape)}, expected "
+                    f"{tuple(m.acc.shape[1:])}"
+                )
+        if normalized:
+            for m, r in zip(self._mods, refs, strict=True):
+                m.reference = r.float().to(m.acc.device)
+            self._has_reference = True
+            return
+        total = torch.stack([(r.double() ** 2).sum().cpu() for r in refs]).sum().sqrt()
+        if not torch.isfinite(total) or float(total) <= 0:
+            self.set_reference(None)
+            return
+        for m, r in zip(self._mods, refs, strict=True):
+            m.reference = (r.double() / total).float().to(m.acc.device)
+        self._has_reference = True
+
+    def sequence_credits(self) -> np.ndarray:
+        """Per-sequence credits of this interval, float64 on the host, micro-batch order.
+
+        One entry per sequence given to :meth:`set_domains` since :meth:`reset` whose
+        backward ran with a reference set; NaN for ignored (``-1``) or non-finite sequences.
+        Local to this process (not all-reduced). One device sync.
+        """
+        if not self._credits:
+            return np.zeros(0, dtype=np.float64)
+        flat = torch.cat([self._credits[v] for v in sorted(self._credits)])
+        return flat.double().cpu().numpy()
 
     def projection(self, name: str) -> tuple[Tensor, Tensor]:
         """The fixed ``(P_in (r, in), P_out (r, out))`` of a monitored module (projected path)."""
@@ -464,9 +546,13 @@ class GradientAlignment:
         with torch.no_grad(), torch.autocast(grad.device.type, enabled=False):
             d = grad.reshape(-1, m.module.out_features)  # (N, out)
             if self.rank is None:
-                finite = self._accumulate_exact(m, saved, d, ids, t, pending.loss_scale)
+                finite, dot = self._accumulate_exact(m, saved, d, ids, t, pending.loss_scale)
             else:
-                finite = self._accumulate_projected(m, saved, d, ids, t, pending.loss_scale)
+                finite, dot = self._accumulate_projected(m, saved, d, ids, t, pending.loss_scale)
+            if dot is not None:
+                dot = torch.where((ids >= 0) & finite, dot, torch.full_like(dot, math.nan))
+                prev = self._credits.get(pending.version)
+                self._credits[pending.version] = dot if prev is None else prev + dot
             if pending.version != self._counted_version:  # count each micro-batch once
                 self._counted_version = pending.version
                 if self._counts.device != ids.device:
@@ -476,8 +562,11 @@ class GradientAlignment:
 
     def _accumulate_projected(
         self, m: _Monitored, xp: Tensor, d: Tensor, ids: Tensor, t: int, scale: float | Tensor
-    ) -> Tensor:
-        """acc[i] += sum over domain i's tokens of (P_out d_t)(P_in x_t)^T; returns finite (B,)."""
+    ) -> tuple[Tensor, Tensor | None]:
+        """acc[i] += sum over domain i's tokens of (P_out d_t)(P_in x_t)^T.
+
+        Returns finite (B,) and, with a reference set, each sequence's ``<A_b, u>`` (B,).
+        """
         b, r = ids.numel(), xp.shape[1]
         dp = self._project(m, d, "out")  # (N, r) fp32
         # per sequence: sum_t (P_out d_t)(P_in x_t)^T  -> (B, r_out, r_in)
@@ -488,12 +577,17 @@ class GradientAlignment:
         keep = (finite & (ids >= 0)).view(b, 1, 1)
         contrib = torch.where(keep, contrib, torch.zeros((), device=contrib.device))
         m.acc.index_add_(0, ids.clamp(min=0), contrib)
-        return finite
+        dot = None if m.reference is None else (contrib * m.reference).sum((1, 2))
+        return finite, dot
 
     def _accumulate_exact(
         self, m: _Monitored, x: Tensor, d: Tensor, ids: Tensor, t: int, scale: float | Tensor
-    ) -> Tensor:
-        """acc[i] += d_i^T x_i over domain i's tokens, in fp32 (host sync: small models only)."""
+    ) -> tuple[Tensor, Tensor | None]:
+        """acc[i] += d_i^T x_i over domain i's tokens, in fp32 (host sync: small models only).
+
+        Returns finite (B,) and, with a reference ``R`` set, each sequence's
+        ``<G_b, R> = sum_t d_t . (R x_t)`` (B,).
+        """
         b = ids.numel()
         x3 = x.float().reshape(b, t, -1)  # (B, T, in)
         d3 = d.float().reshape(b, t, -1)  # (B, T, out)
@@ -510,7 +604,10 @@ class GradientAlignment:
                 # sum over the domain's tokens of d_t x_t^T: (out, N_i) @ (N_i, in)
                 m.acc[i] += d3[rows].reshape(-1, d3.shape[2]).T @ x3[rows].reshape(-1, x3.shape[2])
                 start += n
-        return finite
+        if m.reference is None:
+            return finite, None
+        dot = (d3 * (x3 @ m.reference.T)).sum((1, 2))  # (B,): sum_t d_t . (R x_t)
+        return finite, torch.nan_to_num(dot)
 
     def __repr__(self) -> str:
         how = "exact" if self.rank is None else f"rank={self.rank}"

@@ -11,8 +11,8 @@ learned on a small proxy reads the same vector on a larger target.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -32,6 +32,10 @@ class Dynamics:
     alignment score ``s_i``). Per monitored layer: ``weight_norm`` (||W|| / ||W_0||) and
     ``weight_distance`` (||W - W_0|| / ||W_0||). ``progress`` in [0, 1] (not 0..100).
     ``gram``: the k x k Gram matrix of mean per-domain gradients.
+    ``agents``: per-domain features of the agent console (``mean_quality``,
+    ``topic_entropy``, ``topic_coverage``, ``repetition_rate``; length k each) and
+    ``console_alpha`` its agent weights, when the run has a console (``TrainConfig.console``);
+    empty otherwise.
     """
 
     step: int
@@ -44,6 +48,8 @@ class Dynamics:
     gram: np.ndarray
     weight_norm: np.ndarray
     weight_distance: np.ndarray
+    agents: Mapping[str, np.ndarray] = field(default_factory=dict)
+    console_alpha: Mapping[str, float] = field(default_factory=dict)
 
 
 class LayerStats:

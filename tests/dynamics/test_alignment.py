@@ -578,3 +578,61 @@ def test_all_reduce_over_two_gloo_ranks_equals_one_process(tmp_path: Path):
         assert rel(got["gram"], ga.gram()) < 1e-5
         assert torch.equal(got["counts"], ga.counts())
         assert got["twice"] == "error"
+
+
+# ---------------------------------------------------------------------- per-sequence credits
+
+
+def test_exact_credits_equal_each_sequences_own_gradient_along_the_reference():
+    """credit_b = <g_b, u> with g_b the sequence's own weight gradient (separate backward)."""
+    k, model = 2, tiny_neox()
+    mods = mlps(model)
+    tokens = domain_batch([0, 1, 0, 1], 12, k)
+    ids = torch.tensor([0, 1, 0, -1])  # the last sequence is ignored
+    ref = [torch.randn_like(m.weight) for _, m in mods]
+    ga = GradientAlignment(mods, k, rank=None)
+    ga.set_reference(ref)
+    assert ga.has_reference
+    train_step(ga, model, tokens, ids)
+    credits = ga.sequence_credits()
+    total = torch.sqrt(sum((r.double() ** 2).sum() for r in ref))
+    for b in range(3):
+        with ga.disabled():
+            own = per_domain_grads(model, mods, tokens[b : b + 1], torch.tensor([0]), 1)[0]
+        want = sum(float((g.double() * r.double()).sum()) for g, r in zip(own, ref, strict=True))
+        assert credits[b] == pytest.approx(want / float(total), rel=1e-4, abs=1e-7)
+    assert np.isnan(credits[3])
+    ga.reset()
+    assert ga.sequence_credits().size == 0 and ga.has_reference  # the reference stays
+
+
+@pytest.mark.parametrize("rank", [None, 8])
+def test_credits_sum_to_the_interval_gradient_along_the_reference(rank: int | None):
+    k, model = 3, tiny_neox()
+    mods = mlps(model)
+    ga = GradientAlignment(mods, k, rank=rank)
+    tokens = domain_batch([0, 1, 2, 0, 1, 2], 12, k)
+    ids = torch.tensor([0, 1, 2, 0, 1, 2])
+    train_step(ga, model, tokens, ids)
+    ref = ga.reference_gradient([0])
+    model.zero_grad(set_to_none=True)
+    ga.reset()
+    ga.set_reference(ref)
+    for _ in range(2):
+        train_step(ga, model, tokens, ids)
+        model.zero_grad(set_to_none=True)
+    credits = ga.sequence_credits()
+    assert credits.shape == (12,)
+    u = ga.reference()
+    along = sum(
+        float((m.acc.sum(0).double() * r.double()).sum()) for m, r in zip(ga._mods, u, strict=True)
+    )
+    assert credits.sum() == pytest.approx(along, rel=1e-5)
+    # domain 0's sequences made the reference: they align with it best
+    assert credits[ids.repeat(2).numpy() == 0].mean() > credits[ids.repeat(2).numpy() != 0].mean()
+    ga.set_reference(None)
+    assert not ga.has_reference and ga.reference() == []
+    with pytest.raises(AlignmentError, match="shape"):
+        ga.set_reference([r[:1] for r in ref])
+    with pytest.raises(AlignmentError, match="reference domains"):
+        ga.reference_gradient([3])

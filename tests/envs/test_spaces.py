@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -10,7 +11,9 @@ import pytest
 
 from acodm.dynamics.features import Dynamics
 from acodm.envs.spaces import (
+    AGENT_FEATURES,
     CLIP,
+    CONSOLE_FEATURES,
     DEFAULT_FEATURES,
     MAX_EXTRA_REWARD_WEIGHT,
     ObservationSpec,
@@ -20,6 +23,7 @@ from acodm.envs.spaces import (
     alignment_reward,
     build_observation,
     check_reward_terms,
+    console_reward_terms,
     observation_size,
     total_reward,
     zscore_clip,
@@ -189,3 +193,48 @@ def test_extra_reward_terms_and_cap():
         RewardTerm("alignment", 0.1, term.fn)
     with pytest.raises(SpaceError, match=">= 0"):
         RewardTerm("neg", -0.1, term.fn)
+
+
+# -- the agent console's features and reward terms -------------------------------------------
+def _console_dyn(alpha: dict[str, float]) -> Dynamics:
+    agents = {
+        "mean_quality": np.array([0.2, 0.9, 0.5]),
+        "topic_entropy": np.array([0.1, 0.1, 0.7]),
+        "topic_coverage": np.array([0.3, 0.6, 0.9]),
+        "repetition_rate": np.array([0.0, 0.5, 0.0]),
+    }
+    return dataclasses.replace(dyn(), agents=agents, console_alpha=alpha)
+
+
+def test_console_features_in_the_observation():
+    spec = ObservationSpec(CONSOLE_FEATURES, 3, 2)
+    assert spec.size == observation_size(3, 2) + 3 * len(AGENT_FEATURES)
+    d = _console_dyn({"quality": 0.5, "domain": 0.2, "topic": 0.3})
+    obs = build_observation(d, spec)
+    start = spec.names().index("mean_quality[0]")
+    np.testing.assert_allclose(obs[start : start + 3], zscore_clip(d.agents["mean_quality"]), 1e-6)
+    assert obs[-1] == pytest.approx(0.25)  # progress stays last
+    with pytest.raises(SpaceError, match="--console"):
+        build_observation(dyn(), spec)  # a run without the console
+
+
+def test_console_reward_terms_hand_example():
+    quality, diversity = console_reward_terms(0.2)
+    assert (quality.name, quality.weight, diversity.name, diversity.weight) == (
+        "quality",
+        0.1,
+        "diversity",
+        0.1,
+    )
+    w = np.array([0.2, 0.5, 0.3])
+    d = _console_dyn({"quality": 0.5, "domain": 0.25, "topic": 0.25})
+    # trust = alpha / max(alpha): 1 for quality, 0.5 for topic
+    assert quality.fn(w, d) == pytest.approx(w @ zscore_clip(d.agents["mean_quality"]))
+    assert diversity.fn(w, d) == pytest.approx(0.5 * w @ zscore_clip(d.agents["topic_entropy"]))
+    reward, terms = total_reward(w, d, (quality, diversity))
+    assert set(terms) == {"alignment", "quality", "diversity"}
+    assert reward == pytest.approx(sum(terms.values()))
+    with pytest.raises(SpaceError, match="at most"):
+        check_reward_terms(console_reward_terms(0.4))
+    with pytest.raises(SpaceError, match="--console"):
+        total_reward(w, dyn(), (quality,))

@@ -1,0 +1,256 @@
+"""The agent console inside a training run (METHOD.md, "Multi-agent scores": online update).
+
+:class:`OnlineConsole` connects the offline annotations (:func:`acodm.agents.annotate_store`)
+to a live run of :class:`acodm.trainer.Trainer` (``TrainConfig.console=True``):
+
+* **Labels per sampling window.** The sampler draws windows of ``seq_len`` tokens from each
+  domain's EOS-joined stream; a window takes the labels (quality bin and score, topic) of the
+  document holding its middle token (:func:`window_documents`).
+* **Feedback** (every interval, from the model): the credit of each sequence trained on is the
+  length of its gradient along the *reference gradient* — the summed gradient of the
+  reference-quality domains (default: those the quality agent was trained on) over the
+  previous interval, captured by the trainer's alignment hooks on the monitored layers
+  (:meth:`acodm.dynamics.GradientAlignment.set_reference`). To first order this is how much an
+  SGD step on that sequence lowers the reference loss, so it is the issue's "alignment of each
+  group's gradient with the reference gradient" and, summed over a label group, the group's
+  share of the reference-loss decrease. No extra forward or backward pass. The credits update
+  the console (:meth:`AgentConsole.update`: the console weights first, then each agent's
+  memory from the z-scored group means).
+* **Within-domain order.** After each update every window gets the console score
+  ``sum_a alpha_a W_a[label_a] / (1 + 0.1 times_seen)`` and the sampler
+  (:class:`ScoredDomainSampler`) orders each domain's next epoch by it with a temperature.
+* **Features** (:func:`interval_features`): mean quality, topic entropy and coverage and the
+  repetition rate of what each domain contributed to the interval; the env's observation can
+  include them and its reward can add console-weighted quality and diversity terms
+  (:mod:`acodm.envs.spaces`).
+
+Everything here is deterministic host-side numpy; under DDP the trainer gathers every rank's
+items and credits first, so all ranks hold the same console.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from acodm.agents.annotate import AnnotationError, Annotations, load_annotations
+from acodm.agents.console import PAPER_INIT, AgentConsole, AgentMemory, interval_features
+from acodm.data.store import TokenStore
+
+ONLINE_STATE_VERSION = 1
+AGENTS = ("quality", "domain", "topic")
+
+
+def window_documents(doc_offsets: np.ndarray, seq_len: int, n_windows: int) -> np.ndarray:
+    """Index of the document holding the middle token of each of the first ``n_windows``
+    windows (window ``w`` covers tokens ``[w * seq_len, (w + 1) * seq_len)``)."""
+    off = np.asarray(doc_offsets, dtype=np.int64).reshape(-1)
+    if off.size < 2:
+        raise AnnotationError("a domain without training documents has no windows to label")
+    mid = np.arange(n_windows, dtype=np.int64) * seq_len + seq_len // 2
+    return np.clip(np.searchsorted(off, mid, side="right") - 1, 0, off.size - 2)
+
+
+class OnlineConsole:
+    """The quality, domain and topic agents and their console, fed by a training run.
+
+    ``n_windows``: the sampler's training windows per domain (``sampler.num_windows()``).
+    ``reference``: names of the reference-quality domains (default: the annotations').
+    """
+
+    def __init__(
+        self,
+        store: TokenStore,
+        seq_len: int,
+        n_windows: np.ndarray,
+        *,
+        annotations: Annotations | None = None,
+        reference: Sequence[str] = (),
+        init: float = PAPER_INIT,
+    ) -> None:
+        ann = annotations if annotations is not None else _load(store)
+        self.domains = tuple(store.domains)
+        if tuple(ann.domains) != self.domains:
+            raise AnnotationError(
+                f"the annotations cover domains {list(ann.domains)}, the store has "
+                f"{list(self.domains)}; re-run `acodm annotate --overwrite`"
+            )
+        ref = tuple(reference) or ann.reference_domains
+        unknown = [d for d in ref if d not in self.domains]
+        if unknown or not ref:
+            raise AnnotationError(
+                f"reference domains {list(ref)} must be non-empty names of the store's domains "
+                f"{list(self.domains)} (unknown: {unknown})"
+            )
+        self.reference = ref
+        self.reference_ids = [self.domains.index(d) for d in ref]
+        self.k = len(self.domains)
+        self.n_topics = ann.n_topics
+        self.quality: list[np.ndarray] = []  # per domain: quality score of each window
+        self.quality_bin: list[np.ndarray] = []
+        self.topic: list[np.ndarray] = []
+        for i, d in enumerate(self.domains):
+            docs = window_documents(store.doc_offsets(d), seq_len, int(n_windows[i]))
+            self.quality.append(np.asarray(ann.quality_score[d], np.float64)[docs])
+            self.quality_bin.append(np.asarray(ann.quality_bin[d], np.int64)[docs])
+            self.topic.append(np.asarray(ann.topic[d], np.int64)[docs])
+        self.console = AgentConsole(
+            [
+                AgentMemory("quality", ann.n_quality_bins, init=init),
+                AgentMemory("domain", self.k, init=init),
+                AgentMemory("topic", self.n_topics, init=init),
+            ]
+        )
+        self.times_seen = [np.zeros(int(n), dtype=np.int64) for n in n_windows]
+        self.last_correlation = np.zeros(len(AGENTS))
+        self.updates = 0
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+
+    # -- one interval -----------------------------------------------------------------
+    def record(self, domains: np.ndarray, windows: np.ndarray) -> None:
+        """The (domain, window) of each sequence of a micro-batch, in training order."""
+        d = np.asarray(domains, dtype=np.int64).reshape(-1)
+        w = np.asarray(windows, dtype=np.int64).reshape(-1)
+        if d.shape != w.shape:
+            raise ValueError(f"domains {d.shape} and windows {w.shape} differ in shape")
+        self._pending.append((d.copy(), w.copy()))
+
+    def take_items(self) -> tuple[np.ndarray, np.ndarray]:
+        """This process's recorded (domains, windows) of the interval; clears them."""
+        if not self._pending:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty.copy()
+        d = np.concatenate([p[0] for p in self._pending])
+        w = np.concatenate([p[1] for p in self._pending])
+        self._pending.clear()
+        return d, w
+
+    def _labels(self, domains: np.ndarray, windows: np.ndarray) -> dict[str, np.ndarray]:
+        qb = np.empty(domains.size, dtype=np.int64)
+        tp = np.empty(domains.size, dtype=np.int64)
+        for i in np.unique(domains).tolist():
+            m = domains == i
+            qb[m] = self.quality_bin[i][windows[m]]
+            tp[m] = self.topic[i][windows[m]]
+        return {"quality": qb, "domain": domains, "topic": tp}
+
+    def _seen_before(self, domains: np.ndarray, windows: np.ndarray) -> np.ndarray:
+        """Times each item's window was drawn before this draw (earlier intervals and earlier
+        in this interval); updates the counters."""
+        seen = np.empty(domains.size, dtype=np.int64)
+        for i in np.unique(domains).tolist():
+            idx = np.flatnonzero(domains == i)
+            w = windows[idx]
+            # occurrences of the same window earlier in this interval
+            order = np.argsort(w, kind="stable")
+            sw = w[order]
+            first = np.r_[True, sw[1:] != sw[:-1]]
+            run_start = np.maximum.accumulate(np.where(first, np.arange(sw.size), 0))
+            earlier = np.empty(sw.size, dtype=np.int64)
+            earlier[order] = np.arange(sw.size) - run_start
+            seen[idx] = self.times_seen[i][w] + earlier
+            np.add.at(self.times_seen[i], w, 1)
+        return seen
+
+    def close_interval(
+        self, domains: np.ndarray, windows: np.ndarray, credits: np.ndarray | None
+    ) -> dict[str, np.ndarray]:
+        """Close an interval with *all ranks'* items in training order and their credits.
+
+        ``credits`` (one per item, NaN for dropped ones) is None before the first reference
+        gradient exists (the first interval). Returns the per-domain features
+        (:func:`interval_features`, keys ``mean_quality``, ``topic_entropy``,
+        ``topic_coverage``, ``repetition_rate``).
+        """
+        d = np.asarray(domains, dtype=np.int64).reshape(-1)
+        w = np.asarray(windows, dtype=np.int64).reshape(-1)
+        labels = self._labels(d, w)
+        quality = np.empty(d.size, dtype=np.float64)
+        for i in np.unique(d).tolist():
+            quality[d == i] = self.quality[i][w[d == i]]
+        seen = self._seen_before(d, w)
+        features = interval_features(
+            d, quality, labels["topic"], seen, n_domains=self.k, n_topics=self.n_topics
+        )
+        if credits is not None:
+            c = np.asarray(credits, dtype=np.float64).reshape(-1)
+            if c.shape != d.shape:
+                raise ValueError(f"{c.size} credits for {d.size} items")
+            keep = np.isfinite(c)
+            if keep.sum() >= 2:
+                kept = {a: v[keep] for a, v in labels.items()}
+                self.last_correlation = self.console.update(kept, c[keep])
+                self.updates += 1
+        return features
+
+    def window_scores(self, i: int) -> np.ndarray:
+        """Console score of every training window of domain ``i`` (repetition penalty included)."""
+        labels = {
+            "quality": self.quality_bin[i],
+            "domain": np.full(self.quality_bin[i].size, i, dtype=np.int64),
+            "topic": self.topic[i],
+        }
+        return self.console.score(labels, self.times_seen[i])
+
+    @property
+    def alpha(self) -> dict[str, float]:
+        """The console weight of each agent."""
+        return {n: float(a) for n, a in zip(self.console.names, self.console.alpha, strict=True)}
+
+    def metrics(self) -> dict[str, float]:
+        out = {f"console/alpha/{n}": a for n, a in self.alpha.items()}
+        for n, c in zip(self.console.names, self.last_correlation, strict=True):
+            out[f"console/corr/{n}"] = float(c)
+        out["console/updates"] = float(self.updates)
+        return out
+
+    # -- checkpoints ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """JSON part of the state (the window counters are :meth:`tensors`)."""
+        return {
+            "version": ONLINE_STATE_VERSION,
+            "domains": list(self.domains),
+            "reference": list(self.reference),
+            "console": self.console.state_dict(),
+            "last_correlation": self.last_correlation.tolist(),
+            "updates": self.updates,
+        }
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {f"console/times_seen/{i}": t.copy() for i, t in enumerate(self.times_seen)}
+
+    def load_state_dict(self, state: Mapping[str, Any], tensors: Mapping[str, Any]) -> None:
+        if state.get("version") != ONLINE_STATE_VERSION:
+            raise AnnotationError(
+                f"console state version {state.get('version')!r} is not {ONLINE_STATE_VERSION}"
+            )
+        if tuple(state["domains"]) != self.domains or tuple(state["reference"]) != self.reference:
+            raise AnnotationError(
+                "the checkpoint's console has other domains or reference domains "
+                f"({state['domains']}, {state['reference']}) than this run"
+            )
+        seen = []
+        for i, t in enumerate(self.times_seen):
+            a = np.asarray(tensors[f"console/times_seen/{i}"], dtype=np.int64).reshape(-1)
+            if a.shape != t.shape:
+                raise AnnotationError(
+                    f"the checkpoint counts {a.size} windows for domain {self.domains[i]!r}, "
+                    f"this store has {t.size}: was the store rebuilt?"
+                )
+            seen.append(a.copy())
+        self.console.load_state_dict(state["console"])
+        self.times_seen = seen
+        self.last_correlation = np.asarray(state["last_correlation"], dtype=np.float64)
+        self.updates = int(state["updates"])
+
+
+def _load(store: TokenStore) -> Annotations:
+    try:
+        return load_annotations(store)
+    except AnnotationError as e:
+        raise AnnotationError(
+            f"the console needs the store's annotations ({e}); run `acodm annotate "
+            f"{store.path}` first, or train without --console"
+        ) from e

@@ -1,0 +1,207 @@
+"""The agent console inside a training run (acodm.agents.online + the trainer's wiring)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from acodm.agents.annotate import AnnotationError, annotate_store
+from acodm.agents.console import ScoredDomainSampler
+from acodm.agents.online import OnlineConsole, window_documents
+from acodm.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from acodm.config import TrainConfig, debug_cpu
+from acodm.data.store import TokenStore
+from acodm.metrics import read_metrics
+from acodm.pretrain import pretrain
+from acodm.trainer import Trainer
+from tests.fixtures import make_text_store
+
+REF = ("prose",)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def annotated(tmp_path_factory: pytest.TempPathFactory) -> str:
+    store = make_text_store(tmp_path_factory.mktemp("online") / "store")
+    annotate_store(store.path, reference_domains=list(REF), progress=False)
+    return str(store.path)
+
+
+def cfg(store: str, **kw) -> TrainConfig:
+    base = debug_cpu(store).replace(
+        console=True, steps=24, interval=4, device="cpu", warmup_steps=4
+    )
+    return base.replace(**kw)
+
+
+def test_window_documents_take_the_document_of_the_middle_token():
+    offsets = np.array([0, 3, 10, 11, 20])  # docs of 3, 7, 1, 9 tokens
+    # windows of 4 tokens: middles at 2, 6, 10, 14
+    np.testing.assert_array_equal(window_documents(offsets, 4, 4), [0, 1, 2, 3])
+    np.testing.assert_array_equal(window_documents(offsets, 8, 2), [1, 3])  # middles 4, 12
+
+
+def _console(store: str, seq_len: int = 64) -> OnlineConsole:
+    ts = TokenStore(store)
+    n = np.array([(ts.num_tokens(d) - 1) // seq_len for d in ts.domains])
+    return OnlineConsole(ts, seq_len, n)
+
+
+def test_times_seen_counts_earlier_draws_within_and_across_intervals(annotated):
+    c = _console(annotated)
+    d = np.array([0, 0, 1, 0, 0])
+    w = np.array([5, 7, 5, 5, 5])
+    f = c.close_interval(d, w, None)
+    # window 5 of domain 0 drawn three times: seen 0, 1, 2 times before; domain 1 once
+    assert f["repetition_rate"][0] == pytest.approx(2 / 4) and f["repetition_rate"][1] == 0.0
+    assert c.times_seen[0][5] == 3 and c.times_seen[0][7] == 1 and c.times_seen[1][5] == 1
+    f = c.close_interval(np.array([1, 0]), np.array([5, 6]), None)
+    assert f["repetition_rate"].tolist()[:2] == [0.0, 1.0]
+    assert c.updates == 0  # no credits, no console update
+
+
+def test_credits_update_the_console_and_the_window_scores(annotated):
+    c = _console(annotated)
+    rng = np.random.default_rng(0)
+    for _ in range(6):  # credit = the window's quality bin: the quality agent predicts it
+        d = rng.integers(0, 3, 64)
+        w = np.array([rng.integers(0, c.quality[i].size) for i in d])
+        credit = np.array([c.quality_bin[i][j] for i, j in zip(d, w, strict=True)], float)
+        c.close_interval(d, w, credit + 0.01 * rng.standard_normal(64))
+    assert c.updates == 6
+    assert c.alpha["quality"] > 0.5 and c.alpha["quality"] == max(c.alpha.values())
+    q = c.console.agents[0].weights
+    assert q[-1] > q[0]  # the top quality bin earns more weight than the bottom one
+    scores = c.window_scores(1)
+    top = c.quality_bin[1] == c.quality_bin[1].max()
+    bottom = c.quality_bin[1] == c.quality_bin[1].min()
+    seen = c.times_seen[1] == 0
+    assert scores[top & seen].mean() > scores[bottom & seen].mean()
+
+
+def test_missing_annotations_and_unknown_reference_are_clear_errors(tmp_path, annotated):
+    store = make_text_store(tmp_path / "plain")
+    with pytest.raises(AnnotationError, match="acodm annotate"):
+        Trainer(cfg(str(store.path)))
+    with pytest.raises(AnnotationError, match="wiki"):
+        Trainer(cfg(annotated, console_reference=("wiki",)))
+
+
+def test_console_run_reports_features_and_plans_scores(annotated):
+    tr = Trainer(cfg(annotated))
+    try:
+        assert isinstance(tr.sampler, ScoredDomainSampler)
+        reports = [tr.train_interval(np.full(3, 1 / 3)) for _ in range(4)]
+    finally:
+        tr.close()
+    assert tr.console is not None and tr.console.updates == 3  # from the 2nd interval on
+    dyn = reports[-1].dynamics
+    assert set(dyn.agents) == {"mean_quality", "topic_entropy", "topic_coverage", "repetition_rate"}
+    prose = tr.domains.index("prose")
+    assert dyn.agents["mean_quality"][prose] == max(dyn.agents["mean_quality"])
+    assert sum(dyn.console_alpha.values()) == pytest.approx(1.0)
+    m = reports[-1].metrics
+    assert "console/alpha/quality" in m and f"agents/topic_entropy/{tr.domains[0]}" in m
+    plans = tr.sampler.score_plans()
+    for i in range(3):
+        (key,) = [k for k in plans if k.startswith(f"{i}/")][-1:]
+        np.testing.assert_array_equal(plans[key], tr.console.window_scores(i))
+
+
+def _records(run: Path) -> list[dict]:
+    return [
+        {k: v for k, v in r.items() if not k.startswith("perf/")}
+        for r in read_metrics(run / "metrics.jsonl")
+    ]
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_console_run_resumes_exactly(annotated, tmp_path, monkeypatch):
+    # long windows, so that domains cross epochs: later epochs follow the updated scores
+    config = cfg(
+        annotated,
+        steps=24,
+        seq_len=512,
+        micro_batch_size=8,
+        checkpoint_every=8,
+        eval_every=12,
+        eval_windows=2,
+        console_temperature=0.5,
+    )
+    pretrain(config, tmp_path / "full", progress=False)
+    real = Trainer.train_interval
+
+    def crash(self, weights, steps=None):
+        if self.step == 20:
+            raise _Crash
+        return real(self, weights, steps)
+
+    monkeypatch.setattr(Trainer, "train_interval", crash)
+    with pytest.raises(_Crash):
+        pretrain(config, tmp_path / "cut", progress=False)
+    monkeypatch.setattr(Trainer, "train_interval", real)
+    assert latest_checkpoint(tmp_path / "cut").name == "step-00000016"
+    pretrain(config, tmp_path / "cut", resume=True, progress=False)
+    assert _records(tmp_path / "cut") == _records(tmp_path / "full")
+    a = load_checkpoint(latest_checkpoint(tmp_path / "full"))
+    b = load_checkpoint(latest_checkpoint(tmp_path / "cut"))
+    assert a.state["console"] == b.state["console"] and a.state["sampler"] == b.state["sampler"]
+    assert a.state["console"]["updates"] == 5
+    for name, t in a.extra.items():
+        if name.startswith("console/"):
+            assert torch.equal(t, b.extra[name]), name
+    assert any(k.startswith("console/plan/") for k in a.extra)
+    assert max(a.state["sampler"][0]["epoch"]) >= 1  # an epoch ordered by updated scores
+
+
+def test_resuming_a_plain_run_with_console_is_refused(annotated, tmp_path):
+    pretrain(
+        cfg(annotated, console=False, steps=8, checkpoint_every=4), tmp_path / "r", progress=False
+    )
+    tr = Trainer(cfg(annotated, steps=8))
+    try:
+        with pytest.raises(CheckpointError, match="console"):
+            tr.load_checkpoint(load_checkpoint(latest_checkpoint(tmp_path / "r")))
+    finally:
+        tr.close()
+
+
+def test_env_with_console_features_and_reward_terms(annotated):
+    import warnings
+
+    from gymnasium.utils.env_checker import check_env
+
+    from acodm.envs import CONSOLE_FEATURES, DataMixingEnv, console_reward_terms
+
+    env = DataMixingEnv(
+        annotated,
+        cfg(annotated, steps=12),
+        features=CONSOLE_FEATURES,
+        reward_terms=console_reward_terms(),
+    )
+    try:
+        assert env.observation_spec.features == CONSOLE_FEATURES
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            check_env(env, skip_render_check=True)
+        obs, _ = env.reset(seed=1)
+        assert obs.shape == env.observation_space.shape
+        obs, reward, _, _, info = env.step(np.zeros(3, dtype=np.float32))
+        assert env.observation_space.contains(obs)
+        assert set(info["reward_terms"]) == {"alignment", "quality", "diversity"}
+        assert reward == pytest.approx(sum(info["reward_terms"].values()))
+    finally:
+        env.close()
