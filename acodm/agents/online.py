@@ -14,8 +14,9 @@ to a live run of :class:`acodm.trainer.Trainer` (``TrainConfig.console=True``):
   SGD step on that sequence lowers the reference loss, so it is the issue's "alignment of each
   group's gradient with the reference gradient" and, summed over a label group, the group's
   share of the reference-loss decrease. No extra forward or backward pass. The credits update
-  the console (:meth:`AgentConsole.update`: the console weights first, then each agent's
-  memory from the z-scored group means).
+  the console (as :meth:`AgentConsole.update`: the console weights first, then each agent's
+  memory from the z-scored group means), judged *within* domains: the console orders
+  documents inside a domain, the policy decides the domains (:meth:`OnlineConsole._update`).
 * **Within-domain order.** After each update every window gets the console score
   ``sum_a alpha_a W_a[label_a] / (1 + 0.1 times_seen)`` and the sampler
   (:class:`ScoredDomainSampler`) orders each domain's next epoch by it with a temperature.
@@ -180,10 +181,25 @@ class OnlineConsole:
                 raise ValueError(f"{c.size} credits for {d.size} items")
             keep = np.isfinite(c)
             if keep.sum() >= 2:
-                kept = {a: v[keep] for a, v in labels.items()}
-                self.last_correlation = self.console.update(kept, c[keep])
-                self.updates += 1
+                self._update({a: v[keep] for a, v in labels.items()}, c[keep])
         return features
+
+    def _update(self, labels: dict[str, np.ndarray], credit: np.ndarray) -> None:
+        """The console decides *inside* domains, so it is judged there: the console weights
+        and the quality/topic memories learn from credits minus their domain's mean in the
+        interval; the domain memory learns from the raw credits (which domains help the
+        reference). A domain-constant score cannot predict within-domain credit, so the domain
+        agent's console weight decays to the floor and does not flatten the order."""
+        d = labels["domain"]
+        mean = np.bincount(d, weights=credit, minlength=self.k) / np.maximum(
+            np.bincount(d, minlength=self.k), 1
+        )
+        within = credit - mean[d]
+        self.last_correlation = self.console.update_alpha(labels, within)
+        for agent in self.console.agents:
+            raw = agent.name == "domain"
+            agent.update_from_credit(labels[agent.name], credit if raw else within)
+        self.updates += 1
 
     def window_scores(self, i: int) -> np.ndarray:
         """Console score of every training window of domain ``i`` (repetition penalty included)."""

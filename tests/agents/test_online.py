@@ -89,6 +89,18 @@ def test_credits_update_the_console_and_the_window_scores(annotated):
     assert scores[top & seen].mean() > scores[bottom & seen].mean()
 
 
+def test_domain_level_credit_teaches_the_domain_memory_not_the_within_domain_order(annotated):
+    c = _console(annotated)
+    rng = np.random.default_rng(1)
+    for _ in range(6):  # credit depends on the domain only (plus noise)
+        d = rng.integers(0, 3, 64)
+        w = np.array([rng.integers(0, c.quality[i].size) for i in d])
+        c.close_interval(d, w, d.astype(float) + 0.01 * rng.standard_normal(64))
+    assert c.alpha["domain"] < 1 / 3  # it cannot predict credit inside a domain
+    dom = c.console.agents[1].weights
+    assert dom[2] > dom[1] > dom[0]  # but its memory learned which domains help
+
+
 def test_missing_annotations_and_unknown_reference_are_clear_errors(tmp_path, annotated):
     store = make_text_store(tmp_path / "plain")
     with pytest.raises(AnnotationError, match="acodm annotate"):
