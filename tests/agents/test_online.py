@@ -217,3 +217,70 @@ def test_env_with_console_features_and_reward_terms(annotated):
         assert reward == pytest.approx(sum(info["reward_terms"].values()))
     finally:
         env.close()
+
+
+# -- data parallel: both ranks hold the same console and draw disjoint shards ----------------
+
+
+def _ddp_console_worker(rank: int, world: int, port: int, store: str, out: str) -> None:
+    import json
+    import os
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    tr = Trainer(cfg(store, steps=24, seq_len=512, micro_batch_size=4))
+    drawn: list[tuple[int, int]] = []
+    real = tr.sampler.next_batch
+
+    def logged():
+        b = real()
+        drawn.extend(zip(b.domains.tolist(), b.windows.tolist(), strict=True))
+        return b
+
+    tr.sampler.next_batch = logged  # type: ignore[method-assign]
+    while not tr.done:
+        tr.train_interval(np.full(3, 1 / 3))
+    assert tr.console is not None
+    record = {
+        "console": tr.console.state_dict(),
+        "seen": [t.tolist() for t in tr.console.times_seen],
+        "drawn": drawn,
+        "epochs": tr.sampler._epoch.tolist(),
+    }
+    Path(out, f"rank{rank}.json").write_text(json.dumps(record))
+    tr.close()
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_ranks_share_the_console_and_keep_disjoint_shards(annotated, tmp_path):
+    import json
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    torch.multiprocessing.spawn(
+        _ddp_console_worker, args=(2, port, annotated, str(tmp_path)), nprocs=2, join=True
+    )
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    assert r0["console"] == r1["console"] and r0["seen"] == r1["seen"]
+    assert r0["console"]["updates"] == 5
+    ts = TokenStore(annotated)
+    crossed = False
+    for i, d in enumerate(ts.domains):
+        n = (ts.num_tokens(d) - 1) // 512
+        per_epoch = [[], []]
+        for r, rec in enumerate((r0, r1)):
+            size = len(range(r, n, 2))
+            windows = [w for dom, w in rec["drawn"] if dom == i]
+            per_epoch[r] = [set(windows[e : e + size]) for e in range(0, len(windows), size)]
+        for e in range(min(len(per_epoch[0]), len(per_epoch[1]))):
+            assert not per_epoch[0][e] & per_epoch[1][e], (d, e)  # disjoint shards
+            crossed |= e >= 1
+    assert crossed  # an epoch ordered by updated scores was compared
