@@ -115,6 +115,18 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
     | `weight_distance` | n_layers | ``||W - W_0|| / ||W_0||``                           | -3  | 3   |
     | `progress`        | 1        | ``step / total_steps`` (not 0..100 as in the paper code) | 0 | 1 |
 
+    With the agent console (``config.console=True``; the store annotated by ``acodm
+    annotate``), four more per-domain groups of what the domain contributed to the interval
+    can be listed before ``progress`` (``acodm.envs.CONSOLE_FEATURES`` is the default list
+    plus these):
+
+    | Group             | Length   | Meaning (raw, before normalisation)                 | Min | Max |
+    |-------------------|----------|-----------------------------------------------------|-----|-----|
+    | `mean_quality`    | k        | mean quality-agent score of the windows drawn       | -3  | 3   |
+    | `topic_entropy`   | k        | entropy of their topics / log(n_topics)             | -3  | 3   |
+    | `topic_coverage`  | k        | fraction of the topics drawn at least once          | -3  | 3   |
+    | `repetition_rate` | k        | fraction of the windows drawn that were seen before | -3  | 3   |
+
     ``env.observation_spec`` (:class:`ObservationSpec`) names the layout and serialises it.
 
     ## Rewards
@@ -122,7 +134,9 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
     ``r = sum_i w_i s_i`` (METHOD.md, "Reward: gradient alignment"): ``s`` is the interval's
     per-domain gradient-alignment score (z-scored across domains, clipped to [-3, 3]), so
     ``r`` is in [-3, 3]. Optional extra terms (``reward_terms``) add ``weight * value`` with a
-    total weight of at most 0.3. A scalar reward (the paper's code uses a k-dim critic).
+    total weight of at most 0.3, e.g. ``acodm.envs.console_reward_terms()``: the console-weighted
+    quality and diversity terms of a console run. A scalar reward (the paper's code uses a
+    k-dim critic).
 
     ## Starting State
 
@@ -182,7 +196,8 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Version History
 
     * v0: initial version (gradient-alignment reward, uniform first interval, per-group
-      z-scored observation).
+      z-scored observation); the console's optional features and reward terms were added
+      without changing the defaults.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012  (gymnasium's convention)
