@@ -47,13 +47,6 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
-    """Element-wise maximum of a tensor over ranks in place (returned for chaining)."""
-    if active():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t
-
-
 def broadcast(t: torch.Tensor, src: int = 0) -> torch.Tensor:
     if active():
         dist.broadcast(t, src=src)

@@ -139,6 +139,8 @@ class Trainer:
 
             sampler_cls = ScoredDomainSampler
             sampler_kw["temperature"] = cfg.console_temperature
+            # re-order only what can be drawn before the next update (the most one rank draws)
+            sampler_kw["lookahead"] = cfg.interval * cfg.grad_accum * cfg.micro_batch_size
         self.sampler = sampler_cls(
             self.store,
             seq_len=cfg.seq_len,
@@ -158,10 +160,8 @@ class Trainer:
                 self.sampler.num_windows(),
                 reference=cfg.console_reference,
             )
-            for i in range(self.k):  # every epoch is scored, the first by the initial memory
-                self._scored_sampler().set_window_scores(
-                    i, self.console.window_scores(i), from_epoch=0
-                )
+            for i in range(self.k):  # the first epoch is ordered by the initial memory
+                self._scored_sampler().set_window_scores(i, self.console.window_scores(i))
         self.total_steps = cfg.total_steps(self.dist.world_size)
         self.tokens_per_step = cfg.tokens_per_step(self.dist.world_size)
         self.model = build_model(
@@ -330,8 +330,8 @@ class Trainer:
         """The console's part of closing an interval (METHOD.md, "Online update").
 
         Gathers every rank's (domain, window, credit) items, updates the console from the
-        credits, takes the interval's reference gradient for the next one, and plans the new
-        window scores for each domain's next epoch (the same epoch on every rank).
+        credits, takes the interval's reference gradient for the next one, and gives the new
+        window scores to the sampler (which re-orders what each rank has not drawn yet).
         Returns the per-domain agent features ({} without a console).
         """
         console, ga = self.console, self.alignment
@@ -349,10 +349,8 @@ class Trainer:
         features = console.close_interval(domains, windows, credits)
         ga.set_reference(ga.reference_gradient(console.reference_ids))
         sampler = self._scored_sampler()
-        local = torch.as_tensor(sampler.next_epochs(), device=self.device, dtype=torch.float64)
-        start = dist.all_reduce_max(local).cpu().numpy().astype(np.int64)
         for i in range(self.k):
-            sampler.set_window_scores(i, console.window_scores(i), from_epoch=int(start[i]))
+            sampler.set_window_scores(i, console.window_scores(i))
         return features
 
     def _report(
@@ -515,12 +513,15 @@ class Trainer:
         self.loss_tracker.load_state_dict(st["loss_tracker"])
 
     def _console_tensors(self) -> dict[str, torch.Tensor]:
-        """The console's window counters, the sampler's planned scores (identical on every
-        rank) and the reference gradient for the next interval."""
+        """The console's window counters, every rank's current window orders and the
+        reference gradient for the next interval."""
         assert self.console is not None and self.alignment is not None
         out = {k: torch.from_numpy(v) for k, v in self.console.tensors().items()}
-        for key, v in self._scored_sampler().score_plans().items():
-            out[f"console/plan/{key}"] = torch.from_numpy(v)
+        for rank, orders in enumerate(
+            dist.all_gather_object(self._scored_sampler().order_arrays())
+        ):
+            for key, v in orders.items():
+                out[f"console/order/{rank}/{key}"] = torch.from_numpy(v)
         for i, ref in enumerate(self.alignment.reference()):
             out[f"console/reference/{i}"] = ref.detach().cpu()
         return out
@@ -537,8 +538,16 @@ class Trainer:
             self.console.load_state_dict(state, extra)
         except (KeyError, ValueError) as e:
             raise CheckpointError(f"checkpoint {ckpt.path}: bad console state ({e})") from e
-        plans = {k.removeprefix("console/plan/"): v for k, v in extra.items() if "/plan/" in k}
-        self._scored_sampler().load_score_plans(plans)
+        sampler = self._scored_sampler()
+        for i in range(self.k):  # the saved orders already follow these scores
+            sampler.set_window_scores(i, self.console.window_scores(i), reorder=False)
+        mine = f"console/order/{self.dist.rank}/"
+        try:
+            sampler.load_order_arrays(
+                {k.removeprefix(mine): v for k, v in extra.items() if k.startswith(mine)}
+            )
+        except AcodmError as e:
+            raise CheckpointError(f"checkpoint {ckpt.path}: {e}") from e
         n = len(self.monitored)
         refs = [ckpt.extra.get(f"console/reference/{i}") for i in range(n)]
         if all(r is not None for r in refs):

@@ -300,12 +300,15 @@ def window_priorities(
     return np.asarray((val[1:] - val[:-1]) / seq_len, dtype=np.float64)
 
 
-def weighted_order(scores: np.ndarray, rng: np.random.Generator, temperature: float) -> np.ndarray:
+def weighted_order(
+    scores: np.ndarray, rng: np.random.Generator, temperature: float, *, top: int | None = None
+) -> np.ndarray:
     """A permutation drawn without replacement with probabilities ``∝ exp(score / T)``.
 
     Efraimidis–Spirakis keys ``u^(1/p)`` in log space (equivalently Gumbel-top-k: sort
     ``score / T + Gumbel`` descending), so large scores never overflow. ``T = inf`` gives a
-    uniform permutation.
+    uniform permutation. ``top=m``: only the first ``m`` entries of that permutation (a
+    partial sort, linear in the number of scores).
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -314,66 +317,76 @@ def weighted_order(scores: np.ndarray, rng: np.random.Generator, temperature: fl
         raise ValueError("scores must be finite")
     gumbel = -np.log(-np.log(rng.random(s.size)))
     keys = (s / temperature if math.isfinite(temperature) else 0.0 * s) + gumbel
+    if top is not None and top < s.size:
+        first = np.argpartition(-keys, top - 1)[:top]
+        return first[np.argsort(-keys[first], kind="stable")]
     return np.argsort(-keys, kind="stable")
 
 
-def _scores_sha(scores: np.ndarray | None) -> str | None:
-    return None if scores is None else hashlib.sha256(scores.tobytes()).hexdigest()[:16]
+def _order_sha(order: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(order, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 class ScoredDomainSampler(DomainSampler):
     """A :class:`DomainSampler` whose within-domain window order follows window scores.
 
-    Each epoch of a domain with scores is one :func:`weighted_order` of *all* its windows,
-    seeded by ``(seed, domain, epoch)`` and identical on every rank; rank ``r`` takes every
-    ``world_size``-th entry, so the base guarantees hold: without replacement per epoch,
-    disjoint rank shards. Domains without scores keep the base uniform permutation.
+    Which windows a rank draws in an epoch is the base sampler's: its shard of the seeded
+    uniform permutation of ``(seed, domain, epoch)``, so the guarantees hold whatever the
+    scores (without replacement per epoch, disjoint rank shards, no coordination between
+    ranks). The *order* inside the shard follows the scores: at the epoch's start one
+    :func:`weighted_order` of the shard, and every :meth:`set_window_scores` re-draws the
+    order of the windows not yet drawn in the current epoch, so new scores act at once.
+    ``lookahead``: how many of the remaining windows a re-draw orders by the new scores (the
+    rest keep their order behind them); set it to at least the draws between two updates to
+    keep a re-draw linear in the domain's size. Domains without scores keep the base order.
 
-    Scores are planned per epoch: :meth:`set_window_scores` applies from a given epoch of the
-    domain on (default: the first epoch this rank has not started), so an epoch's order never
-    changes once begun and no window repeats inside an epoch. Under DDP the ranks reach an
-    epoch at different times; passing the same ``from_epoch`` on every rank (the largest
-    :meth:`next_epochs` over the ranks) gives every rank the same scores for every epoch, so
-    the shards stay disjoint. Exact resume: :meth:`state_dict` records a hash of the scores
-    behind each current epoch, and :meth:`score_plans` / :meth:`load_score_plans` carry the
-    planned scores (arrays, e.g. checkpoint tensors); resuming mid-epoch with other scores
-    is a :class:`SamplerError`, never a silently different stream.
+    Exact resume: :meth:`state_dict` records a hash of each started epoch's current order;
+    :meth:`order_arrays` / :meth:`load_order_arrays` carry the orders themselves (e.g. as
+    checkpoint tensors). Without them, a resumed epoch is rebuilt from the current scores,
+    which is exact only if the scores did not change since the epoch began; otherwise the
+    next draw is a :class:`SamplerError`, never a silently different stream.
     """
 
-    def __init__(self, *args: Any, temperature: float = 1.0, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, temperature: float = 1.0, lookahead: int | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         if not temperature > 0:
             raise SamplerError(f"temperature must be > 0, got {temperature}")
+        if lookahead is not None and lookahead < 1:
+            raise SamplerError(f"lookahead must be >= 1 or None, got {lookahead}")
         self.temperature = float(temperature)
+        self.lookahead = lookahead
         k = len(self.domains)
-        # per domain: (from_epoch, scores or None), ascending in from_epoch
-        self._plans: list[list[tuple[int, np.ndarray | None]]] = [[] for _ in range(k)]
-        self._sha: list[str | None] = [None] * k
+        self._scores: list[np.ndarray | None] = [None] * k
+        self._sha: list[str | None] = [None] * k  # of the resumed epochs' orders
         self._verify = [False] * k
 
     def _index(self, domain: str | int) -> int:
         return domain if isinstance(domain, int) else self.domains.index(domain)
 
-    def next_epochs(self) -> np.ndarray:
-        """Per domain, the first epoch this rank has not started (its scores may still change)."""
-        return self._epoch + (self._cursor > 0)
+    def _started(self, i: int) -> np.ndarray | None:
+        """The current epoch's order of domain ``i`` if that epoch has begun, else None."""
+        cached = self._order[i]
+        if cached is None or cached[0] != int(self._epoch[i]) or self._cursor[i] == 0:
+            return None
+        return cached[1]
+
+    def window_scores(self, domain: str | int) -> np.ndarray | None:
+        """The scores in use for a domain (a copy), or None."""
+        s = self._scores[self._index(domain)]
+        return None if s is None else s.copy()
 
     def set_window_scores(
-        self, domain: str | int, scores: np.ndarray | None, *, from_epoch: int | None = None
+        self, domain: str | int, scores: np.ndarray | None, *, reorder: bool = True
     ) -> None:
         """Scores of every window of a domain (``num_windows()[i]`` values); ``None`` clears.
 
-        They apply from epoch ``from_epoch`` of the domain on (default
-        ``next_epochs()[i]``); plans for that epoch and later are replaced.
+        They order the domain's next epochs and, with ``reorder`` (default), the windows not
+        yet drawn in its current epoch. ``reorder=False`` only sets them (resuming a run
+        whose orders are restored by :meth:`load_order_arrays`).
         """
         i = self._index(domain)
-        start = int(self.next_epochs()[i])
-        first = start if from_epoch is None else int(from_epoch)
-        if first < start:
-            raise SamplerError(
-                f"domain {self.domains[i]!r}: epoch {first} has already begun on this rank; "
-                f"scores can apply from epoch {start} on"
-            )
         s = None
         if scores is not None:
             s = np.array(scores, dtype=np.float64).reshape(-1)
@@ -382,61 +395,79 @@ class ScoredDomainSampler(DomainSampler):
                     f"domain {self.domains[i]!r} needs {int(self._n_windows[i])} finite window "
                     f"scores, got {s.size}"
                 )
-        self._plans[i] = [(e, p) for e, p in self._plans[i] if e < first] + [(first, s)]
-
-    def _scores_for(self, i: int, epoch: int) -> np.ndarray | None:
-        plans = self._plans[i]
-        use = [n for n, (e, _) in enumerate(plans) if e <= epoch]
-        if not use:
-            return None
-        self._plans[i] = plans[use[-1] :]  # earlier plans are never needed again on this rank
-        return plans[use[-1]][1]
+        self._scores[i] = s
+        order = self._started(i)
+        if not reorder or s is None or order is None:
+            return
+        c = int(self._cursor[i])
+        rest = order[c:]
+        if rest.size < 2:
+            return
+        rng = np.random.default_rng(
+            [self.seed, _domain_key(self.domains[i]), int(self._epoch[i]), self.rank, c, 0x5C1]
+        )
+        m = rest.size if self.lookahead is None else min(self.lookahead, rest.size)
+        first = weighted_order(s[rest], rng, self.temperature, top=m)
+        keep = np.ones(rest.size, dtype=bool)
+        keep[first] = False
+        new = np.concatenate([order[:c], rest[first], rest[keep]])
+        self._order[i] = (int(self._epoch[i]), new)
 
     def _epoch_order(self, i: int, epoch: int) -> np.ndarray:
-        scores = self._scores_for(i, epoch)
-        sha = _scores_sha(scores)
-        if self._verify[i] and self._cursor[i] > 0 and sha != self._sha[i]:
+        shard = super()._epoch_order(i, epoch)  # which windows: the base sampler's
+        scores = self._scores[i]
+        order = shard
+        if scores is not None:
+            rng = np.random.default_rng(
+                [self.seed, _domain_key(self.domains[i]), epoch, self.rank, 0x5C0]
+            )
+            order = shard[weighted_order(scores[shard], rng, self.temperature)]
+        if self._verify[i] and self._cursor[i] > 0 and _order_sha(order) != self._sha[i]:
             raise SamplerError(
-                f"domain {self.domains[i]!r} resumes mid-epoch with other window scores than "
-                "the checkpoint's; set the same scores before resuming"
+                f"domain {self.domains[i]!r} resumes mid-epoch, but its order cannot be rebuilt "
+                "from the current window scores (they changed during the epoch); restore the "
+                "saved orders with load_order_arrays()"
             )
         self._verify[i] = False
-        self._sha[i] = sha
-        if scores is None:
-            return super()._epoch_order(i, epoch)
-        rng = np.random.default_rng([self.seed, _domain_key(self.domains[i]), epoch, 0x5C0])
-        order = weighted_order(scores, rng, self.temperature)
-        return order[self.rank :: self.world_size]
+        return order
 
-    def score_plans(self) -> dict[str, np.ndarray]:
-        """The planned scores as ``{"<domain index>/<from epoch>": scores}`` (a cleared plan
-        is an empty array), for a checkpoint's tensors; see :meth:`load_score_plans`."""
-        return {
-            f"{i}/{e}": (np.zeros(0) if p is None else p.copy())
-            for i, plans in enumerate(self._plans)
-            for e, p in plans
-        }
+    def order_arrays(self) -> dict[str, np.ndarray]:
+        """The current order of every started epoch, ``{"<domain index>": order}``, for a
+        checkpoint's tensors (restore with :meth:`load_order_arrays`)."""
+        out = {}
+        for i in range(len(self.domains)):
+            order = self._started(i)
+            if order is not None:
+                out[str(i)] = order.astype(np.int64, copy=True)
+        return out
 
-    def load_score_plans(self, plans: Mapping[str, np.ndarray]) -> None:
-        """Restore :meth:`score_plans` (after :meth:`load_state_dict`)."""
-        restored: list[list[tuple[int, np.ndarray | None]]] = [[] for _ in self.domains]
-        for key, value in plans.items():
+    def load_order_arrays(self, orders: Mapping[str, np.ndarray]) -> None:
+        """Restore :meth:`order_arrays` (after :meth:`load_state_dict`)."""
+        for key, value in orders.items():
             try:
-                i, e = (int(x) for x in key.split("/"))
-                a = np.asarray(value, dtype=np.float64).reshape(-1)
-                ok = 0 <= i < len(self.domains) and a.size in (0, int(self._n_windows[i]))
+                i = int(key)
+                ok = 0 <= i < len(self.domains)
             except ValueError:
                 ok = False
+            a = np.asarray(value, dtype=np.int64).reshape(-1)
+            if ok:
+                size = len(range(self.rank, int(self._n_windows[i]), self.world_size))
+                ok = a.size == size and self._cursor[i] > 0 and _order_sha(a) == self._sha[i]
             if not ok:
-                raise SamplerError(f"saved window scores {key!r} do not fit this store's windows")
-            restored[i].append((e, None if a.size == 0 else a))
-        self._plans = [sorted(p, key=lambda x: x[0]) for p in restored]
-        self._order = [None] * len(self.domains)
+                raise SamplerError(
+                    f"saved window order {key!r} does not fit this sampler's state (another "
+                    "store, rank or checkpoint?)"
+                )
+            self._order[i] = (int(self._epoch[i]), a.copy())
+            self._verify[i] = False
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["temperature"] = self.temperature
-        state["window_scores_sha"] = list(self._sha)
+        state["order_sha"] = [
+            None if (o := self._started(i)) is None else _order_sha(o)
+            for i in range(len(self.domains))
+        ]
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -447,7 +478,7 @@ class ScoredDomainSampler(DomainSampler):
                 f"sampler state has temperature {state['temperature']}, this "
                 f"sampler {self.temperature}"
             )
-        self._sha = list(state.get("window_scores_sha", [None] * len(self.domains)))
+        self._sha = list(state.get("order_sha", [None] * len(self.domains)))
         self._verify = [True] * len(self.domains)
 
 

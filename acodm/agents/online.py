@@ -19,7 +19,9 @@ to a live run of :class:`acodm.trainer.Trainer` (``TrainConfig.console=True``):
   documents inside a domain, the policy decides the domains (:meth:`OnlineConsole._update`).
 * **Within-domain order.** After each update every window gets the console score
   ``sum_a alpha_a W_a[label_a] / (1 + 0.1 times_seen)`` and the sampler
-  (:class:`ScoredDomainSampler`) orders each domain's next epoch by it with a temperature.
+  (:class:`ScoredDomainSampler`) re-orders the windows each rank has not drawn yet in the
+  current epoch by it, with a temperature (which windows a rank draws per epoch is fixed by
+  the base sampler, so epochs stay without replacement and shards disjoint).
 * **Features** (:func:`interval_features`): mean quality, topic entropy and coverage and the
   repetition rate of what each domain contributed to the interval; the env's observation can
   include them and its reward can add console-weighted quality and diversity terms

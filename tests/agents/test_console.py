@@ -165,11 +165,14 @@ def _sampler(store, rank: int = 0, world: int = 1) -> ScoredDomainSampler:
 
 
 def test_scored_sampler_disjoint_shards_cover_every_window_once(store):
-    r0, r1 = _windows(_sampler(store, 0, 2), 5), _windows(_sampler(store, 1, 2), 5)
+    s0, s1 = _sampler(store, 0, 2), _sampler(store, 1, 2)
+    r0, r1 = _windows(s0, 5), _windows(s1, 5)
     assert len(set(r0)) == 20 and len(set(r1)) == 20
     assert set(r0) | set(r1) == set(range(40))
-    # the high-scored windows come first: ranks share the top-10 windows of the epoch
-    assert set(r0[:5]) | set(r1[:5]) == set(range(30, 40))
+    # inside its shard, each rank draws the high-scored windows (30..39) first
+    for r in (r0, r1):
+        top = [w for w in r if w >= 30]
+        assert set(r[: len(top)]) == set(top)
 
 
 def test_scored_sampler_every_epoch_is_a_permutation(store):
@@ -178,28 +181,57 @@ def test_scored_sampler_every_epoch_is_a_permutation(store):
     assert w[:40] != w[40:]
 
 
-def test_new_scores_take_effect_at_the_next_epoch(store):
+def test_new_scores_reorder_the_rest_of_the_epoch_at_once(store):
     s = _sampler(store)
-    first = _windows(s, 3)
+    first = _windows(s, 3)  # 12 windows, mostly the high-scored 30..39
     s.set_window_scores("a", 20.0 * (np.arange(40) < 10))
     rest = _windows(s, 7)
     assert sorted(first + rest) == list(range(40))  # the epoch stays without replacement
-    assert set(_windows(s, 10)[:10]) == set(range(10))  # the next epoch follows the new scores
+    assert set(rest[:10]) == set(range(10)) - set(first)  # the new favourites come next
+    assert set(_windows(s, 10)[:10]) == set(range(10))  # and lead the next epoch
+
+
+def test_lookahead_orders_only_the_next_windows(store):
+    s = ScoredDomainSampler(store, seq_len=L, batch_size=4, seed=3, weights=[1.0, 0.0])
+    s.set_window_scores("a", np.zeros(40))
+    first = _windows(s, 1)
+    s.lookahead = 4
+    s.set_window_scores("a", 20.0 * (np.arange(40) < 10))
+    nxt = _windows(s, 1)
+    assert set(nxt) <= set(range(10))  # the 4 ordered windows are favourites
+    assert sorted(first + nxt + _windows(s, 8)) == list(range(40))
 
 
 def test_scored_sampler_exact_resume(store):
     s = _sampler(store)
     _windows(s, 13)  # mid-way through the second epoch
+    s.set_window_scores("a", np.arange(40.0))  # re-orders the rest of that epoch
     state = json.loads(json.dumps(s.state_dict()))
+    orders = s.order_arrays()
     expected = _windows(s, 12)
     t = _sampler(store)
+    t.set_window_scores("a", np.arange(40.0), reorder=False)
     t.load_state_dict(state)
+    t.load_order_arrays(orders)
     assert _windows(t, 12) == expected
+    # without the saved orders the epoch cannot be rebuilt: a clear error, not another stream
     u = _sampler(store)
     u.set_window_scores("a", np.arange(40.0))
     u.load_state_dict(state)
     with pytest.raises(SamplerError, match="mid-epoch"):
         u.next_batch()
+    with pytest.raises(SamplerError, match="does not fit"):
+        _sampler(store).load_order_arrays(orders)  # state not loaded: cursor/hash differ
+
+
+def test_scored_sampler_resume_without_score_changes_needs_no_orders(store):
+    s = _sampler(store)
+    _windows(s, 13)
+    state = json.loads(json.dumps(s.state_dict()))
+    expected = _windows(s, 12)
+    t = _sampler(store)
+    t.load_state_dict(state)
+    assert _windows(t, 12) == expected
 
 
 def test_unscored_domain_keeps_the_base_order(store):
