@@ -12,6 +12,7 @@ spec                                         weights
 ``file:PATH``                                JSON ``{"domain": weight}`` naming every domain
 ``unimax:N``                                 UniMax, each domain capped at N epochs
 ``odm[:warmup=W,alpha=A,static=SPEC]``       the ODM bandit (defaults 0.02, 0.5, uniform)
+``doremi:ref=REF[,eta=E,smooth=C]``          DoReMi proxy run (defaults 1, 0.001)
 ===========================================  ===============================================
 
 Other components add names with :func:`register_mixer` (the learned actor, DDPG).
@@ -24,6 +25,7 @@ from acodm.mixers.base import (
     MixerError,
     normalize_weights,
 )
+from acodm.mixers.doremi import DoReMiMixer
 from acodm.mixers.odm import ODMMixer
 from acodm.mixers.spec import MixerFactory, known_mixers, make_mixer, register_mixer
 from acodm.mixers.static import (
@@ -35,11 +37,20 @@ from acodm.mixers.static import (
 )
 from acodm.mixers.unimax import UniMaxMixer
 
-for _cls in (UniformMixer, NaturalMixer, TemperatureMixer, FileMixer, UniMaxMixer, ODMMixer):
+for _cls in (
+    UniformMixer,
+    NaturalMixer,
+    TemperatureMixer,
+    FileMixer,
+    UniMaxMixer,
+    ODMMixer,
+    DoReMiMixer,
+):
     register_mixer(_cls.name, _cls.from_spec_arg, replace=True)
 del _cls
 
 __all__ = [
+    "DoReMiMixer",
     "FileMixer",
     "IntervalFeedback",
     "Mixer",

@@ -7,7 +7,8 @@ Grammar (whitespace around the spec is ignored)::
     ARG     := everything after the first ":", handed to the mixer's factory as text
 
 Built-in forms: ``uniform``, ``natural``, ``temperature:T``, ``file:PATH``, ``unimax:N``,
-``odm`` and ``odm:KEY=VALUE,KEY=VALUE`` (see :mod:`acodm.mixers.odm`). Every mixer's
+``odm`` and ``odm:KEY=VALUE,KEY=VALUE`` (see :mod:`acodm.mixers.odm`),
+``doremi:ref=PATH[,eta=E,smooth=C]`` (see :mod:`acodm.mixers.doremi`). Every mixer's
 :meth:`~acodm.mixers.base.Mixer.describe` returns a spec that parses back to the same mixer.
 Later components add their own names with :func:`register_mixer` (``actor:PATH``, ``ddpg``).
 """
