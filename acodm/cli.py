@@ -13,6 +13,7 @@ command                        Python API
 ``acodm quickstart``           :func:`acodm.policies.quickstart.quickstart`
 ``acodm annotate STORE``       :func:`acodm.agents.annotate.annotate_store`
 ``acodm info PATH``            :class:`acodm.data.corpus.Corpus` / :class:`acodm.data.store.TokenStore`
+``acodm doremi ...``           :func:`acodm.mixers.doremi.reference_losses` / :func:`~acodm.mixers.doremi.export_weights`
 =============================  ==============================================
 
 The agent commands import :mod:`acodm.policies` only when they run, so the core package
@@ -525,6 +526,57 @@ def describe_store(store: TokenStore) -> str:
     )
 
 
+def _add_doremi_commands(sub: argparse._SubParsersAction) -> None:
+    doremi = sub.add_parser(
+        "doremi",
+        help="DoReMi baseline: reference losses for the proxy run, export of its weights",
+        description="Reference run (any pretrain run) -> `doremi reference-losses` -> proxy run "
+        "with --mixer doremi:ref=REF.json -> `doremi export` -> target run with "
+        "--mixer file:weights.json.",
+    )
+    dsub = doremi.add_subparsers(dest="doremi_command", required=True, metavar="COMMAND")
+    ref = dsub.add_parser(
+        "reference-losses",
+        help="evaluate a finished reference run on each domain's training windows",
+    )
+    ref.add_argument("--run", type=Path, required=True, help="the reference pretrain run")
+    ref.add_argument("--out", type=Path, required=True, help="reference JSON to write")
+    ref.add_argument("--windows", type=int, default=64, help="training windows per domain")
+    ref.add_argument("--store", default=None, help="token store (default: the run's)")
+    ref.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    ref.set_defaults(func=_cmd_doremi_reference)
+    exp = dsub.add_parser(
+        "export", help="write a DoReMi proxy run's averaged weights for --mixer file:PATH"
+    )
+    exp.add_argument("--run", type=Path, required=True, help="the DoReMi proxy pretrain run")
+    exp.add_argument("--out", type=Path, required=True, help="weights JSON to write")
+    exp.add_argument(
+        "--partial", action="store_true", help="export from an unfinished run's last checkpoint"
+    )
+    exp.set_defaults(func=_cmd_doremi_export)
+
+
+def _cmd_doremi_reference(args: argparse.Namespace) -> int:
+    from acodm.mixers.doremi import reference_losses
+
+    res = reference_losses(
+        args.run, args.out, windows=args.windows, store=args.store, device=args.device
+    )
+    rows = [[d, _fmt(res["losses"][d]), res["windows"][d]] for d in res["domains"]]
+    print(format_table(["domain", "reference loss", "windows"], rows))
+    print(f"reference losses of {args.run} (step {res['reference_run']['step']}) -> {args.out}")
+    return 0
+
+
+def _cmd_doremi_export(args: argparse.Namespace) -> int:
+    from acodm.mixers.doremi import export_weights
+
+    weights = export_weights(args.run, args.out, partial=args.partial)
+    print(format_table(["domain", "weight"], [[d, _fmt(w)] for d, w in weights.items()]))
+    print(f"DoReMi weights -> {args.out} (use --mixer file:{args.out})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="acodm",
@@ -537,6 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain_command(sub)
     _add_agent_commands(sub)
     _add_annotate_command(sub)
+    _add_doremi_commands(sub)
     info = sub.add_parser("info", help="summarise a corpus or a token store")
     info.add_argument("path", type=Path)
     info.set_defaults(func=_cmd_info)
