@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +65,25 @@ def make_text_store(path: Path, *, vocab_size: int = 512, seed: int = 0) -> Toke
         corpus, path, vocab_size=vocab_size, val_fraction=0.1, min_val_tokens=512, progress=False
     )
     return TokenStore(path)
+
+
+def free_port() -> int:
+    """A free TCP port on localhost (for a gloo process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ddp_environment(rank: int, world: int, port: int) -> None:
+    """Inside a spawned test worker: torchrun's environment variables and one torch thread,
+    so that ``acodm.distributed.init_distributed`` joins a gloo group on localhost."""
+    import torch
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ from acodm.errors import AcodmError
 from acodm.metrics import read_metrics
 from acodm.pretrain import pretrain
 from acodm.trainer import Trainer, TrainingDiverged, lr_at
-from tests.fixtures import make_text_store
+from tests.fixtures import ddp_environment, free_port, make_text_store
 
 
 @pytest.fixture(scope="module")
@@ -207,21 +205,8 @@ def test_bad_configuration_errors(store_path):
 # -- data parallel: 2 gloo processes against one process ----------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _ddp_worker(rank: int, world: int, port: int, store: str, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
+    ddp_environment(rank, world, port)
     tr = Trainer(cfg(store, micro_batch_size=3))
     report = tr.train_interval(np.array([0.2, 0.3, 0.5]), steps=1)
     if rank == 0:
@@ -241,7 +226,7 @@ def _ddp_worker(rank: int, world: int, port: int, store: str, out: str) -> None:
 def test_ddp_on_two_gloo_processes_matches_one_process(store_path, tmp_path):
     out = tmp_path / "ddp.pt"
     torch.multiprocessing.spawn(
-        _ddp_worker, args=(2, _free_port(), store_path, str(out)), nprocs=2, join=True
+        _ddp_worker, args=(2, free_port(), store_path, str(out)), nprocs=2, join=True
     )
     got = torch.load(out, weights_only=True)
 

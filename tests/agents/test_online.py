@@ -17,17 +17,12 @@ from acodm.data.store import TokenStore
 from acodm.metrics import read_metrics
 from acodm.pretrain import pretrain
 from acodm.trainer import Trainer
-from tests.fixtures import make_text_store
+from tests.fixtures import ddp_environment, free_port, make_text_store
 
 REF = ("prose",)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -222,16 +217,8 @@ def test_env_with_console_features_and_reward_terms(annotated):
 
 def _ddp_console_worker(rank: int, world: int, port: int, store: str, out: str) -> None:
     import json
-    import os
 
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
+    ddp_environment(rank, world, port)
     tr = Trainer(cfg(store, steps=24, seq_len=512, micro_batch_size=4))
     drawn: list[tuple[int, int]] = []
     real = tr.sampler.next_batch
@@ -258,13 +245,9 @@ def _ddp_console_worker(rank: int, world: int, port: int, store: str, out: str) 
 
 def test_ddp_ranks_share_the_console_and_keep_disjoint_shards(annotated, tmp_path):
     import json
-    import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
     torch.multiprocessing.spawn(
-        _ddp_console_worker, args=(2, port, annotated, str(tmp_path)), nprocs=2, join=True
+        _ddp_console_worker, args=(2, free_port(), annotated, str(tmp_path)), nprocs=2, join=True
     )
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
     assert r0["console"] == r1["console"] and r0["seen"] == r1["seen"]
