@@ -7,6 +7,9 @@ advance (no data loading cost at all). acodm's loop is :meth:`acodm.trainer.Trai
 with everything it does per step: sampling from the store, per-domain losses, and (unless
 ``--no-dynamics``) the gradient-alignment hooks. Rounds alternate between the two loops and the
 median tokens/s of each is compared: ``ratio`` = acodm / plain (goal >= 1.0 now, 1.25 later).
+``--compile`` adds a third loop, acodm with ``TrainConfig(compile=True)`` (``torch.compile``;
+the alignment hooks stay eager), and ``ratio_compiled`` = that / plain: the measurement behind
+any decision to compile by default on a GPU.
 
     python experiments/bench/trainer.py --model tiny --json results/trainer_cpu.json
     python experiments/bench/trainer.py --model 410m --seq-len 2048 --batch 16 --json ...
@@ -86,6 +89,7 @@ def main() -> int:
     ap.add_argument("--vocab-size", type=int, default=8192)
     ap.add_argument("--no-dynamics", action="store_true", help="acodm without alignment hooks")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--compile", action="store_true", help="also time acodm with torch.compile")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -117,6 +121,8 @@ def main() -> int:
             "plain_hf": plain_loop(args.model, store.vocab_size, cfg, args.device, batches),
             "acodm": acodm_loop(cfg),
         }
+        if args.compile:
+            loops["acodm_compiled"] = acodm_loop(cfg.replace(compile=True))
         for run in loops.values():
             run(3)  # warm-up (allocator, kernels)
         times: dict[str, list[float]] = {n: [] for n in loops}
@@ -128,6 +134,9 @@ def main() -> int:
     result = {
         "benchmark": "trainer",
         "ratio": tok_s["acodm"] / tok_s["plain_hf"],
+        "ratio_compiled": (
+            tok_s["acodm_compiled"] / tok_s["plain_hf"] if "acodm_compiled" in tok_s else None
+        ),
         "tokens_per_s": tok_s,
         "round_seconds": times,
         "model": args.model,
@@ -141,9 +150,11 @@ def main() -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"model {args.model}, seq {args.seq_len}, batch {args.batch}, {args.device}")
-    for n in ("plain_hf", "acodm"):
-        print(f"  {n:<10}{tok_s[n]:>14,.0f} tokens/s")
+    for n in tok_s:
+        print(f"  {n:<15}{tok_s[n]:>14,.0f} tokens/s")
     print(f"  ratio acodm / plain HF: {result['ratio']:.3f}")
+    if result["ratio_compiled"] is not None:
+        print(f"  ratio acodm compiled / plain HF: {result['ratio_compiled']:.3f}")
     return 0
 
 
