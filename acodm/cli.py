@@ -282,6 +282,12 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="ablation: keep the actor at its random initialisation",
     )
+    t.add_argument(
+        "--console",
+        action="store_true",
+        help="the proxy run has the agent console: the policy observes its features and is "
+        "rewarded by them (run `acodm annotate` on the store first)",
+    )
     t.add_argument("--resume", action="store_true")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_cmd_train_policy)
@@ -382,6 +388,7 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
         seed=args.seed,
         resume=args.resume,
         progress=not args.quiet,
+        console=args.console,
     )
     print(f"policy exported to {out}")
     return 0

@@ -59,10 +59,13 @@ from stable_baselines3.common.logger import Logger
 from acodm.config import ConfigError, TrainConfig, preset
 from acodm.envs import DataMixingEnv
 from acodm.envs.spaces import (
+    CONSOLE_FEATURES,
     DEFAULT_FEATURES,
     ObservationSpec,
+    RewardTerm,
     action_to_weights,
     build_observation,
+    console_reward_terms,
     total_reward,
 )
 from acodm.errors import AcodmError
@@ -178,6 +181,8 @@ def _make_env(cfg: TrainConfig, beta: float | None, eps: float | None) -> Record
         kwargs["beta"] = beta
     if eps is not None:
         kwargs["eps"] = eps
+    if cfg.console:  # the agent also observes the console's features and is rewarded by them
+        kwargs.update(features=CONSOLE_FEATURES, reward_terms=console_reward_terms())
     return RecordingEnv(cfg.store, cfg, **kwargs)
 
 
@@ -190,7 +195,7 @@ def _warmup_steps(total: int, fraction: float) -> int:
 def _run_config(
     cfg: TrainConfig, agent_cfg: AgentConfig, env: DataMixingEnv, schedule: dict[str, Any]
 ) -> dict[str, Any]:
-    return {
+    run = {
         "format": RUN_FORMAT,
         "proxy": cfg.to_dict(),
         "agent": agent_cfg.to_json(),
@@ -204,6 +209,9 @@ def _run_config(
         },
         "schedule": schedule,
     }
+    if env.reward_terms:  # only then: runs without extra terms keep their earlier config
+        run["env"]["reward_terms"] = {t.name: t.weight for t in env.reward_terms}
+    return run
 
 
 def _read_run_config(path: Path) -> dict[str, Any]:
@@ -329,6 +337,7 @@ def train_policy(
     resume: bool = False,
     progress: bool = True,
     wandb: bool = False,
+    console: bool = False,
 ) -> Path:
     """Train the mixing agent on ``episodes`` proxy runs; return ``out/policy`` (exported actor).
 
@@ -338,13 +347,19 @@ def train_policy(
     ``seed`` (which also seeds the LM runs through the env's reset); ``frozen_actor=True`` is
     the frozen-random-actor ablation. ``checkpoint_every``: env steps between agent
     checkpoints (default: one episode); one is also written after the warm-up and at the end.
-    ``beta``/``eps``: the action mapping (default: the env's). See the module docstring for
-    the run folder and for what ``resume`` can and cannot restore.
+    ``beta``/``eps``: the action mapping (default: the env's). ``console=True`` (or a proxy
+    config with ``console=True``): the proxy run has the agent console (the store must be
+    annotated), the observation is ``CONSOLE_FEATURES`` and the reward adds
+    :func:`~acodm.envs.spaces.console_reward_terms`; the exported policy then needs
+    ``--console`` on the target run too. See the module docstring for the run folder and for
+    what ``resume`` can and cannot restore.
     """
     if episodes < 1:
         raise TrainPolicyError(f"episodes must be >= 1, got {episodes}")
     run_dir = Path(out)
     cfg = _resolve_proxy(store, proxy, overrides, interval)
+    if console:
+        cfg = cfg.replace(console=True)
     agent_cfg = replace(agent or small(), seed=int(seed))
     env = _make_env(cfg, beta, eps)
     per_episode = env.num_intervals - 1
@@ -648,9 +663,15 @@ class OnlineDDPGMixer(Mixer):
 
     def _agent(self, dyn: Any) -> Agent:
         if self.model is None:
-            self._build_agent(ObservationSpec(DEFAULT_FEATURES, self.ctx.k, len(dyn.weight_norm)))
+            # a run with the agent console also observes its features and rewards with them
+            features = CONSOLE_FEATURES if dyn.agents else DEFAULT_FEATURES
+            self._build_agent(ObservationSpec(features, self.ctx.k, len(dyn.weight_norm)))
         assert self.model is not None
         return self.model
+
+    def _reward_terms(self) -> tuple[RewardTerm, ...]:
+        assert self.spec is not None
+        return console_reward_terms() if "mean_quality" in self.spec.features else ()
 
     def _build_agent(self, spec: ObservationSpec) -> Agent:
         self.spec = spec
@@ -671,7 +692,7 @@ class OnlineDDPGMixer(Mixer):
         assert self.spec is not None
         obs = build_observation(dyn, self.spec)
         if self._obs is not None:
-            reward, _ = total_reward(self._w, dyn)
+            reward, _ = total_reward(self._w, dyn, self._reward_terms())
             self._learn(model, Transition(self._obs, self._action, float(reward), obs))
         self.odm.update(feedback)
         self._obs = obs
@@ -715,6 +736,7 @@ class OnlineDDPGMixer(Mixer):
             name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
             state["agent"] = {
                 "n_layers": self.spec.n_layers,
+                "features": list(self.spec.features),
                 "num_timesteps": int(model.num_timesteps),
                 "n_updates": int(model._n_updates),
                 "buffer_pos": int(rb.pos),
@@ -762,7 +784,8 @@ class OnlineDDPGMixer(Mixer):
         self._pending_agent = None
         if meta is None:
             return
-        spec = ObservationSpec(DEFAULT_FEATURES, self.ctx.k, int(meta["n_layers"]))
+        features = tuple(meta.get("features", DEFAULT_FEATURES))
+        spec = ObservationSpec(features, self.ctx.k, int(meta["n_layers"]))
         model = self._build_agent(spec)  # reseeds the global RNGs: restored below
         try:
             model.policy.load_state_dict(

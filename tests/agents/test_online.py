@@ -265,3 +265,30 @@ def test_ddp_ranks_share_the_console_and_keep_disjoint_shards(annotated, tmp_pat
             assert not per_epoch[0][e] & per_epoch[1][e], (d, e)  # disjoint shards
             crossed |= e >= 1
     assert crossed  # an epoch ordered by updated scores was compared
+
+
+def test_policy_trained_with_the_console_transfers_only_to_console_runs(annotated, tmp_path):
+    from acodm.errors import AcodmError
+    from acodm.policies.export import MixingPolicy
+    from acodm.policies.train import train_policy
+
+    proxy = cfg(annotated, console=False, steps=16)  # console=True comes from the argument
+    policy = train_policy(
+        annotated, tmp_path / "proxy", proxy=proxy, console=True, progress=False, seed=0
+    )
+    loaded = MixingPolicy.load(policy)
+    assert "mean_quality" in loaded.spec["observation"]["features"]
+    rewards = [r for r in read_metrics(tmp_path / "proxy" / "metrics.jsonl") if "rl/reward" in r]
+    assert rewards and all("rl/reward/quality" in r for r in rewards)
+    target = cfg(annotated, steps=8, mixer=f"actor:{policy}")
+    summary = pretrain(target, tmp_path / "target", progress=False)
+    assert summary["steps"] == 8
+    with pytest.raises(AcodmError, match="--console"):
+        pretrain(target.replace(console=False), tmp_path / "plain", progress=False)
+
+
+def test_online_ddpg_mixer_observes_the_console(annotated, tmp_path):
+    config = cfg(annotated, steps=16, mixer="ddpg:warmup=0.3", checkpoint_every=8)
+    pretrain(config, tmp_path / "run", progress=False)
+    ckpt = load_checkpoint(latest_checkpoint(tmp_path / "run"))
+    assert "mean_quality" in ckpt.state["mixer"]["state"]["agent"]["features"]
