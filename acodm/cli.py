@@ -322,6 +322,14 @@ def _add_annotate_command(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--quality-bins", type=int, default=5)
     a.add_argument("--topics", type=int, default=12)
     a.add_argument("--seed", type=int, default=0)
+    a.add_argument(
+        "--quality-scorer",
+        default=None,
+        metavar="SPEC",
+        help="score quality with this instead of training the built-in classifier: a Hugging "
+        "Face sequence-classification folder (safetensors weights) or module:function "
+        "(a callable texts -> one float per text, higher = better)",
+    )
     a.add_argument("--overwrite", action="store_true", help="re-annotate a changed store")
     a.add_argument("--quiet", action="store_true")
     a.set_defaults(func=_cmd_annotate)
@@ -338,6 +346,7 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
         seed=args.seed,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        quality_scorer=args.quality_scorer,
     )
     ann = load_annotations(args.store)
     rows = [

@@ -1,15 +1,18 @@
 """Offline annotation of a token store by the quality and topic agents (METHOD.md).
 
 :func:`annotate_store` decodes every training document of a store back to text, trains the
-quality classifier (reference domains vs. the rest), bins its scores by quantile *within*
-each domain, clusters the documents into topics, and writes the result beside the store::
+quality classifier (reference domains vs. the rest) or, when given one, calls a user-supplied
+quality scorer (:mod:`acodm.agents.scorers`: any callable or a Hugging Face
+sequence-classification folder), bins the scores by quantile *within* each domain, clusters
+the documents into topics, and writes the result beside the store::
 
     STORE/annotations/
       annotations.json          schema version, the store's corpus_hash + tokenizer_sha256,
                                 settings, agents and their label counts, domains in order
       annotations.safetensors   quality_score/<i>, quality_bin/<i>, topic/<i> for the domain
                                 with index i, one entry per training document in store order
-      quality/                  the trained QualityClassifier (its own save format)
+      quality/                  the trained QualityClassifier (its own save format), or
+                                scorer.json: the identity of a user-supplied scorer
       topic/                    the fitted TopicModel (its own save format)
 
 The folder is built under a temporary name and renamed when complete. Annotating again with
@@ -23,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
@@ -33,6 +36,9 @@ from acodm.agents.topic import TopicModel
 from acodm.data.store import TokenStore
 from acodm.errors import AcodmError
 from acodm.io import atomic_directory, atomic_write_json, read_checked_manifest
+
+if TYPE_CHECKING:
+    from acodm.agents.scorers import QualityScorer
 
 ANNOTATIONS_DIR = "annotations"
 ANNOTATIONS_JSON = "annotations.json"
@@ -116,14 +122,23 @@ def resolve_reference_domains(store: TokenStore, reference: Sequence[str] | None
     return refs
 
 
-def _settings(refs: Sequence[str], n_quality_bins: int, n_topics: int, seed: int) -> dict[str, Any]:
-    return {
+def _settings(
+    refs: Sequence[str],
+    n_quality_bins: int,
+    n_topics: int,
+    seed: int,
+    scorer: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    settings = {
         "reference_domains": list(refs),
         "n_quality_bins": int(n_quality_bins),
         "n_topics": int(n_topics),
         "seed": int(seed),
         "max_chars": MAX_CHARS,
     }
+    if scorer is not None:  # absent for the built-in classifier: older annotations still match
+        settings["quality_scorer"] = scorer
+    return settings
 
 
 def _reuse_existing(store: TokenStore, out: Path, settings: dict[str, Any]) -> bool:
@@ -140,22 +155,46 @@ def _reuse_existing(store: TokenStore, out: Path, settings: dict[str, Any]) -> b
     return True
 
 
-def _annotate(
-    store: TokenStore, texts: dict[str, list[str]], settings: dict[str, Any], tmp: Path
-) -> dict[str, Any]:
-    """Train both agents, label every document, write models and arrays into ``tmp``."""
-    refs, seed = settings["reference_domains"], settings["seed"]
+def _quality_scores(
+    store: TokenStore,
+    texts: dict[str, list[str]],
+    settings: dict[str, Any],
+    scorer: QualityScorer | None,
+    tmp: Path,
+) -> np.ndarray:
+    """Every document's quality score in store order; the scorer or trained model into ``tmp``."""
+    all_texts = [t for d in store.domains for t in texts[d]]
+    if scorer is not None:
+        from acodm.agents.scorers import score_texts
+
+        scores = score_texts(scorer, all_texts)
+        (tmp / "quality").mkdir()
+        atomic_write_json(tmp / "quality" / "scorer.json", settings["quality_scorer"])
+        return scores
+    refs = settings["reference_domains"]
     ref_texts = [t for d in refs for t in texts[d]]
     pool = [t for d in store.domains if d not in refs for t in texts[d]]
-    clf = train_quality(ref_texts, pool, seed=seed)
+    clf = train_quality(ref_texts, pool, seed=settings["seed"])
+    clf.save(tmp / "quality")
+    return np.asarray(clf.score(all_texts), dtype=np.float64)
+
+
+def _annotate(
+    store: TokenStore,
+    texts: dict[str, list[str]],
+    settings: dict[str, Any],
+    scorer: QualityScorer | None,
+    tmp: Path,
+) -> dict[str, Any]:
+    """Score quality, fit topics, label every document, write models and arrays into ``tmp``."""
+    seed = settings["seed"]
     all_texts = [t for d in store.domains for t in texts[d]]
     labels = [d for d in store.domains for _ in texts[d]]
-    scores = clf.score(all_texts)
+    scores = _quality_scores(store, texts, settings, scorer, tmp)
     bins = quantile_bins(scores, labels, settings["n_quality_bins"])
     k = min(settings["n_topics"], len(all_texts))
     model = TopicModel()
     topics = model.fit(all_texts, k=k, seed=seed)
-    clf.save(tmp / "quality")
     model.save(tmp / "topic")
     tensors: dict[str, np.ndarray] = {}
     start = 0
@@ -186,8 +225,15 @@ def annotate_store(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    quality_scorer: QualityScorer | str | Path | None = None,
 ) -> Path:
     """Annotate every training document of ``store``; returns ``STORE/annotations``.
+
+    ``quality_scorer`` replaces the built-in classifier (which is then not trained): a callable
+    ``scorer(texts) -> one float per text, higher = better``, or a spec for
+    :func:`acodm.agents.scorers.load_scorer` (a Hugging Face sequence-classification folder
+    or ``module:function``). Its identity is part of the settings. Reference domains are
+    resolved and recorded either way (the console's feedback uses them).
 
     Returns the existing folder without work when it matches the store and settings; a
     changed store or other settings is an :class:`AnnotationError` unless ``overwrite``.
@@ -195,9 +241,22 @@ def annotate_store(
     ts = _open(store)
     if n_quality_bins < 1 or n_topics < 1:
         raise AnnotationError("n_quality_bins and n_topics must be at least 1")
-    settings = _settings(
-        resolve_reference_domains(ts, reference_domains), n_quality_bins, n_topics, seed
-    )
+    refs = resolve_reference_domains(ts, reference_domains)
+    scorer, identity = None, None
+    if quality_scorer is not None:
+        from acodm.agents.scorers import load_scorer, scorer_identity
+
+        if isinstance(quality_scorer, (str, Path)):
+            scorer = load_scorer(quality_scorer, progress=progress)
+        elif callable(quality_scorer):
+            scorer = quality_scorer
+        else:
+            raise AnnotationError(
+                f"quality_scorer must be a callable, a folder or module:function, not "
+                f"{type(quality_scorer).__name__}"
+            )
+        identity = scorer_identity(scorer)
+    settings = _settings(refs, n_quality_bins, n_topics, seed, identity)
     out = annotations_path(ts)
     if out.exists() and not overwrite and _reuse_existing(ts, out, settings):
         return out
@@ -205,7 +264,7 @@ def annotate_store(
     if sum(len(t) for t in texts.values()) == 0:
         raise AnnotationError(f"store {ts.path} has no training documents to annotate")
     with atomic_directory(out, overwrite=True) as tmp:
-        agents = _annotate(ts, texts, settings, tmp)
+        agents = _annotate(ts, texts, settings, scorer, tmp)
         meta = {
             "format": ANNOTATIONS_FORMAT,
             "schema_version": ANNOTATIONS_SCHEMA_VERSION,
