@@ -260,6 +260,12 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--out", type=Path, default=Path("quickstart"), help="output folder")
     q.add_argument("--preset", default="cpu", help="cpu (minutes on 2 cores) or gpu")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated seeds: repeat the quickstart per seed on one store and report "
+        "mean and spread (OUT/study.txt)",
+    )
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=_cmd_quickstart)
 
@@ -363,8 +369,17 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
-    from acodm.policies.quickstart import quickstart
+    from acodm.policies.quickstart import quickstart, study
 
+    if args.seeds is not None:
+        try:
+            seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+        except ValueError as e:
+            raise AcodmError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from e
+        study(args.out, preset=args.preset, seeds=seeds, progress=not args.quiet)
+        if args.quiet:
+            print((args.out / "study.txt").read_text(encoding="utf-8"))
+        return 0
     quickstart(args.out, preset=args.preset, seed=args.seed, progress=not args.quiet)
     if args.quiet:
         print((args.out / "report.txt").read_text(encoding="utf-8"))

@@ -71,6 +71,7 @@ def compare(runs: Mapping[str, RunCurves]) -> dict[str, Any]:
             "best_ppl_mean": run.best,
             "final_ppl_worst": run.ppl_worst[-1],
             "final_ppl": {d: v[-1] for d, v in run.per_domain.items()},
+            "steps_to_best": steps_to_reach(run, run.best),
             "steps_to_reach": {
                 other: steps_to_reach(run, runs[other].best) for other in runs if other != name
             },

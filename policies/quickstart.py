@@ -10,11 +10,18 @@
 The ``cpu`` preset finishes in minutes on 2 cores (tiny proxy, 14m target); ``gpu`` runs the
 paper's shape of experiment (70m proxy, 160m target, sequence 1024). Nothing is hidden: if
 the policy does not beat a baseline at this scale, the report says so.
+
+:func:`study` repeats the quickstart for several seeds on one store (``acodm quickstart
+--seeds 0,1,2``) and reports the mean and spread of every run's final perplexity, how often
+the policy beat each baseline, and the steps it needed to reach each baseline's best
+(BENCHMARKS.md, "Sample efficiency"). Each seed changes the proxy run, the agent and the
+target runs' model init and sampling.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +33,7 @@ from acodm.errors import AcodmError
 from acodm.io import atomic_write_json, atomic_write_text
 from acodm.plots import plot_reward, plot_validation, plot_weights
 from acodm.pretrain import pretrain
-from acodm.report import compare, format_comparison, load_curves
+from acodm.report import compare, format_comparison, format_table, load_curves
 
 BASELINES = ("uniform", "unimax:4", "odm")
 
@@ -96,6 +103,8 @@ PRESETS = {
 
 def _data(out: Path, preset: QuickstartPreset, progress: bool) -> Path:
     corpus, store = out / "corpus", out / "store"
+    if (store / "manifest.json").is_file():
+        return store  # a finished store needs no corpus
     if not (corpus / "manifest.json").is_file():
         build_default_corpus(corpus, progress=progress)
     if not (store / "manifest.json").is_file():
@@ -117,17 +126,20 @@ def quickstart(
     seed: int = 0,
     baselines: Sequence[str] = BASELINES,
     progress: bool = True,
+    data: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the quickstart into ``out``; returns the comparison (also ``results.json``).
 
     Every stage is reused when already complete, so an interrupted quickstart resumes.
+    ``data``: the folder of the corpus and store (``corpus/``, ``store/``; built there when
+    missing); default ``out``.
     """
     from acodm.policies.train import train_policy
 
     if preset not in PRESETS:
         raise AcodmError(f"unknown quickstart preset {preset!r}; known: {sorted(PRESETS)}")
     p, out = PRESETS[preset], Path(out)
-    store = str(_data(out, p, progress))
+    store = str(_data(Path(data) if data is not None else out, p, progress))
 
     policy_run = out / "proxy"
     policy = policy_run / "policy"
@@ -170,3 +182,108 @@ def quickstart(
         print(text)
         print(f"\nplots in {plots}, report in {out / 'report.txt'}")
     return results
+
+
+def _spread(values: Sequence[float]) -> dict[str, float | None]:
+    return {
+        "mean": statistics.fmean(values),
+        "stdev": statistics.stdev(values) if len(values) > 1 else None,
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def aggregate(per_seed: Mapping[int, Mapping[str, Any]], focus: str = "policy") -> dict[str, Any]:
+    """Mean and spread over seeds of :func:`acodm.report.compare` results (one per seed).
+
+    Per run: final and best mean perplexity (mean, stdev, min, max). For ``focus`` against
+    each other run: on how many seeds its final perplexity was lower ("wins"), and the steps
+    it needed to reach that run's best (None where it never did) next to the steps the run
+    itself needed (``own_steps_to_best``).
+    """
+    if not per_seed:
+        raise AcodmError("no seeds to aggregate")
+    comparisons = list(per_seed.values())
+    names = list(comparisons[0])
+    if focus not in names:
+        raise AcodmError(f"run {focus!r} is not among the compared runs {names}")
+    runs = {
+        n: {
+            "final_ppl_mean": _spread([c[n]["final_ppl_mean"] for c in comparisons]),
+            "best_ppl_mean": _spread([c[n]["best_ppl_mean"] for c in comparisons]),
+        }
+        for n in names
+    }
+    against: dict[str, Any] = {}
+    for other in names:
+        if other == focus:
+            continue
+        wins = sum(c[focus]["final_ppl_mean"] < c[other]["final_ppl_mean"] for c in comparisons)
+        against[other] = {
+            "wins": wins,
+            "seeds": len(comparisons),
+            "focus_steps_to_reach": [c[focus]["steps_to_reach"][other] for c in comparisons],
+            "own_steps_to_best": [c[other]["steps_to_best"] for c in comparisons],
+        }
+    return {"seeds": list(per_seed), "focus": focus, "runs": runs, "against": against}
+
+
+def format_study(result: Mapping[str, Any]) -> str:
+    """The aggregate as plain-text tables plus one honest line per baseline."""
+    rows = []
+    for name, r in result["runs"].items():
+        f = r["final_ppl_mean"]
+        sd = "-" if f["stdev"] is None else f"{f['stdev']:.2f}"
+        rows.append([name, f"{f['mean']:.2f}", sd, f"{f['min']:.2f}", f"{f['max']:.2f}"])
+    n = len(result["seeds"])
+    text = f"final mean validation perplexity over {n} seeds {result['seeds']}\n"
+    text += format_table(["run", "mean", "stdev", "min", "max"], rows)
+    focus = result["focus"]
+    for other, a in result["against"].items():
+        pairs = ", ".join(
+            f"{'never' if s is None else s}/{o}"
+            for s, o in zip(a["focus_steps_to_reach"], a["own_steps_to_best"], strict=True)
+        )
+        text += (
+            f"\n{focus} beat {other} on {a['wins']} of {a['seeds']} seeds; steps to reach "
+            f"{other}'s best ({focus}/{other}, per seed): {pairs}"
+        )
+    return text
+
+
+def study(
+    out: str | Path = "quickstart-study",
+    *,
+    preset: str = "cpu",
+    seeds: Sequence[int] = (0, 1, 2),
+    baselines: Sequence[str] = BASELINES,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The quickstart for every seed in ``seeds`` on one store (``out/store``), each into
+    ``out/seed-N``; writes and returns the aggregate (``study.json``, ``study.txt``).
+
+    Finished seeds are reused, so an interrupted study resumes.
+    """
+    seeds = [int(s) for s in dict.fromkeys(seeds)]
+    if not seeds:
+        raise AcodmError("give at least one seed")
+    out = Path(out)
+    per_seed = {}
+    for s in seeds:
+        res = quickstart(
+            out / f"seed-{s}",
+            preset=preset,
+            seed=s,
+            baselines=baselines,
+            progress=progress,
+            data=out,
+        )
+        per_seed[s] = res["comparison"]
+    result = aggregate(per_seed)
+    result["preset"] = preset
+    text = format_study(result)
+    atomic_write_json(out / "study.json", result)
+    atomic_write_text(out / "study.txt", text + "\n")
+    if progress:
+        print(text)
+    return result

@@ -49,6 +49,7 @@ def test_steps_to_reach_and_comparison(runs):
     assert result["policy"]["steps_to_reach"] == {"uniform": 20, "slow": 10}
     assert result["uniform"]["steps_to_reach"] == {"policy": None, "slow": 10}
     assert result["policy"]["final_ppl"] == {"a": 10.0, "b": 30.0}
+    assert result["uniform"]["steps_to_best"] == 30 and result["slow"]["steps_to_best"] == 30
     text = format_comparison(curves, focus="policy")
     assert "reached uniform's best perplexity (30.00) at step 20 vs 30 (+33% steps saved)" in text
     text = format_comparison(curves, focus="slow")
@@ -84,3 +85,27 @@ def test_compare_cli(runs, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "reaches uniform's best at" in out and "steps saved" in out
     assert (tmp_path / "p" / "validation.png").is_file()
+
+
+def test_study_aggregates_seeds(runs, tmp_path):
+    from acodm.policies.quickstart import aggregate, format_study
+
+    one = compare({n: load_curves(n, p) for n, p in runs.items()})
+    other = {
+        "policy": write_run(tmp_path / "p2", [100, 80, 50, 45], [0.7, 0.3]),
+        "uniform": write_run(tmp_path / "u2", [100, 60, 40, 35], [0.5, 0.5]),
+        "slow": write_run(tmp_path / "s2", [100, 90, 80, 40], [0.5, 0.5]),
+    }
+    two = compare({n: load_curves(n, p) for n, p in other.items()})
+    result = aggregate({0: one, 1: two})
+    final = result["runs"]["policy"]["final_ppl_mean"]
+    assert final["mean"] == pytest.approx(32.5) and final["min"] == 20 and final["max"] == 45
+    assert final["stdev"] == pytest.approx(17.6776695, rel=1e-6)
+    assert result["against"]["uniform"]["wins"] == 1  # 20 < 30, but 45 > 35
+    assert result["against"]["slow"]["wins"] == 1  # 20 < 70, but 45 > 40
+    assert result["against"]["uniform"]["focus_steps_to_reach"] == [20, None]
+    assert result["against"]["uniform"]["own_steps_to_best"] == [30, 30]
+    text = format_study(result)
+    assert "policy beat uniform on 1 of 2 seeds" in text and "20/30, never/30" in text
+    with pytest.raises(AcodmError, match="not among"):
+        aggregate({0: one}, focus="nope")
