@@ -79,12 +79,13 @@ class HFSequenceClassifier:
     """A quality scorer over a loaded Hugging Face sequence-classification model.
 
     Score = the single logit of a one-output (regression) head, else the softmax probability
-    of one label. Built by :func:`hf_sequence_classifier`.
+    of one label. Built by :func:`hf_sequence_classifier`. The weights load on the first call,
+    so a scorer used only for its identity (annotations reused unchanged) costs no model load.
     """
 
     def __init__(
         self,
-        model: Any,
+        path: Path,
         tokenizer: Any,
         *,
         label_index: int | None,
@@ -94,13 +95,29 @@ class HFSequenceClassifier:
         device: str,
         progress: bool,
     ) -> None:
-        self.model, self.tokenizer = model, tokenizer
+        self.path, self.tokenizer = path, tokenizer
+        self._model: Any = None
         self.label_index = label_index  # None: one-output regression head
         self.acodm_identity = identity
         # Without a pad token a batch cannot be padded: score one text at a time (exact).
         self.batch_size = batch_size if tokenizer.pad_token_id is not None else 1
         self.max_length = max_length
         self.device, self.progress = device, progress
+
+    @property
+    def model(self) -> Any:
+        """The model in eval mode on ``device`` (safetensors weights, loaded once)."""
+        if self._model is None:
+            from transformers import AutoModelForSequenceClassification
+
+            model = AutoModelForSequenceClassification.from_pretrained(
+                self.path, local_files_only=True, use_safetensors=True
+            )
+            if model.config.pad_token_id is None and self.tokenizer.pad_token_id is not None:
+                # decoder heads (GPT-style) pool the last non-pad token: they need the pad id
+                model.config.pad_token_id = self.tokenizer.pad_token_id
+            self._model = model.eval().to(self.device)
+        return self._model
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         import torch
@@ -144,7 +161,7 @@ def hf_sequence_classifier(
     logit is used as is. Texts are truncated to ``max_length`` tokens (and to the tokenizer's
     own ``model_max_length`` when that is smaller).
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     path = Path(folder).expanduser().resolve()
     _check_folder(path)
@@ -160,12 +177,6 @@ def hf_sequence_classifier(
         )
     label_index = None if int(config.num_labels) == 1 else _label_index(config, label, path)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, local_files_only=True, use_safetensors=True
-    )
-    if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
-        model.config.pad_token_id = tokenizer.pad_token_id  # decoder heads pool the last non-pad
-    model.eval().to(device)
     limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(limit, int) and 0 < limit < max_length:
         max_length = limit
@@ -177,7 +188,7 @@ def hf_sequence_classifier(
         "max_length": max_length,
     }
     return HFSequenceClassifier(
-        model,
+        path,
         tokenizer,
         label_index=label_index,
         identity=identity,

@@ -247,13 +247,21 @@ def test_hf_regression_head_scores_its_logit(store: Path, tmp_path: Path) -> Non
     np.testing.assert_allclose(scorer(texts), _direct(model, tok, texts)[:, 0], atol=1e-5)
 
 
-def test_other_weights_are_a_settings_change(store: Path, tmp_path: Path) -> None:
+def test_other_weights_are_a_settings_change(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch
+    import transformers
 
     model, _ = _save_hf(tmp_path / "clf", store)
     annotate_store(
         store, reference_domains=REF, quality_scorer=str(tmp_path / "clf"), progress=False
     )
+    with monkeypatch.context() as m:  # reuse needs the identity, not the model
+        m.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", None)
+        annotate_store(
+            store, reference_domains=REF, quality_scorer=str(tmp_path / "clf"), progress=False
+        )
     with torch.no_grad():
         model.classifier.bias.add_(1.0)
     model.save_pretrained(tmp_path / "clf")  # same folder, new weights
