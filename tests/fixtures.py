@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -87,3 +88,50 @@ def ddp_environment(rank: int, world: int, port: int) -> None:
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
+
+
+class SimulatedCrash(RuntimeError):
+    """Raised by :func:`interrupted_then_resumed` to interrupt a run (a named fake failure)."""
+
+
+def comparable_metrics(run: Path) -> list[dict[str, Any]]:
+    """A run's metrics lines without the timing ones (``perf/``), for exact comparisons."""
+    from acodm.metrics import read_metrics
+
+    return [
+        {k: v for k, v in r.items() if not k.startswith("perf/")}
+        for r in read_metrics(run / "metrics.jsonl")
+    ]
+
+
+def interrupted_then_resumed(
+    config: Any, full: Path, cut: Path, crash_step: int, monkeypatch: Any
+) -> Path:
+    """``pretrain(config)`` into ``full``; then into ``cut``, crashing when the trainer is about
+    to train from step ``crash_step``, and ``--resume`` it. Returns the checkpoint the resume
+    started from."""
+    from acodm.checkpoint import latest_checkpoint
+    from acodm.pretrain import pretrain
+    from acodm.trainer import Trainer
+
+    pretrain(config, full, progress=False)
+    real = Trainer.train_interval
+
+    def crash(self: Trainer, weights: Any, steps: int | None = None) -> Any:
+        if self.step == crash_step:
+            raise SimulatedCrash(f"simulated crash at step {crash_step}")
+        return real(self, weights, steps)
+
+    monkeypatch.setattr(Trainer, "train_interval", crash)
+    try:
+        pretrain(config, cut, progress=False)
+    except SimulatedCrash:
+        pass
+    else:
+        raise AssertionError(f"the run never reached step {crash_step}")
+    finally:
+        monkeypatch.setattr(Trainer, "train_interval", real)
+    start = latest_checkpoint(cut)
+    assert start is not None, "the interrupted run wrote no checkpoint"
+    pretrain(config, cut, resume=True, progress=False)
+    return start

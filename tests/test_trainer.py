@@ -18,7 +18,13 @@ from acodm.errors import AcodmError
 from acodm.metrics import read_metrics
 from acodm.pretrain import pretrain
 from acodm.trainer import Trainer, TrainingDiverged, lr_at
-from tests.fixtures import ddp_environment, free_port, make_text_store
+from tests.fixtures import (
+    comparable_metrics,
+    ddp_environment,
+    free_port,
+    interrupted_then_resumed,
+    make_text_store,
+)
 
 
 @pytest.fixture(scope="module")
@@ -78,36 +84,11 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_at(14, c, 14) == pytest.approx(0.1)
 
 
-class _Crash(RuntimeError):
-    pass
-
-
-def _records(run: Path) -> list[dict]:
-    return [
-        {k: v for k, v in r.items() if not k.startswith("perf/")}
-        for r in read_metrics(run / "metrics.jsonl")
-    ]
-
-
 def test_resume_reproduces_the_uninterrupted_run_exactly(store_path, tmp_path, monkeypatch):
     config = cfg(store_path, steps=10, checkpoint_every=4, eval_every=5, mixer="odm:warmup=0.2")
-    pretrain(config, tmp_path / "full", progress=False)
-
-    real = Trainer.train_interval
-
-    def crash_at_step_6(self, weights, steps=None):
-        if self.step == 6:
-            raise _Crash("simulated crash")
-        return real(self, weights, steps)
-
-    monkeypatch.setattr(Trainer, "train_interval", crash_at_step_6)
-    with pytest.raises(_Crash):
-        pretrain(config, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(Trainer, "train_interval", real)
-    assert latest_checkpoint(tmp_path / "cut").name == "step-00000004"
-    pretrain(config, tmp_path / "cut", resume=True, progress=False)
-
-    assert _records(tmp_path / "cut") == _records(tmp_path / "full")
+    start = interrupted_then_resumed(config, tmp_path / "full", tmp_path / "cut", 6, monkeypatch)
+    assert start.name == "step-00000004"
+    assert comparable_metrics(tmp_path / "cut") == comparable_metrics(tmp_path / "full")
     a = load_checkpoint(latest_checkpoint(tmp_path / "full"))
     b = load_checkpoint(latest_checkpoint(tmp_path / "cut"))
     assert a.step == b.step == 10

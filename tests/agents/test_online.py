@@ -17,7 +17,13 @@ from acodm.data.store import TokenStore
 from acodm.metrics import read_metrics
 from acodm.pretrain import pretrain
 from acodm.trainer import Trainer
-from tests.fixtures import ddp_environment, free_port, make_text_store
+from tests.fixtures import (
+    comparable_metrics,
+    ddp_environment,
+    free_port,
+    interrupted_then_resumed,
+    make_text_store,
+)
 
 REF = ("prose",)
 
@@ -123,17 +129,6 @@ def test_console_run_reports_features_and_scores_the_windows(annotated):
         np.testing.assert_array_equal(tr.sampler.window_scores(i), tr.console.window_scores(i))
 
 
-def _records(run: Path) -> list[dict]:
-    return [
-        {k: v for k, v in r.items() if not k.startswith("perf/")}
-        for r in read_metrics(run / "metrics.jsonl")
-    ]
-
-
-class _Crash(Exception):
-    pass
-
-
 def test_console_run_resumes_exactly(annotated, tmp_path, monkeypatch):
     # long windows, so that domains cross epochs
     config = cfg(
@@ -146,21 +141,9 @@ def test_console_run_resumes_exactly(annotated, tmp_path, monkeypatch):
         eval_windows=2,
         console_temperature=0.5,
     )
-    pretrain(config, tmp_path / "full", progress=False)
-    real = Trainer.train_interval
-
-    def crash(self, weights, steps=None):
-        if self.step == 20:
-            raise _Crash
-        return real(self, weights, steps)
-
-    monkeypatch.setattr(Trainer, "train_interval", crash)
-    with pytest.raises(_Crash):
-        pretrain(config, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(Trainer, "train_interval", real)
-    assert latest_checkpoint(tmp_path / "cut").name == "step-00000016"
-    pretrain(config, tmp_path / "cut", resume=True, progress=False)
-    assert _records(tmp_path / "cut") == _records(tmp_path / "full")
+    start = interrupted_then_resumed(config, tmp_path / "full", tmp_path / "cut", 20, monkeypatch)
+    assert start.name == "step-00000016"
+    assert comparable_metrics(tmp_path / "cut") == comparable_metrics(tmp_path / "full")
     a = load_checkpoint(latest_checkpoint(tmp_path / "full"))
     b = load_checkpoint(latest_checkpoint(tmp_path / "cut"))
     assert a.state["console"] == b.state["console"] and a.state["sampler"] == b.state["sampler"]

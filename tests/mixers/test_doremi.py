@@ -16,7 +16,6 @@ from acodm.config import debug_cpu
 from acodm.data.store import TokenStore
 from acodm.errors import AcodmError
 from acodm.io import read_json
-from acodm.metrics import read_metrics
 from acodm.mixers import DoReMiMixer, MixerError, make_mixer
 from acodm.mixers.doremi import (
     REFERENCE_FORMAT,
@@ -31,7 +30,7 @@ from acodm.mixers.static import read_weight_file
 from acodm.models import build_model
 from acodm.pretrain import pretrain
 from acodm.trainer import Trainer
-from tests.fixtures import make_text_store
+from tests.fixtures import comparable_metrics, interrupted_then_resumed, make_text_store
 from tests.mixers.util import feedback, make_ctx
 
 
@@ -254,26 +253,8 @@ def test_resume_reproduces_the_uninterrupted_proxy_run_exactly(
         steps=8, checkpoint_every=4, eval_every=4, mixer=f"doremi:ref={tmp_path / 'ref.json'}"
     )
     assert ref["losses"]
-    pretrain(config, tmp_path / "full", progress=False)
-
-    real = Trainer.train_interval
-
-    def crash_at_step_6(self, weights, steps=None):
-        if self.step == 6:
-            raise RuntimeError("simulated crash")
-        return real(self, weights, steps)
-
-    monkeypatch.setattr(Trainer, "train_interval", crash_at_step_6)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        pretrain(config, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(Trainer, "train_interval", real)
-    pretrain(config, tmp_path / "cut", resume=True, progress=False)
-
-    def records(run):
-        rows = read_metrics(run / "metrics.jsonl")
-        return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
-
-    assert records(tmp_path / "cut") == records(tmp_path / "full")
+    interrupted_then_resumed(config, tmp_path / "full", tmp_path / "cut", 6, monkeypatch)
+    assert comparable_metrics(tmp_path / "cut") == comparable_metrics(tmp_path / "full")
     a = load_checkpoint(latest_checkpoint(tmp_path / "full"))
     b = load_checkpoint(latest_checkpoint(tmp_path / "cut"))
     assert a.state["mixer"] == b.state["mixer"]

@@ -19,7 +19,7 @@ from acodm.policies import train as train_mod
 from acodm.policies.agent import AgentConfig, small
 from acodm.policies.export import ACTOR_FILE
 from acodm.policies.train import TrainPolicyError, train_policy
-from tests.fixtures import make_text_store
+from tests.fixtures import comparable_metrics, interrupted_then_resumed, make_text_store
 
 OVERRIDES = {"steps": 8, "warmup_steps": 1, "device": "cpu", "eval_every": 0}
 EPISODES, STEPS_PER_EPISODE = 2, 3
@@ -134,10 +134,6 @@ def test_resume_with_changed_settings_still_errors(full: Path, store: Path) -> N
 # ----------------------------------------------------------------------------- non-proxy mode
 
 
-class _Crash(RuntimeError):
-    pass
-
-
 @pytest.mark.parametrize("crash_step", [6, 10], ids=["during-warmup", "while-learning"])
 def test_pretrain_with_the_ddpg_mixer_resumes_exactly(
     store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_step: int
@@ -148,8 +144,6 @@ def test_pretrain_with_the_ddpg_mixer_resumes_exactly(
 
     from acodm.checkpoint import latest_checkpoint, load_checkpoint
     from acodm.config import debug_cpu
-    from acodm.pretrain import pretrain
-    from acodm.trainer import Trainer
 
     # 8 intervals, 7 transitions, 2 of them warm-up; checkpoints at steps 4, 8, 12, 16.
     config = debug_cpu(str(store)).replace(
@@ -160,27 +154,8 @@ def test_pretrain_with_the_ddpg_mixer_resumes_exactly(
         device="cpu",
         mixer="ddpg:warmup=0.25,seed=1",
     )
-    pretrain(config, tmp_path / "full", progress=False)
-    real = Trainer.train_interval
-
-    def crash(self: Trainer, weights: Any, steps: int | None = None) -> Any:
-        if self.step == crash_step:
-            raise _Crash
-        return real(self, weights, steps)
-
-    monkeypatch.setattr(Trainer, "train_interval", crash)
-    with pytest.raises(_Crash):
-        pretrain(config, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(Trainer, "train_interval", real)
-    pretrain(config, tmp_path / "cut", resume=True, progress=False)
-
-    def records(run: Path) -> list[dict[str, Any]]:
-        return [
-            {k: v for k, v in r.items() if not k.startswith("perf/")}
-            for r in read_metrics(run / "metrics.jsonl")
-        ]
-
-    assert records(tmp_path / "cut") == records(tmp_path / "full")
+    interrupted_then_resumed(config, tmp_path / "full", tmp_path / "cut", crash_step, monkeypatch)
+    assert comparable_metrics(tmp_path / "cut") == comparable_metrics(tmp_path / "full")
     a = load_checkpoint(latest_checkpoint(tmp_path / "full"))  # type: ignore[arg-type]
     b = load_checkpoint(latest_checkpoint(tmp_path / "cut"))  # type: ignore[arg-type]
     assert a.state["mixer"] == b.state["mixer"]
