@@ -345,7 +345,10 @@ class Trainer:
             windows = np.concatenate([p[1] for p in parts])
             credits = None if credits is None else np.concatenate([p[2] for p in parts])
         if credits is not None and credits.size != domains.size:
-            credits = None  # a backward without hooks (cannot happen in this loop): no update
+            raise AcodmError(
+                f"the console recorded {domains.size} sequences but the alignment hooks credited "
+                f"{credits.size}: every training micro-batch must run forward and backward once"
+            )
         features = console.close_interval(domains, windows, credits)
         ga.set_reference(ga.reference_gradient(console.reference_ids))
         sampler = self._scored_sampler()
