@@ -336,6 +336,16 @@ def _add_annotate_command(sub: argparse._SubParsersAction) -> None:
         "Face sequence-classification folder (safetensors weights) or module:function "
         "(a callable texts -> one float per text, higher = better)",
     )
+    a.add_argument(
+        "--topic-backend",
+        choices=("auto", "embeddings", "tfidf"),
+        default="auto",
+        help="topic agent: sentence embeddings (the `topic` extra's bundled all-MiniLM-L6-v2, "
+        "or --embedding-model) or TF-IDF + SVD; auto: embeddings when a model is installed",
+    )
+    a.add_argument(
+        "--embedding-model", type=Path, default=None, help="a local sentence-encoder folder"
+    )
     a.add_argument("--overwrite", action="store_true", help="re-annotate a changed store")
     a.add_argument("--quiet", action="store_true")
     a.set_defaults(func=_cmd_annotate)
@@ -353,8 +363,12 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         quality_scorer=args.quality_scorer,
+        topic_backend=args.topic_backend,
+        embedding_model=args.embedding_model,
     )
     ann = load_annotations(args.store)
+    emb = ann.meta["settings"].get("topic_embeddings")
+    print(f"topics: {'sentence embeddings of ' + emb['path'] if emb else 'TF-IDF + SVD'}")
     rows = [
         [
             d,

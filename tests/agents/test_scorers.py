@@ -298,3 +298,48 @@ def test_hf_folder_errors(store: Path, tmp_path: Path) -> None:
     for label in ("nope", 3, -1):
         with pytest.raises(AnnotationError, match="is not a label"):
             hf_sequence_classifier(tmp_path / "clf", label=label)
+
+
+# --- the topic agent's sentence-embedding backend ----------------------------------------------
+
+
+def test_topic_embeddings_backend_with_a_local_encoder(store: Path, tmp_path: Path) -> None:
+    import json
+
+    import torch
+
+    from acodm.agents.topic import sentence_embeddings
+
+    enc, tok = _save_hf(tmp_path / "enc", store, head=False)
+    texts = ["def f(x): return x", "the quick brown fox", "1 + 2 = 3"]
+    emb = sentence_embeddings(texts, tmp_path / "enc", batch_size=2)
+    assert emb.shape == (3, 16)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-6)
+    with torch.no_grad():  # mean pooling over the real tokens, then L2 (all-MiniLM's recipe)
+        one = tok([texts[1]], return_tensors="pt")
+        want = torch.nn.functional.normalize(enc(**one).last_hidden_state.mean(1), dim=-1)
+    np.testing.assert_allclose(emb[1], want[0].double().numpy(), atol=1e-5)
+
+    out = annotate_store(
+        store,
+        reference_domains=REF,
+        topic_backend="embeddings",
+        embedding_model=tmp_path / "enc",
+        n_topics=4,
+        progress=False,
+    )
+    ann = load_annotations(store)
+    assert ann.n_topics == 4 and ann.meta["settings"]["topic_embeddings"]["weights_sha256"]
+    assert all(t.min() >= 0 and t.max() < 4 for t in ann.topic.values())
+    assert json.loads((out / "topic" / "topic.json").read_text())["backend"] == "embeddings"
+    with pytest.raises(AnnotationError, match="settings"):  # TF-IDF is another setting
+        annotate_store(store, reference_domains=REF, n_topics=4, progress=False)
+
+
+def test_topic_backend_choice_and_errors(store: Path, tmp_path: Path) -> None:
+    annotate_store(store, reference_domains=REF, topic_backend="auto", progress=False)
+    assert "topic_embeddings" not in load_annotations(store).meta["settings"]  # no model: TF-IDF
+    with pytest.raises(AnnotationError, match="topic extra"):
+        annotate_store(store, reference_domains=REF, topic_backend="embeddings", progress=False)
+    with pytest.raises(AnnotationError, match="topic_backend"):
+        annotate_store(store, reference_domains=REF, topic_backend="lda", progress=False)
