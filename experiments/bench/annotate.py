@@ -20,7 +20,7 @@ import numpy as np
 from common import machine
 
 from acodm.agents.quality import degrade, roc_auc, train_quality
-from acodm.agents.topic import TopicModel, nmi, purity
+from acodm.agents.topic import TopicModel, kmeans, nmi, purity, sentence_embeddings
 from acodm.data.corpus import Corpus
 
 REFERENCE = ("wiki", "books", "speeches")
@@ -31,6 +31,14 @@ def main() -> None:
     ap.add_argument("--corpus", default="/tmp/c5")
     ap.add_argument("--json", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--topic-docs", type=int, default=0, help="wiki documents for the topic agent (0: all)"
+    )
+    ap.add_argument(
+        "--embeddings",
+        action="store_true",
+        help="also cluster sentence embeddings (needs the topic extra) on the same documents",
+    )
     args = ap.parse_args()
     corpus = Corpus(args.corpus)
     rng = np.random.default_rng(args.seed)
@@ -59,6 +67,9 @@ def main() -> None:
         bad = clf.score(degrade(test[d], seed=100 + i))
         within[d] = roc_auc(np.r_[np.ones(len(bad)), np.zeros(len(bad))], np.r_[scores[d], bad])
     wiki = list(corpus.iter_documents("wiki"))
+    if 0 < args.topic_docs < len(wiki):
+        keep = np.sort(np.random.default_rng(args.seed).choice(len(wiki), args.topic_docs, False))
+        wiki = [wiki[i] for i in keep]
     topics = np.array([str((doc.meta or {}).get("topic")) for doc in wiki])
     t0 = time.perf_counter()
     pred = TopicModel().fit([doc.text for doc in wiki], k=12, seed=args.seed)
@@ -75,6 +86,13 @@ def main() -> None:
         "topic_docs": len(wiki),
         "machine": machine(),
     }
+    if args.embeddings:
+        t0 = time.perf_counter()
+        emb = sentence_embeddings([doc.text for doc in wiki], progress=True)
+        _, emb_pred, _ = kmeans(emb, 12, seed=args.seed)
+        result["topic_embeddings_nmi"] = nmi(topics, emb_pred)
+        result["topic_embeddings_purity"] = purity(topics, emb_pred)
+        result["topic_embeddings_docs_per_s"] = len(wiki) / (time.perf_counter() - t0)
     print(json.dumps(result, indent=2))
     if args.json:
         with open(args.json, "w") as f:
