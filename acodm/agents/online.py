@@ -130,14 +130,19 @@ class OnlineConsole:
         self._pending.clear()
         return d, w
 
-    def _labels(self, domains: np.ndarray, windows: np.ndarray) -> dict[str, np.ndarray]:
+    def _labels(
+        self, domains: np.ndarray, windows: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Each item's agent labels (by agent name) and its quality score."""
         qb = np.empty(domains.size, dtype=np.int64)
         tp = np.empty(domains.size, dtype=np.int64)
+        quality = np.empty(domains.size, dtype=np.float64)
         for i in np.unique(domains).tolist():
             m = domains == i
             qb[m] = self.quality_bin[i][windows[m]]
             tp[m] = self.topic[i][windows[m]]
-        return {"quality": qb, "domain": domains, "topic": tp}
+            quality[m] = self.quality[i][windows[m]]
+        return {"quality": qb, "domain": domains, "topic": tp}, quality
 
     def _seen_before(self, domains: np.ndarray, windows: np.ndarray) -> np.ndarray:
         """Times each item's window was drawn before this draw (earlier intervals and earlier
@@ -169,10 +174,7 @@ class OnlineConsole:
         """
         d = np.asarray(domains, dtype=np.int64).reshape(-1)
         w = np.asarray(windows, dtype=np.int64).reshape(-1)
-        labels = self._labels(d, w)
-        quality = np.empty(d.size, dtype=np.float64)
-        for i in np.unique(d).tolist():
-            quality[d == i] = self.quality[i][w[d == i]]
+        labels, quality = self._labels(d, w)
         seen = self._seen_before(d, w)
         features = interval_features(
             d, quality, labels["topic"], seen, n_domains=self.k, n_topics=self.n_topics
