@@ -381,7 +381,8 @@ def check_domains(
     if not allow_reorder:
         raise PolicyError(
             f"domains {given} are the policy's {list(policy.domains)} in another "
-            "order; build the run in the policy's order (or pass allow_reorder=True "
-            "and follow check_domains' docstring)"
+            "order; let acodm map them by name with `--mixer actor:PATH,reorder=1` on the "
+            "command line (Python: MixingController(..., allow_reorder=True)), or build "
+            "the run in the policy's order"
         )
     return tuple(given.index(d) for d in policy.domains)

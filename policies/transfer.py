@@ -45,7 +45,13 @@ import torch
 from torch import nn
 
 from acodm.dynamics.alignment import GradientAlignment
-from acodm.dynamics.features import Dynamics, LayerStats, LossTracker, measure_interval
+from acodm.dynamics.features import (
+    Dynamics,
+    LayerStats,
+    LossTracker,
+    measure_interval,
+    permute_domains,
+)
 from acodm.envs.spaces import ObservationSpec, SpaceError, build_observation
 from acodm.mixers.base import IntervalFeedback, Mixer, MixerContext, MixerError
 from acodm.mixers.spec import register_mixer, require_arg
@@ -80,14 +86,24 @@ class MixingController:
     must be the policy's, see :func:`check_domains`); the caller hands them to its sampler.
     ``weights`` starts uniform (the env's first interval). ``n_layers`` (the run's monitored
     layer count), when known, is checked at once; else at the first :meth:`observe`.
+    ``allow_reorder``: the run may list the policy's domains in another order; the controller
+    then reads the dynamics in the policy's order (:func:`permute_domains`) and returns the
+    weights in the run's order, so the caller never permutes anything.
     """
 
     def __init__(
-        self, policy: MixingPolicy, domains: Sequence[str], *, n_layers: int | None = None
+        self,
+        policy: MixingPolicy,
+        domains: Sequence[str],
+        *,
+        n_layers: int | None = None,
+        allow_reorder: bool = False,
     ) -> None:
         self.policy = policy
         self.spec = _observation_spec(policy)
-        check_domains(policy, list(domains))  # PolicyError naming missing / extra domains
+        # PolicyError naming missing / extra domains; order[i]: run index of policy domain i
+        order = check_domains(policy, list(domains), allow_reorder=allow_reorder)
+        self._order: tuple[int, ...] | None = None if order == tuple(range(len(order))) else order
         self.domains: tuple[str, ...] = tuple(domains)
         if n_layers is not None:
             self._check_layers(n_layers)
@@ -96,10 +112,15 @@ class MixingController:
 
     @classmethod
     def load(
-        cls, path: str | Path, domains: Sequence[str], *, n_layers: int | None = None
+        cls,
+        path: str | Path,
+        domains: Sequence[str],
+        *,
+        n_layers: int | None = None,
+        allow_reorder: bool = False,
     ) -> MixingController:
         """Load ``path`` (export folder or ``policy.json``; never unpickles) for ``domains``."""
-        return cls(MixingPolicy.load(path), domains, n_layers=n_layers)
+        return cls(MixingPolicy.load(path), domains, n_layers=n_layers, allow_reorder=allow_reorder)
 
     @property
     def k(self) -> int:
@@ -120,13 +141,20 @@ class MixingController:
     def observation(self, dynamics: Dynamics) -> np.ndarray:
         """The policy's observation vector for one interval's dynamics (float32)."""
         self._check_layers(int(np.asarray(dynamics.weight_norm).size))
+        if self._order is not None:
+            dynamics = permute_domains(dynamics, self._order)
         return build_observation(dynamics, self.spec)
 
     def observe(self, dynamics: Dynamics) -> np.ndarray:
-        """Weights for the next interval from the interval that just ended; also kept."""
+        """Weights for the next interval (run order) from the interval that just ended; kept."""
         obs = self.observation(dynamics)
         self.last_observation = obs
-        self.weights = np.asarray(self.policy.weights(obs), dtype=np.float64)
+        w = np.asarray(self.policy.weights(obs), dtype=np.float64)  # the policy's order
+        if self._order is not None:
+            w_run = np.empty_like(w)
+            w_run[list(self._order)] = w
+            w = w_run
+        self.weights = w
         return self.weights.copy()
 
     def weight_dict(self) -> dict[str, float]:
@@ -258,9 +286,10 @@ class ActorMixer(Mixer):
 
     name = "actor"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, reorder: bool = False) -> None:
         super().__init__()
         self.path = str(path)
+        self.reorder = bool(reorder)
         try:
             self.policy = MixingPolicy.load(path)
             _observation_spec(self.policy)
@@ -269,11 +298,11 @@ class ActorMixer(Mixer):
         self.controller: MixingController | None = None
 
     def describe(self) -> str:
-        return f"actor:{self.path}"
+        return f"actor:{self.path}" + (",reorder=1" if self.reorder else "")
 
     def _prepare(self, ctx: MixerContext) -> None:
         try:
-            self.controller = MixingController(self.policy, ctx.domains)
+            self.controller = MixingController(self.policy, ctx.domains, allow_reorder=self.reorder)
         except PolicyError as e:
             raise MixerError(str(e)) from e
         if ctx.interval != self.policy.interval:
@@ -312,8 +341,20 @@ class ActorMixer(Mixer):
             self._ctl().weights = w
 
 
+_REORDER = {"1": True, "true": True, "0": False, "false": False}
+
+
 def _factory(arg: str | None) -> Mixer:
-    return ActorMixer(require_arg("actor", arg, "actor:runs/policy"))
+    """``actor:PATH`` or ``actor:PATH,reorder=1`` (the option only as the last item, so a
+    path may hold commas)."""
+    path = require_arg("actor", arg, "actor:runs/policy")
+    head, sep, tail = path.rpartition(",")
+    key, eq, value = tail.partition("=")
+    if sep and eq and key.strip() == "reorder":
+        if value.strip().lower() not in _REORDER:
+            raise MixerError(f"actor option reorder must be 1 or 0, got {value!r}")
+        return ActorMixer(head.strip(), reorder=_REORDER[value.strip().lower()])
+    return ActorMixer(path)
 
 
 register_mixer("actor", _factory, replace=True)

@@ -11,6 +11,7 @@ learned on a small proxy reads the same vector on a larger target.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -50,6 +51,30 @@ class Dynamics:
     weight_distance: np.ndarray
     agents: Mapping[str, np.ndarray] = field(default_factory=dict)
     console_alpha: Mapping[str, float] = field(default_factory=dict)
+
+
+def permute_domains(dynamics: Dynamics, order: Sequence[int]) -> Dynamics:
+    """``dynamics`` with its per-domain entries in another domain order.
+
+    Entry ``i`` of the result is entry ``order[i]`` of ``dynamics`` (every length-k vector,
+    the agents' features, both axes of the Gram); per-layer values and progress are unchanged.
+    Lets a policy trained on domains listed in one order read a run that lists them in another.
+    """
+    idx = np.asarray(order, dtype=np.int64)
+    if sorted(idx.tolist()) != list(range(len(dynamics.loss))):
+        raise ValueError(
+            f"order {list(order)} is not a permutation of {len(dynamics.loss)} domains"
+        )
+    return dataclasses.replace(
+        dynamics,
+        loss=dynamics.loss[idx],
+        loss_change=dynamics.loss_change[idx],
+        share=dynamics.share[idx],
+        epochs=dynamics.epochs[idx],
+        alignment=dynamics.alignment[idx],
+        gram=dynamics.gram[np.ix_(idx, idx)],
+        agents={name: np.asarray(v)[idx] for name, v in dynamics.agents.items()},
+    )
 
 
 class LayerStats:

@@ -139,6 +139,66 @@ def test_domain_mismatch_in_the_controller(policy_dir):
         MixingController.load(policy_dir, ["numbers", "code", "prose"])
 
 
+def _dynamics(k: int, seed: int):
+    from acodm.dynamics.features import Dynamics
+
+    rng = np.random.default_rng(seed)
+    gram = rng.normal(size=(k, k))
+    return Dynamics(
+        step=4,
+        progress=0.5,
+        loss=rng.uniform(2, 5, k),
+        loss_change=rng.normal(size=k),
+        share=rng.dirichlet(np.ones(k)),
+        epochs=rng.uniform(0, 3, k),
+        alignment=rng.normal(size=k),
+        gram=gram @ gram.T,
+        weight_norm=rng.uniform(1, 2, 3),
+        weight_distance=rng.uniform(0, 1, 3),
+    )
+
+
+def test_reordered_domains_are_mapped_by_name(policy_dir):
+    """With allow_reorder the controller reads the run's dynamics in the policy's order and
+    answers in the run's order: each domain gets the weight the policy gives it by name."""
+    from acodm.dynamics.features import permute_domains
+
+    policy = MixingPolicy.load(policy_dir)
+    names = list(policy.domains)
+    run_names = [names[2], names[0], names[1]]
+    order = [run_names.index(d) for d in names]  # run index of each policy domain
+    dyn_run = _dynamics(3, seed=0)
+    ctl = MixingController(policy, run_names, allow_reorder=True)
+    w_run = ctl.observe(dyn_run)
+    dyn_policy = permute_domains(dyn_run, order)
+    assert dyn_policy.loss[0] == dyn_run.loss[order[0]]
+    np.testing.assert_array_equal(dyn_policy.gram, dyn_run.gram[np.ix_(order, order)])
+    w_policy = policy.weights(build_observation(dyn_policy, ctl.spec))
+    assert np.abs(w_policy - 1 / 3).max() > 1e-3  # the test can tell orders apart
+    for i, d in enumerate(names):
+        assert w_run[run_names.index(d)] == pytest.approx(w_policy[i], rel=1e-12)
+    assert ctl.weight_dict() == pytest.approx(dict(zip(names, w_policy, strict=True)))
+    same = MixingController(policy, names)
+    np.testing.assert_allclose(same.observe(dyn_policy), w_policy, rtol=1e-12)
+
+
+def test_reorder_from_the_mixer_spec(text_store, policy_dir, tmp_path):
+    """`--mixer actor:PATH,reorder=1`: the CLI way to run a store in another order."""
+    names = list(MixingPolicy.load(policy_dir).domains)
+    with pytest.raises(MixerError, match=r"actor:PATH,reorder=1"):
+        ActorMixer(policy_dir).setup(MixerContext(names[::-1], np.ones(3), 6, 128, interval=K))
+    mixer = make_mixer(f"actor:{policy_dir},reorder=1")
+    assert isinstance(mixer, ActorMixer) and mixer.reorder
+    assert make_mixer(mixer.describe()).describe() == mixer.describe()
+    assert not make_mixer(f"actor:{policy_dir},reorder=0").reorder  # type: ignore[attr-defined]
+    with pytest.raises(MixerError, match="reorder must be 1 or 0"):
+        make_mixer(f"actor:{policy_dir},reorder=yes")
+    store = make_position_store(tmp_path / "rev", {d: 3000 for d in names[::-1]})
+    cfg = config(store.path, policy_dir, mixer=mixer.describe(), steps=4)
+    summary = pretrain(cfg, tmp_path / "run", progress=False)
+    assert summary["steps"] == 4
+
+
 def test_domain_mismatch_in_pretrain(policy_dir, tmp_path):
     store = make_position_store(tmp_path / "other", {"code": 4000, "wiki": 4000})
     cfg = config(store.path, policy_dir, steps=2)
