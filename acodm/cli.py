@@ -133,7 +133,7 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
         str,
         "model preset (tiny, 14m, 31m, 70m, 160m, 410m, 1b) or config folder",
     ),
-    ("--mixer", "mixer", str, "uniform | natural | file:PATH | temperature:T | unimax:N | odm"),
+    ("--mixer", "mixer", str, "MIXERS"),  # the help lists the registry (_flag_help)
     ("--steps", "steps", int, "optimizer steps (or --tokens)"),
     ("--tokens", "tokens", int, "token budget (instead of --steps)"),
     ("--seq-len", "seq_len", int, "tokens per sequence"),
@@ -165,6 +165,15 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
 ]
 
 
+def _flag_help(text: str) -> str:
+    if text != "MIXERS":
+        return text
+    from acodm.mixers import mixer_usage
+
+    # argparse %-formats help strings: the usages' brackets are fine, a '%' would not be
+    return "domain weights: " + " | ".join(mixer_usage()).replace("%", "%%")
+
+
 def _add_pretrain_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pretrain",
@@ -177,7 +186,7 @@ def _add_pretrain_command(sub: argparse._SubParsersAction) -> None:
         "--preset", default=None, help="run preset: debug_cpu, cpu_small, pythia_160m, pythia_410m"
     )
     for flag, _, typ, text in _TRAIN_FLAGS:
-        p.add_argument(flag, type=typ, default=None, help=text)
+        p.add_argument(flag, type=typ, default=None, help=_flag_help(text))
     p.add_argument(
         "--exact-alignment",
         action="store_true",
@@ -441,12 +450,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from acodm.report import format_comparison, load_curves
+    from acodm.report import format_comparison, load_curves, run_mismatches
 
     names = [p.name for p in args.runs]
     if len(set(names)) != len(names):
         raise AcodmError(f"run folder names must differ to label them: {names}")
     curves = {n: load_curves(n, p) for n, p in zip(names, args.runs, strict=True)}
+    for warning in run_mismatches(dict(zip(names, args.runs, strict=True))):
+        print(f"acodm: warning: {warning}", file=sys.stderr)
     print(format_comparison(curves, focus=args.focus))
     if args.plots:
         from acodm.plots import plot_validation, plot_weights

@@ -25,6 +25,16 @@ def _pyplot() -> Any:
     return plt
 
 
+def _axes(figsize: tuple[float, float]) -> tuple[Any, Any]:
+    """A figure with one axes whose x axis counts steps: integer ticks only (no 2.5)."""
+    plt = _pyplot()  # first: a clear error without matplotlib
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=figsize)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig, ax
+
+
 def _save(fig: Any, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -37,7 +47,6 @@ def _save(fig: Any, out: str | Path) -> Path:
 
 def plot_weights(run_dir: str | Path, out: str | Path, title: str = "domain weights") -> Path:
     """Stacked area plot of ``mix/weight/<domain>`` over training steps."""
-    plt = _pyplot()
     recs = [
         r
         for r in read_metrics(Path(run_dir) / "metrics.jsonl")
@@ -47,7 +56,7 @@ def plot_weights(run_dir: str | Path, out: str | Path, title: str = "domain weig
         raise AcodmError(f"{run_dir} has no logged weights to plot")
     domains = [k.removeprefix("mix/weight/") for k in recs[0] if k.startswith("mix/weight/")]
     steps = [r["step"] for r in recs]
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = _axes((8, 4))
     ax.stackplot(
         steps, [[r[f"mix/weight/{d}"] for r in recs] for d in domains], labels=domains, step="pre"
     )
@@ -58,8 +67,7 @@ def plot_weights(run_dir: str | Path, out: str | Path, title: str = "domain weig
 
 def plot_validation(runs: Mapping[str, str | Path], out: str | Path) -> Path:
     """Mean (solid) and worst-domain (dashed) validation perplexity of several runs."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = _axes((8, 4))
     for name, run_dir in runs.items():
         recs = [
             r
@@ -88,7 +96,6 @@ def plot_validation(runs: Mapping[str, str | Path], out: str | Path) -> Path:
 
 def plot_reward(run_dir: str | Path, out: str | Path) -> Path:
     """The agent's reward per environment step (with a running mean)."""
-    plt = _pyplot()
     recs = [
         r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if r.get("rl/reward") is not None
     ]
@@ -100,7 +107,7 @@ def plot_reward(run_dir: str | Path, out: str | Path) -> Path:
         sum(rewards[max(0, i - window + 1) : i + 1]) / len(rewards[max(0, i - window + 1) : i + 1])
         for i in range(len(rewards))
     ]
-    fig, ax = plt.subplots(figsize=(8, 3))
+    fig, ax = _axes((8, 3))
     ax.plot(rewards, alpha=0.4, label="reward")
     ax.plot(running, label=f"running mean ({window})")
     ax.set(xlabel="environment step", ylabel="reward", title="agent reward (proxy training)")

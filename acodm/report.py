@@ -79,6 +79,48 @@ def compare(runs: Mapping[str, RunCurves]) -> dict[str, Any]:
     return out
 
 
+def _setting(config: Mapping[str, Any], what: str) -> Any:
+    train = config.get("train", {})
+    store = config.get("store", {})
+    if what == "model":
+        return train.get("model")
+    if what == "store":  # the data, not where it lies: the same store copied elsewhere is equal
+        return store.get("corpus_hash"), store.get("tokenizer_sha256"), store.get("domains")
+    steps, per_step = config.get("total_steps"), config.get("tokens_per_step")
+    return None if steps is None or per_step is None else int(steps) * int(per_step)
+
+
+def run_mismatches(run_dirs: Mapping[str, str | Path]) -> list[str]:
+    """Warnings for runs that should not be compared: other model, store or token budget.
+
+    Reads each run's ``config.json`` (written by ``acodm pretrain``); a run without one is
+    named in a warning too, since nothing can be checked for it.
+    """
+    from acodm.io import read_json
+
+    configs: dict[str, Mapping[str, Any]] = {}
+    out = []
+    for name, folder in run_dirs.items():
+        path = Path(folder) / "config.json"
+        if path.is_file():
+            configs[name] = read_json(path, "run config")
+        else:
+            out.append(f"run {name!r} has no config.json: its model, store and budget are unknown")
+    labels = {"model": "models", "store": "stores (data or tokenizer)", "tokens": "token budgets"}
+    for what, label in labels.items():
+        values = {n: _setting(c, what) for n, c in configs.items()}
+        if len({repr(v) for v in values.values()}) > 1:
+            shown = ", ".join(f"{n}: {_short(v)}" for n, v in values.items())
+            out.append(f"the runs differ in their {label} ({shown}); the comparison is unfair")
+    return out
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, tuple):  # (corpus hash, tokenizer hash, domains)
+        return "/".join(str(v)[:12] if isinstance(v, str) else str(v) for v in value[:2])
+    return str(value)
+
+
 def format_comparison(runs: Mapping[str, RunCurves], focus: str | None = None) -> str:
     """Plain-text tables (overall, per domain) and, for ``focus``, an honest verdict."""
     names = list(runs)

@@ -10,7 +10,13 @@ import pytest
 from acodm.cli import main
 from acodm.errors import AcodmError
 from acodm.plots import plot_validation, plot_weights
-from acodm.report import compare, format_comparison, load_curves, steps_to_reach
+from acodm.report import (
+    compare,
+    format_comparison,
+    load_curves,
+    run_mismatches,
+    steps_to_reach,
+)
 
 
 def write_run(folder: Path, ppl: list[float], weights: list[float]) -> Path:
@@ -68,6 +74,27 @@ def test_plots_are_written(runs, tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
+def test_plots_have_integer_step_ticks(tmp_path, monkeypatch):
+    """A short run (steps 0..5) would get ticks 0, 0.5, 1, ... without the integer locator."""
+    from acodm import plots
+
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, out: figures.append(fig) or save(fig, out))
+    short = write_run(tmp_path / "short", [100, 80, 60], [0.6, 0.4])
+    lines = [json.dumps({"step": i, "rl/reward": 0.1 * i}) for i in range(6)]
+    (short / "metrics.jsonl").write_text(
+        (short / "metrics.jsonl").read_text() + "\n".join(lines) + "\n"
+    )
+    plots.plot_weights(short, tmp_path / "w.png")
+    plots.plot_validation({"short": short}, tmp_path / "v.png")
+    plots.plot_reward(short, tmp_path / "r.png")
+    assert len(figures) == 3
+    for fig in figures:
+        ticks = fig.axes[0].get_xticks()
+        assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+
+
 def test_compare_cli(runs, tmp_path, capsys):
     assert (
         main(
@@ -85,6 +112,35 @@ def test_compare_cli(runs, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "reaches uniform's best at" in out and "steps saved" in out
     assert (tmp_path / "p" / "validation.png").is_file()
+
+
+def _config(folder: Path, *, model: str = "14m", corpus: str = "c1", steps: int = 30) -> None:
+    cfg = {
+        "train": {"model": model, "store": "/somewhere"},
+        "store": {"corpus_hash": corpus, "tokenizer_sha256": "t1", "domains": ["a", "b"]},
+        "total_steps": steps,
+        "tokens_per_step": 2048,
+    }
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def test_compare_warns_when_runs_differ(runs, capsys):
+    for folder in runs.values():
+        _config(folder)
+    assert run_mismatches(runs) == []
+    _config(runs["slow"], model="70m", corpus="c2", steps=60)
+    warnings = run_mismatches(runs)
+    assert len(warnings) == 3
+    assert "models (policy: 14m, uniform: 14m, slow: 70m)" in warnings[0]
+    assert "stores" in warnings[1] and "c2" in warnings[1]
+    assert "token budgets (policy: 61440, uniform: 61440, slow: 122880)" in warnings[2]
+    assert main(["compare", *map(str, runs.values())]) == 0
+    err = capsys.readouterr().err
+    assert err.count("acodm: warning:") == 3 and "unfair" in err
+    (runs["slow"] / "config.json").unlink()
+    assert run_mismatches(runs) == [
+        "run 'slow' has no config.json: its model, store and budget are unknown"
+    ]
 
 
 def test_study_aggregates_seeds(runs, tmp_path):

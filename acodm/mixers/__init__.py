@@ -27,7 +27,13 @@ from acodm.mixers.base import (
 )
 from acodm.mixers.doremi import DoReMiMixer
 from acodm.mixers.odm import ODMMixer
-from acodm.mixers.spec import MixerFactory, known_mixers, make_mixer, register_mixer
+from acodm.mixers.spec import (
+    MixerFactory,
+    known_mixers,
+    make_mixer,
+    mixer_usage,
+    register_mixer,
+)
 from acodm.mixers.static import (
     FileMixer,
     NaturalMixer,
@@ -46,7 +52,7 @@ for _cls in (
     ODMMixer,
     DoReMiMixer,
 ):
-    register_mixer(_cls.name, _cls.from_spec_arg, replace=True)
+    register_mixer(_cls.name, _cls.from_spec_arg, replace=True, usage=_cls.usage)
 del _cls
 
 __all__ = [
@@ -65,6 +71,7 @@ __all__ = [
     "UniformMixer",
     "known_mixers",
     "make_mixer",
+    "mixer_usage",
     "normalize_weights",
     "register_mixer",
 ]

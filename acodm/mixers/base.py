@@ -172,6 +172,8 @@ class Mixer(ABC):
     """
 
     name: ClassVar[str]
+    #: How the spec is written, for help texts: ``"unimax:N"`` (:func:`~acodm.mixers.spec.mixer_usage`).
+    usage: ClassVar[str] = ""
 
     def __init__(self) -> None:
         self._ctx: MixerContext | None = None

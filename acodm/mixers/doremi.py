@@ -154,6 +154,7 @@ class DoReMiMixer(Mixer):
     """The DoReMi proxy run's mixer; see the module docstring for the formulas."""
 
     name = "doremi"
+    usage = "doremi:ref=REF.json[,eta=E,smooth=C]"
     OPTIONS = ("ref", "eta", "smooth")
 
     def __init__(

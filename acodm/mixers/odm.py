@@ -78,6 +78,7 @@ class ODMMixer(Mixer):
     """The ODM bandit baseline; see the module docstring for the formulas."""
 
     name = "odm"
+    usage = "odm[:warmup=W,alpha=A,static=SPEC]"
     OPTIONS = ("warmup", "alpha", "static")
 
     def __init__(self, warmup: float = 0.02, alpha: float = 0.5, static: str = "uniform") -> None:

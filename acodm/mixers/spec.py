@@ -27,35 +27,48 @@ MixerFactory = Callable[[str | None], Mixer]
 """Builds a mixer from the text after ``NAME:`` (``None`` when the spec has no ``:``)."""
 
 _REGISTRY: dict[str, MixerFactory] = {}
+_USAGE: dict[str, str] = {}  # NAME -> how its spec is written, for help texts
 #: Mixers registered by optional modules, imported on first use (core never imports policies
-#: at import time): NAME -> module whose import calls :func:`register_mixer` for NAME.
-_PLUGINS: dict[str, str] = {"actor": "acodm.policies.transfer", "ddpg": "acodm.policies.train"}
+#: at import time): NAME -> (module whose import calls :func:`register_mixer` for NAME, usage).
+_PLUGINS: dict[str, tuple[str, str]] = {
+    "actor": ("acodm.policies.transfer", "actor:PATH[,reorder=1]"),
+    "ddpg": ("acodm.policies.train", "ddpg[:warmup=F,seed=N,beta=B,eps=E]"),
+}
 _NAME = re.compile(r"[a-z][a-z0-9_\-]*")
 
 
-def register_mixer(name: str, factory: MixerFactory, *, replace: bool = False) -> None:
+def register_mixer(
+    name: str, factory: MixerFactory, *, replace: bool = False, usage: str | None = None
+) -> None:
     """Make ``make_mixer("NAME")`` / ``make_mixer("NAME:ARG")`` call ``factory(ARG or None)``.
 
     The factory raises :class:`MixerError` for a bad argument; :func:`make_mixer` adds the
-    spec to the message. Registering a taken name is an error unless ``replace``.
+    spec to the message. Registering a taken name is an error unless ``replace``. ``usage``
+    (e.g. ``"unimax:N"``, default ``NAME``) is how help texts show the spec.
     """
     if not _NAME.fullmatch(name):
         raise MixerError(f"mixer name {name!r} must be lowercase letters, digits, '_' or '-'")
     if name in _REGISTRY and not replace:
         raise MixerError(f"a mixer named {name!r} is already registered (pass replace=True)")
     _REGISTRY[name] = factory
+    _USAGE[name] = usage or (_PLUGINS[name][1] if name in _PLUGINS else name)
 
 
 def known_mixers() -> list[str]:
-    """The registered mixer names, sorted."""
-    return sorted(_REGISTRY)
+    """The mixer names :func:`make_mixer` accepts (registered or importable plugins), sorted."""
+    return sorted(set(_REGISTRY) | set(_PLUGINS))
+
+
+def mixer_usage() -> list[str]:
+    """How each known mixer's spec is written, in registration order, plugins last."""
+    return [*_USAGE.values(), *(u for n, (_, u) in _PLUGINS.items() if n not in _USAGE)]
 
 
 def _import_plugin(name: str) -> None:
     """Import the module that registers mixer ``name`` (see ``_PLUGINS``)."""
     import importlib
 
-    module = _PLUGINS[name]
+    module = _PLUGINS[name][0]
     try:
         importlib.import_module(module)  # registers the name as a side effect
     except ModuleNotFoundError as e:

@@ -42,6 +42,7 @@ class UniformMixer(StaticMixer):
     """``w_i = 1 / k``."""
 
     name = "uniform"
+    usage = "uniform"
 
     def _weights(self) -> np.ndarray:
         return np.full(self.ctx.k, 1.0 / self.ctx.k)
@@ -51,6 +52,7 @@ class NaturalMixer(StaticMixer):
     """``w_i = n_i / sum_j n_j`` with ``n_i`` the training tokens of domain ``i``."""
 
     name = "natural"
+    usage = "natural"
 
     def _weights(self) -> np.ndarray:
         return normalize_weights(self.ctx.domain_tokens)
@@ -70,6 +72,7 @@ class TemperatureMixer(StaticMixer):
     """Natural weights to the power ``T``, renormalised; ``T > 0``."""
 
     name = "temperature"
+    usage = "temperature:T"
 
     def __init__(self, temperature: float) -> None:
         super().__init__()
@@ -124,6 +127,7 @@ class FileMixer(StaticMixer):
     """
 
     name = "file"
+    usage = "file:PATH"
 
     def __init__(self, path: str | Path) -> None:
         super().__init__()

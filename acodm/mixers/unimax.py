@@ -47,6 +47,7 @@ class UniMaxMixer(StaticMixer):
     """
 
     name = "unimax"
+    usage = "unimax:N"
 
     def __init__(self, max_epochs: float) -> None:
         super().__init__()

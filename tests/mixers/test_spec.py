@@ -23,6 +23,23 @@ from acodm.mixers import spec as spec_module
 
 def test_known_mixers():
     assert {"uniform", "natural", "temperature", "file", "unimax", "odm"} <= set(known_mixers())
+    # the plugins and DoReMi are known before anything imports them (error messages, --help)
+    assert {"doremi", "actor", "ddpg"} <= set(known_mixers())
+
+
+def test_pretrain_help_lists_every_mixer(capsys):
+    """The --mixer help is generated from the registry, so it cannot drift from it."""
+    from acodm.cli import main
+    from acodm.mixers import mixer_usage
+
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    usages = mixer_usage()
+    assert {u.split(":")[0].split("[")[0] for u in usages} == set(known_mixers())
+    for usage in usages:
+        assert usage in text, usage
+    assert "actor:PATH[,reorder=1]" in usages and "unimax:N" in usages
 
 
 def test_simple_specs():
