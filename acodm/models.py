@@ -53,6 +53,7 @@ __all__ = [
     "ModelSpec",
     "build_model",
     "count_parameters",
+    "distinct_layers",
     "find_blocks",
     "get_preset",
     "gpt_neox_config",
@@ -162,7 +163,8 @@ class ModelSpec:
 def tiny() -> ModelSpec:
     """Seconds-long CPU preset for tests and smoke runs (~16k non-embedding params per block).
 
-    4 blocks rather than 2, so the default 3 monitored layers exist (see :func:`select_depths`).
+    4 blocks rather than 2, so the default 3 monitored layers are distinct (see
+    :func:`select_depths`).
     """
     return ModelSpec("tiny", layers=4, hidden=64, heads=4, intermediate=256, max_seq_len=512)
 
@@ -443,17 +445,22 @@ def select_depths(
     downwards, so the length never depends on the model (proxy and target observations must
     match). Upper half, count 3: 6 blocks -> [3, 4, 5]; 16 -> [8, 12, 15]; 24 -> [12, 18, 23].
     All depths, count 4: 6 -> [0, 2, 3, 5]; 16 -> [0, 5, 10, 15].
+
+    A model with fewer blocks than ``count`` (a 2-layer proxy): every block, evenly spread
+    over ``count`` slots, rounded half up, so the upper blocks repeat: 2 blocks, count 3 ->
+    [0, 1, 1]; 1 -> [0, 0, 0]. The list keeps its length (the observation too) and stays
+    sorted; only then does an index appear twice.
     """
     lo, hi = region
     if not 0.0 <= lo < hi <= 1.0:
         raise ModelError(f"depth region must satisfy 0 <= lo < hi <= 1, got {region}")
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ModelError(f"count must be a positive int, got {count!r}")
-    if count > num_blocks:
-        raise ModelError(
-            f"cannot monitor {count} distinct layers of a model with {num_blocks} blocks; "
-            f"use a model with at least {count} blocks or a smaller count"
-        )
+    if num_blocks < 1:
+        raise ModelError(f"a model needs at least one block to monitor, got {num_blocks}")
+    if count > num_blocks:  # monitor what exists: all blocks, the upper ones repeated
+        top = num_blocks - 1
+        return [(2 * j * top + count - 1) // (2 * (count - 1)) for j in range(count)]
     last = max(math.ceil(hi * num_blocks) - 1, 0)
     first = max(min(math.floor(lo * num_blocks), last - count + 1), 0)
     if count == 1:
@@ -461,6 +468,14 @@ def select_depths(
     span, gaps = last - first, count - 1
     # first + round_half_up(j * span / gaps), in integers so no float rounding can bite
     return [first + (2 * j * span + gaps) // (2 * gaps) for j in range(count)]
+
+
+def distinct_layers(layers: Sequence[tuple[str, nn.Linear]]) -> list[tuple[str, nn.Linear]]:
+    """``layers`` without repeats (first occurrence kept): what the gradient hooks watch."""
+    out: dict[str, nn.Linear] = {}
+    for name, module in layers:
+        out.setdefault(name, module)
+    return list(out.items())
 
 
 # Known names of an MLP's output ("down") projection, relative to its block, checked in order.
@@ -559,6 +574,10 @@ def monitored_layers(
     ``patterns``: fnmatch globs over ``named_modules()`` names that replace the rule (``count``
     and ``region`` are then ignored); each must match at least one module, and only
     ``nn.Linear`` modules, e.g. ``["model.layers.*.mlp.down_proj"]``.
+
+    With fewer blocks than ``count`` the same layer is listed more than once (see
+    :func:`select_depths`): its statistics fill several slots of the per-layer observation.
+    Hooks go on :func:`distinct_layers` of the list, so each layer is measured once.
     """
     if patterns is not None:
         return _match_patterns(model, patterns)

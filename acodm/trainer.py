@@ -43,7 +43,7 @@ from acodm.dynamics.alignment import GradientAlignment
 from acodm.dynamics.features import Dynamics, LayerStats, LossTracker, measure_interval
 from acodm.errors import AcodmError
 from acodm.mixers import IntervalFeedback, MixerContext
-from acodm.models import build_model, monitored_layers
+from acodm.models import build_model, distinct_layers, monitored_layers
 
 if TYPE_CHECKING:
     from acodm.agents.console import ScoredDomainSampler
@@ -172,14 +172,15 @@ class Trainer:
             self.model, count=cfg.monitored_layers, patterns=list(cfg.monitored_patterns) or None
         )
         self.layer_stats = LayerStats(self.monitored)
+        hooked = distinct_layers(self.monitored)  # a small model lists a layer twice
         # Without dynamics (static baselines, the overhead benchmark's reference) no hooks.
         self.alignment: GradientAlignment | None = (
             GradientAlignment(
-                self.monitored,
+                hooked,
                 self.k,
                 seed=cfg.seed,
                 device=self.device,
-                rank=effective_rank(cfg.alignment_rank, self.monitored),
+                rank=effective_rank(cfg.alignment_rank, hooked),
             )
             if cfg.dynamics
             else None
@@ -551,7 +552,7 @@ class Trainer:
             )
         except AcodmError as e:
             raise CheckpointError(f"checkpoint {ckpt.path}: {e}") from e
-        n = len(self.monitored)
+        n = len(self.alignment.names)
         refs = [ckpt.extra.get(f"console/reference/{i}") for i in range(n)]
         if all(r is not None for r in refs):
             self.alignment.set_reference([r for r in refs if r is not None], normalized=True)

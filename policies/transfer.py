@@ -199,14 +199,15 @@ class DynamicsProbe:
         rank: int | None = 256,
         seed: int = 0,
     ) -> None:
-        from acodm.models import monitored_layers
+        from acodm.models import distinct_layers, monitored_layers
 
         self.domains = tuple(domains)
         self.k = len(self.domains)
         mods = list(monitored) if monitored is not None else monitored_layers(model, count=count)
         self.monitored = mods
+        hooked = distinct_layers(mods)  # a small model lists a layer twice (as the trainer)
         self.alignment = GradientAlignment(
-            mods, self.k, rank=_effective_rank(rank, mods), seed=seed
+            hooked, self.k, rank=_effective_rank(rank, hooked), seed=seed
         )
         self.layer_stats = LayerStats(mods)
         self.loss_tracker = LossTracker(self.k)

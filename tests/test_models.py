@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -199,8 +200,12 @@ def test_select_depths() -> None:
     assert select_depths(4, 3) == [1, 2, 3]  # region too small: extended downwards
     assert select_depths(5, 5) == [0, 1, 2, 3, 4]
     assert select_depths(9, 1) == [8]
-    with pytest.raises(ModelError, match="3 distinct layers"):
-        select_depths(2, 3)
+    # fewer blocks than the count: every block, the upper ones repeated, same length
+    assert select_depths(2, 3) == [0, 1, 1]
+    assert select_depths(1, 3) == [0, 0, 0]
+    assert select_depths(3, 5, region=ALL_DEPTHS) == [0, 1, 1, 2, 2]
+    with pytest.raises(ModelError, match="at least one block"):
+        select_depths(0, 3)
     with pytest.raises(ModelError, match="region"):
         select_depths(6, 2, region=(0.8, 0.2))
 
@@ -265,3 +270,33 @@ def test_unknown_preset_and_bad_paths(tmp_path: Path) -> None:
         build_model(tmp_path, 100)
     with pytest.raises(ModelError, match="attn_implementation"):
         build_model("tiny", 100, attn_implementation="bogus")
+
+
+def test_a_two_block_model_is_monitored_with_the_default_count(tmp_path: Path) -> None:
+    """Small proxies are what users try first: a 2-block model gets the same observation
+    length as any other (3 per-layer slots), its top block repeated, each layer hooked once."""
+    from transformers import GPTNeoXConfig
+
+    from acodm.config import debug_cpu
+    from acodm.policies.transfer import DynamicsProbe
+    from acodm.trainer import Trainer
+    from tests.fixtures import make_text_store
+
+    folder = tmp_path / "two-blocks"
+    GPTNeoXConfig(
+        vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=128,
+    ).save_pretrained(folder)  # fmt: skip
+    model = build_model(folder, 512)
+    names = [n for n, _ in monitored_layers(model)]
+    assert names == [f"gpt_neox.layers.{i}.mlp.dense_4h_to_h" for i in (0, 1, 1)]
+    store = make_text_store(tmp_path / "store")
+    tr = Trainer(debug_cpu(str(store.path)).replace(model=str(folder), steps=4, interval=2))
+    assert tr.alignment is not None and tr.alignment.names == names[:2]
+    dyn = tr.train_interval(np.full(3, 1 / 3)).dynamics
+    assert dyn.weight_norm.shape == (3,) and dyn.weight_norm[1] == dyn.weight_norm[2]
+    assert dyn.weight_distance[0] != dyn.weight_distance[1] and np.any(dyn.alignment != 0)
+    probe = DynamicsProbe(model, store.domains)
+    assert probe.n_layers == 3 and probe.alignment.names == names[:2]
+    probe.close()
+    tr.close()
