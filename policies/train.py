@@ -46,6 +46,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -57,6 +58,7 @@ from gymnasium import spaces
 from stable_baselines3.common.logger import Logger
 
 from acodm.config import ConfigError, TrainConfig, preset
+from acodm.data.store import open_store
 from acodm.envs import DataMixingEnv
 from acodm.envs.spaces import (
     CONSOLE_FEATURES,
@@ -172,7 +174,66 @@ def _resolve_proxy(
             cfg = cfg.replace(interval=int(interval))
     except TypeError as e:  # an unknown field name
         raise ConfigError(f"bad proxy override: {e}") from e
-    return cfg
+    # a preset's K may be raised; a K the caller chose (a config of its own) is only checked
+    explicit = isinstance(proxy, TrainConfig) or interval is not None
+    explicit = explicit or "interval" in (overrides or {})
+    return _signal_interval(cfg, len(open_store(store_path).domains), explicit)
+
+
+#: Largest accepted chance that an interval samples fewer than 3 domains (uniform weights):
+#: with only 2 the alignment scores are symmetric, so the reward is exactly 0.
+MAX_SILENT_INTERVALS = 0.05
+
+
+def silent_interval_chance(k: int, sequences: int) -> float:
+    """Chance that ``sequences`` uniform draws over ``k`` domains hit fewer than 3 of them.
+
+    The alignment reward needs 3 active domains: ``s_i = sum_{j != i} <g_i, g_j>`` is the
+    same for both of 2 domains, so their z-scores, and the reward, are 0. Exact for uniform
+    weights: ``k * k^-n + C(k, 2) (2^n - 2) k^-n``.
+    """
+    if k < 3:
+        return 1.0
+    n = sequences
+    return min(1.0, k ** (1 - n) + math.comb(k, 2) * (2.0**n - 2) * float(k) ** -n)
+
+
+def _signal_interval(cfg: TrainConfig, k: int, explicit: bool) -> TrainConfig:
+    """The proxy config with an interval K whose reward is rarely exactly 0.
+
+    An explicit K is kept (with a warning when it is too short); the preset's K is raised to
+    the smallest that samples 3 domains in >= 95% of intervals, and the change is printed.
+    """
+    per_step = cfg.micro_batch_size * cfg.grad_accum
+    if k < 3:
+        warnings.warn(
+            f"with {k} domains the gradient-alignment reward is always 0 (both domains get "
+            "the same score); the agent only learns from extra reward terms (--console)",
+            stacklevel=3,
+        )
+        return cfg
+    if silent_interval_chance(k, per_step * cfg.interval) <= MAX_SILENT_INTERVALS:
+        return cfg
+    if explicit:
+        chance = silent_interval_chance(k, per_step * cfg.interval)
+        warnings.warn(
+            f"interval K={cfg.interval} draws {per_step * cfg.interval} sequences over {k} "
+            f"domains: about {chance:.0%} of the rewards will be exactly 0 (fewer than 3 "
+            "domains sampled); use a larger --interval or batch",
+            stacklevel=3,
+        )
+        return cfg
+    interval = cfg.interval
+    while silent_interval_chance(k, per_step * interval) > MAX_SILENT_INTERVALS:
+        interval += 1
+    print(
+        f"[train-policy] interval K raised from {cfg.interval} to {interval}: with "
+        f"{per_step} sequences per step over {k} domains, shorter intervals often sample "
+        "fewer than 3 domains, which gives the alignment reward no signal (pass --interval "
+        "to choose)",
+        file=sys.stderr,
+    )
+    return cfg.replace(interval=interval)
 
 
 def _make_env(cfg: TrainConfig, beta: float | None, eps: float | None) -> RecordingEnv:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from acodm.errors import AcodmError
@@ -175,3 +176,39 @@ def test_online_ddpg_mixer_learns_on_the_run_itself(store: Path) -> None:
     assert not np.allclose(seen[-1], seen[0])  # the actor moved off the ODM/uniform start
     with pytest.raises(MixerError):
         make_mixer("ddpg:nope=1")
+
+
+def test_silent_interval_chance_is_exact() -> None:
+    """P(fewer than 3 of k domains in n uniform draws), against a Monte-Carlo estimate."""
+    from acodm.policies.train import silent_interval_chance
+
+    rng = np.random.default_rng(0)
+    for k, n in ((3, 4), (3, 12), (10, 4), (5, 6)):
+        draws = rng.integers(0, k, size=(20_000, n))
+        distinct = np.array([len(set(row)) for row in draws])
+        assert silent_interval_chance(k, n) == pytest.approx(np.mean(distinct < 3), abs=0.01)
+    assert silent_interval_chance(3, 4) == pytest.approx(1 / 27 + 3 * 14 / 81)
+    assert silent_interval_chance(2, 100) == 1.0
+
+
+def test_the_default_proxy_gives_the_agent_a_signal(store: Path, tmp_path: Path, capsys) -> None:
+    """debug_cpu draws 4 sequences a step: at K = 1 over 3 domains more than half the
+    rewards were exactly 0 (two domains score alike). The preset's K is raised; a K the
+    user chose is kept, with a warning."""
+    out = train_policy(
+        store, tmp_path / "run", agent=_agent(), progress=False, overrides={"device": "cpu"}
+    )
+    assert "interval K raised from 1 to 3" in capsys.readouterr().err
+    assert MixingPolicy.load(out).interval == 3
+    rewards = [r["rl/reward"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")
+               if "rl/reward" in r]  # fmt: skip
+    assert len(rewards) >= 5 and sum(r == 0.0 for r in rewards) <= 1
+    with pytest.warns(UserWarning, match=r"about 56% of the rewards will be exactly 0"):
+        train_policy(
+            store,
+            tmp_path / "explicit",
+            agent=_agent(),
+            progress=False,
+            interval=1,
+            overrides={"device": "cpu", "steps": 3},
+        )
