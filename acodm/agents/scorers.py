@@ -121,12 +121,15 @@ class HFSequenceClassifier:
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         import torch
-        from tqdm.auto import tqdm
+
+        from acodm.progress import progress_bar
 
         out = np.empty(len(texts), dtype=np.float64)
         starts = range(0, len(texts), self.batch_size)
         with torch.no_grad():
-            for s in tqdm(starts, desc="quality scorer", unit="batch", disable=not self.progress):
+            for s in progress_bar(
+                starts, desc="quality scorer", unit="batch", disable=not self.progress
+            ):
                 batch = list(texts[s : s + self.batch_size])
                 enc = self.tokenizer(
                     batch,

@@ -373,8 +373,9 @@ def sentence_embeddings(
     :func:`kmeans`. Loads only local files, never pickle.
     """
     import torch
-    from tqdm.auto import tqdm
     from transformers import AutoModel, AutoTokenizer
+
+    from acodm.progress import progress_bar
 
     folder = Path(model) if model is not None else default_embedding_model()
     if folder is None:
@@ -394,7 +395,7 @@ def sentence_embeddings(
     out = []
     starts = range(0, len(texts), batch_size)
     with torch.no_grad():
-        for s in tqdm(starts, desc="embed", unit="batch", disable=not progress):
+        for s in progress_bar(starts, desc="embed", unit="batch", disable=not progress):
             batch = tok(
                 list(texts[s : s + batch_size]),
                 padding=True,

