@@ -662,7 +662,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except AcodmError as e:
-        print(f"acodm: error: {e}", file=sys.stderr)
+        # A file name that is not UTF-8 reaches a message as surrogates: print them escaped.
+        message = f"acodm: error: {e}".encode("utf-8", "backslashreplace").decode("utf-8")
+        print(message, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("acodm: interrupted; nothing partial was kept", file=sys.stderr)

@@ -96,6 +96,49 @@ def atomic_directory(out: str | os.PathLike[str], overwrite: bool = False) -> It
         raise
 
 
+def member_path(
+    root: Path,
+    name: object,
+    *,
+    what: str,
+    error: type[AcodmError],
+    fix: str,
+    under: str | None = None,
+) -> Path:
+    """``root/under/name`` for a file name read from an artifact's JSON, checked to stay inside.
+
+    A manifest, policy or annotation file names its member files; a crafted or damaged one
+    must not make acodm read a file elsewhere. ``name`` must be a plain file name (a non-empty
+    string without ``/``, ``\\`` or NUL, not ``.`` or ``..``) and, with symbolic links
+    resolved, the path must lie inside ``root`` (a symlink to another file of the folder is
+    fine). ``under`` is a subfolder chosen by the code (``"train"``), never by the JSON.
+    ``what`` names the field in the message ("stem of domain 'books' in STORE/manifest.json"),
+    ``fix`` says what to do ("rebuild it with `acodm prepare`"). The file need not exist.
+    """
+    plain = (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(c in name for c in "/\\\0")
+    )
+    if not plain:
+        raise error(
+            f"{what} is {name!r}, not a plain file name (names read from an artifact may not "
+            f"be empty, '.' or '..', or hold '/', '\\' or NUL): {fix}"
+        )
+    assert isinstance(name, str)
+    path = root / under / name if under is not None else root / name
+    try:
+        top, real = root.resolve(), path.resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop (RuntimeError before Python 3.13)
+        raise error(f"{what} is {name!r}, but {path} cannot be resolved ({e}): {fix}") from e
+    if top not in real.parents:
+        raise error(
+            f"{what} is {name!r}, but {path} leads outside {root} (to {real}, through a "
+            f"symbolic link): {fix}"
+        )
+    return path
+
+
 def read_checked_manifest(
     folder: Path,
     *,

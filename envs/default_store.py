@@ -18,7 +18,7 @@ from pathlib import Path
 
 from acodm.data.corpus import CorpusWriter, Document
 from acodm.data.prepare import prepare_store
-from acodm.data.store import MANIFEST
+from acodm.data.store import MANIFEST, STORE_SCHEMA_VERSION
 from acodm.paths import cache_dir
 
 #: Bump when the builder's output would change (it names the cached folder).
@@ -58,7 +58,9 @@ def write_stdlib_corpus(
 def default_store() -> Path:
     """The cached default store (built on first use, about a second)."""
     root = cache_dir("envs")
-    out = root / f"default-store-v{DEFAULT_STORE_VERSION}"
+    # The store schema is in the name too: a store cached by an older acodm is rebuilt, not
+    # refused.
+    out = root / f"default-store-v{DEFAULT_STORE_VERSION}-schema{STORE_SCHEMA_VERSION}"
     if (out / MANIFEST).exists():
         return out
     work = Path(tempfile.mkdtemp(prefix=".default-store.", dir=root))

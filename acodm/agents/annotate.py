@@ -35,7 +35,7 @@ from acodm.agents.quality import quantile_bins, train_quality
 from acodm.agents.topic import TopicModel, kmeans, sentence_embeddings
 from acodm.data.store import TokenStore
 from acodm.errors import AcodmError
-from acodm.io import atomic_directory, atomic_write_json, read_checked_manifest
+from acodm.io import atomic_directory, atomic_write_json, member_path, read_checked_manifest
 
 if TYPE_CHECKING:
     from acodm.agents.scorers import QualityScorer
@@ -381,6 +381,15 @@ def load_annotations(store: str | Path | TokenStore) -> Annotations:
     """Read and check a store's annotations (JSON + safetensors only, never pickle)."""
     ts = _open(store)
     folder = annotations_path(ts)
+    for name in (ANNOTATIONS_JSON, ANNOTATIONS_TENSORS):  # a symlink out of the store: refused
+        member_path(
+            ts.path,
+            name,
+            what=f"annotation file {ANNOTATIONS_DIR}/{name}",
+            error=AnnotationError,
+            fix=f"remove it and re-run `acodm annotate {ts.path} --overwrite`",
+            under=ANNOTATIONS_DIR,
+        )
     meta = _check_meta(ts, folder)
     tensors = _read_tensors(folder)
     arrays: dict[str, dict[str, np.ndarray]] = {name: {} for name in _ARRAYS}

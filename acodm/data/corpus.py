@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from acodm.errors import CorpusError
-from acodm.io import atomic_directory, atomic_write_json, read_checked_manifest
+from acodm.io import atomic_directory, atomic_write_json, member_path, read_checked_manifest
 
 CORPUS_FORMAT = "acodm-corpus"
 CORPUS_SCHEMA_VERSION = 1
@@ -55,15 +56,62 @@ def domain_file_stem(index: int, domain: str) -> str:
     return f"{index:03d}-{slug}"
 
 
-def validate_domain_name(domain: object) -> str:
+#: How to fix a bad domain name in the input of ``acodm corpus import``.
+RENAME_IN_INPUT = "rename the domain in the input, or pass --domain NAME for a single domain"
+#: How to fix a bad domain name in a corpus or store written before names were checked.
+RENAME_AND_REBUILD = (
+    "rename the domain and rebuild: re-import with `acodm corpus import ... --domain NAME` "
+    "(one domain per import) or rename it in the input, then re-run `acodm prepare`"
+)
+
+
+def validate_domain_name(domain: object, fix: str = RENAME_IN_INPUT) -> str:
+    """Check a domain name and return it; ``fix`` ends the error message.
+
+    Domain names are free text (``"Wikipedia (en)"``, ``"Gutenberg (PG-19)"``) except that a
+    name must be a non-empty string without leading or trailing white space, ``/`` (metric
+    keys are ``train/loss/<domain>``: ``a/b`` would be ambiguous), control characters (tabs,
+    newlines, ...) or unpaired surrogates (text that is not valid Unicode).
+    """
     if not isinstance(domain, str) or not domain.strip():
         raise CorpusError(
             f"domain name {domain!r} is not a non-empty string; check --domain-field "
             "or the folder names of the input"
         )
-    if domain != domain.strip() or "\n" in domain:
-        raise CorpusError(f"domain name {domain!r} has leading/trailing white space or newlines")
+    problem = _domain_name_problem(domain)
+    if problem:
+        raise CorpusError(f"domain name {domain!r} {problem}; {fix}")
     return domain
+
+
+def _domain_name_problem(domain: str) -> str | None:
+    if domain != domain.strip():
+        return "has leading or trailing white space"
+    if "/" in domain:
+        return "contains '/', which would make metric keys such as train/loss/<domain> ambiguous"
+    bad = next((c for c in domain if unicodedata.category(c) in _BAD_CATEGORIES), None)
+    if bad is not None:
+        if unicodedata.category(bad) == "Cs":
+            return (
+                f"contains an unpaired surrogate ({bad!r}: a byte that is not UTF-8 in a file "
+                "name, or a lone \\ud800-style escape in JSON)"
+            )
+        return f"contains a control character ({bad!r})"
+    return None
+
+
+# Cc: control characters (newline, tab, NUL, ...); Zl/Zp: line and paragraph separators;
+# Cs: unpaired surrogates (undecodable bytes of a file name, or a "\ud800" JSON escape).
+_BAD_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
+
+
+def unicode_problem(text: str) -> str | None:
+    """None for valid Unicode text; else where its first unpaired surrogate is."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"an unpaired surrogate {text[e.start]!r} at character {e.start}"
+    return None
 
 
 class CorpusWriter:
@@ -112,6 +160,7 @@ class CorpusWriter:
                 f"({type(doc.text).__name__}); point --text-field at a string column"
             )
         validate_domain_name(doc.domain)
+        _check_unicode(doc)
         if not doc.text.strip():
             self.empty += 1
             return False
@@ -148,13 +197,10 @@ class CorpusWriter:
         domains = {}
         for d in order:
             domains[d] = dict(self._stats[d], sha256=self._hashers[d].hexdigest())
-        corpus_hash = hashlib.sha256(
-            json.dumps([[d, domains[d]["sha256"]] for d in order]).encode()
-        ).hexdigest()
         return {
             "format": CORPUS_FORMAT,
             "schema_version": CORPUS_SCHEMA_VERSION,
-            "hash": corpus_hash,
+            "hash": corpus_hash(domains),
             "domains": domains,
             "dropped": {"duplicates": self.duplicates, "empty": self.empty},
             "meta": self.meta,
@@ -181,8 +227,45 @@ class CorpusWriter:
         self._ctx.__exit__(exc_type, exc, tb)
 
 
+def _check_unicode(doc: Document) -> None:
+    """Every string of a document must be valid Unicode (it is written as UTF-8)."""
+    renamed = "`acodm corpus import` takes it from the input's path: rename the file or folder"
+    fixes = {
+        "text": "fix or drop the record",
+        "doc_id": f"give it a valid UTF-8 id ({renamed})",
+        "source": f"give it a valid UTF-8 source ({renamed})",
+    }
+    for name, fix in fixes.items():
+        value = getattr(doc, name)
+        problem = unicode_problem(value) if isinstance(value, str) else None
+        if problem:
+            raise CorpusError(
+                f"document {doc.doc_id!r} has {problem} in its {name}, which is not valid "
+                f"Unicode; {fix}"
+            )
+    if doc.meta is not None:
+        problem = unicode_problem(json.dumps(doc.meta, ensure_ascii=False))
+        if problem:
+            raise CorpusError(
+                f"document {doc.doc_id!r} has an unpaired surrogate in its meta, which is not "
+                "valid Unicode; fix or drop the record"
+            )
+
+
+#: How to fix a corpus whose files or manifest no longer match.
+REBUILD_CORPUS = "rebuild it with `acodm corpus build` or `acodm corpus import`"
+MODIFIED = f"the corpus was modified after it was built: {REBUILD_CORPUS}"
+
+
 class Corpus:
-    """A corpus folder opened for reading; the manifest is checked on open."""
+    """A corpus folder opened for reading.
+
+    Opening checks the manifest: every domain name is valid (:func:`validate_domain_name`),
+    every ``file`` is a plain file name inside the folder and exists, counts are integers
+    >= 0, and the corpus hash matches the files' hashes. :meth:`verify` (run by ``acodm
+    prepare`` before any work) also hashes the files and counts their records;
+    :meth:`iter_documents` checks the counts of a domain it reads to the end.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -197,10 +280,47 @@ class Corpus:
             rebuild="rebuild the corpus",
             error=CorpusError,
         )
-        for d, st in m["domains"].items():
-            if not (self.path / st["file"]).is_file():
-                raise CorpusError(f"{self.path}: file {st['file']} of domain {d!r} is missing")
         self.manifest: dict[str, Any] = m
+        self._files = self._check_manifest()
+
+    def _check_manifest(self) -> dict[str, Path]:
+        """The file of each domain, after checking every manifest entry (see the class)."""
+        where = self.path / MANIFEST
+        domains = self.manifest.get("domains")
+        if not isinstance(domains, dict) or not domains:
+            raise CorpusError(f"{where} lists no domains (a non-empty object); {MODIFIED}")
+        files: dict[str, Path] = {}
+        for d, st in domains.items():
+            validate_domain_name(d, RENAME_AND_REBUILD)
+            if not isinstance(st, dict):
+                raise CorpusError(
+                    f"{where}: the entry of domain {d!r} is not an object; {MODIFIED}"
+                )
+            path = member_path(
+                self.path,
+                st.get("file"),
+                what=f"the file of domain {d!r} in {where}",
+                error=CorpusError,
+                fix=REBUILD_CORPUS,
+            )
+            for key in ("documents", "characters"):
+                value = st.get(key)
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise CorpusError(
+                        f"{where}: {key} of domain {d!r} is {value!r}, not a count >= 0; {MODIFIED}"
+                    )
+            if not isinstance(st.get("sha256"), str):
+                raise CorpusError(f"{where}: domain {d!r} has no sha256; {MODIFIED}")
+            if path in files.values():
+                raise CorpusError(f"{where}: two domains share the file {path.name}; {MODIFIED}")
+            if not path.is_file():
+                raise CorpusError(f"{self.path}: file {path.name} of domain {d!r} is missing")
+            files[d] = path
+        if self.manifest.get("hash") != corpus_hash(domains):
+            raise CorpusError(
+                f"{where}: the corpus hash does not match its files' hashes; {MODIFIED}"
+            )
+        return files
 
     @property
     def domains(self) -> list[str]:
@@ -224,23 +344,78 @@ class Corpus:
                 f"domain {domain!r} is not in corpus {self.path}; it has {self.domains}"
             ) from None
 
+    def verify(self, domains: list[str] | None = None) -> None:
+        """Hash each domain file and count its records against the manifest (one read each).
+
+        A file cut at a line boundary, edited, or counts edited in the manifest: a
+        :class:`CorpusError` naming the file, before any work is spent on it.
+        """
+        for d in self.domains if domains is None else domains:
+            st, path = self._domain(d), self._files[d]
+            digest, lines = _hash_and_count_lines(path)
+            if digest != st["sha256"]:
+                raise CorpusError(f"{path} does not match its sha256 in the manifest; {MODIFIED}")
+            if lines != st["documents"]:
+                raise CorpusError(
+                    f"{path} holds {lines} records, but the manifest says {st['documents']}; "
+                    f"{MODIFIED}"
+                )
+
     def iter_documents(self, domain: str) -> Iterator[Document]:
-        path = self.path / self._domain(domain)["file"]
+        """The documents of a domain in corpus order; reading to the end checks the counts."""
+        st, path = self._domain(domain), self._files[domain]
+        docs = chars = 0
         with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+            for lineno, line in _numbered_lines(f, path):
                 try:
                     rec = json.loads(line)
-                    yield Document(
+                    doc = Document(
                         rec["text"], rec["domain"], rec["source"], rec["doc_id"], rec.get("meta")
                     )
-                except (json.JSONDecodeError, KeyError) as e:
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
                     raise CorpusError(
                         f"{path}:{lineno} is not a corpus record ({e}); the corpus is "
-                        "corrupt: rebuild it"
+                        f"corrupt: {REBUILD_CORPUS}"
                     ) from e
+                docs += 1
+                chars += len(doc.text) if isinstance(doc.text, str) else 0
+                yield doc
+        if (docs, chars) != (st["documents"], st["characters"]):
+            raise CorpusError(
+                f"{path} holds {docs} documents and {chars} characters, but the manifest says "
+                f"{st['documents']} and {st['characters']}; {MODIFIED}"
+            )
 
     def __repr__(self) -> str:
         return f"Corpus({str(self.path)!r}, domains={self.domains})"
+
+
+def corpus_hash(domains: dict[str, Any]) -> str:
+    """The corpus hash: SHA-256 of the domains' names and file hashes, in manifest order."""
+    pairs = [[d, st.get("sha256") if isinstance(st, dict) else None] for d, st in domains.items()]
+    return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
+
+
+def _hash_and_count_lines(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
+    """Streaming SHA-256 of a file and its number of newline characters."""
+    h, lines = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+            lines += block.count(b"\n")
+    return h.hexdigest(), lines
+
+
+def _numbered_lines(f: IO[str], path: Path) -> Iterator[tuple[int, str]]:
+    """``enumerate(f, 1)``, with a decoding error as a :class:`CorpusError`."""
+    lineno = 0
+    try:
+        for lineno, line in enumerate(f, 1):
+            yield lineno, line
+    except UnicodeDecodeError as e:
+        raise CorpusError(
+            f"{path}: the line after line {lineno} is not UTF-8 ({e}); {MODIFIED}"
+        ) from e
 
 
 def open_corpus(path: str | Path) -> Corpus:

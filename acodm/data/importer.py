@@ -22,6 +22,11 @@ its first record, so a file is never half one rule and half another):
    domain), when ``domain_field`` is None or the records do not have it.
 4. Otherwise a :class:`CorpusError` says which of the three to use.
 
+Text must be UTF-8 (a byte order mark is dropped) and valid Unicode: an undecodable byte
+(named by file, line and byte), a binary file, or an unpaired surrogate (a ``"\\ud800"`` JSON
+escape, or a file or folder name that is not UTF-8) is a :class:`CorpusError` naming the
+record and the fix, and nothing is written.
+
 Each document gets ``doc_id = "<domain>/<file-stem>/<row>"`` (the file's path under
 ``source`` without its extensions; rows count records from 0) and ``source`` = the input
 file or ``"<dataset>:<split>"``. Records are streamed: memory holds one batch of records
@@ -153,7 +158,7 @@ def _import_input(
     advance: Callable[[int], None],
 ) -> None:
     domain_of: Callable[[int, Record], str] | None = None
-    for row, rec in enumerate(inp.read()):
+    for row, rec in enumerate(_decoded(inp)):
         if not isinstance(rec, dict):
             raise CorpusError(
                 f"{inp.label}, row {row}: a record must be an object with named fields, "
@@ -163,13 +168,30 @@ def _import_input(
             domain_of = _domain_rule(inp, rec, fields, tally)
         text = _text_of(inp, row, rec, fields.text_field)
         dom = domain_of(row, rec)
-        kept = writer.add(Document(text, dom, inp.source, f"{dom}/{inp.stem}/{row}"))
+        try:
+            kept = writer.add(Document(text, dom, inp.source, f"{dom}/{inp.stem}/{row}"))
+        except CorpusError as e:  # e.g. an unpaired surrogate: say where the record is
+            raise CorpusError(f"{inp.label}, row {row}: {e}") from None
         tally.count(dom, kept)
         if inp.folder_domain is not None:
             tally.folders_read.add(inp.folder_domain)
         advance(1)
         if limit is not None and tally.total >= limit:
             return
+
+
+def _decoded(inp: _Input) -> Iterator[Any]:
+    """The records of an input; text that is not UTF-8 (parquet, datasets) is a CorpusError.
+
+    The JSON readers find the exact line themselves; this catches the other readers.
+    """
+    try:
+        yield from inp.read()
+    except UnicodeDecodeError as e:
+        raise CorpusError(
+            f"{inp.label} holds a string that is not UTF-8 ({e}); rewrite the column as valid "
+            "UTF-8 text (decode the bytes with their real encoding, e.g. in pandas or pyarrow)"
+        ) from e
 
 
 def get_field(rec: Record, name: str) -> tuple[bool, Any]:
@@ -219,7 +241,9 @@ def _domain_rule(
         return lambda row, rec: _domain_of(inp, row, rec, name)
     if inp.folder_domain is not None:
         tally.folder_rule_used = True
-        folder = validate_domain_name(inp.folder_domain)
+        folder = validate_domain_name(
+            inp.folder_domain, f"rename the folder {inp.folder_domain!r}, or pass --domain NAME"
+        )
         return lambda row, rec: folder
     why = (
         f"its records have no field {name!r} (fields: {_field_names(first)})"
@@ -359,13 +383,24 @@ def _file_input(path: Path, stem: str, folder: str | None, fields: _Fields) -> _
     return _Input(str(path), str(path), stem, folder, readers[fmt])
 
 
+#: How to fix text that is not UTF-8 (the usual culprit is latin-1 or cp1252).
+REENCODE = (
+    "acodm reads UTF-8 only: re-encode the file as UTF-8, e.g. "
+    "`iconv -f latin1 -t utf-8 IN > OUT` (with the file's real encoding in place of latin1; "
+    "decompress it first if it is compressed)"
+)
+# Undecodable bytes become U+DC80..U+DCFF (surrogateescape) so that the line that holds them
+# can be named; "utf-8-sig" drops a byte order mark at the start of the file.
+_ENCODING, _ERRORS = "utf-8-sig", "surrogateescape"
+
+
 def _open_text(path: Path, comp: str | None) -> IO[str]:
     if comp == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
+        return gzip.open(path, "rt", encoding=_ENCODING, errors=_ERRORS)
     if comp == ".bz2":
-        return bz2.open(path, "rt", encoding="utf-8")
+        return bz2.open(path, "rt", encoding=_ENCODING, errors=_ERRORS)
     if comp == ".xz":
-        return lzma.open(path, "rt", encoding="utf-8")
+        return lzma.open(path, "rt", encoding=_ENCODING, errors=_ERRORS)
     if comp == ".zst":
         try:
             import zstandard
@@ -374,9 +409,36 @@ def _open_text(path: Path, comp: str | None) -> IO[str]:
                 f"{path} is zstandard-compressed: `pip install zstandard`, or decompress it "
                 "first (`zstd -d`)"
             ) from None
-        stream: IO[str] = zstandard.open(path, "rt", encoding="utf-8")
+        stream: IO[str] = zstandard.open(path, "rt", encoding=_ENCODING, errors=_ERRORS)
         return stream
-    return open(path, encoding="utf-8")
+    return open(path, encoding=_ENCODING, errors=_ERRORS)
+
+
+def _check_utf8(path: Path, text: str, lineno: int | None = None) -> None:
+    """A CorpusError naming the line and byte of the first undecodable byte in ``text``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        byte = ord(text[e.start]) - 0xDC00  # surrogateescape maps byte b to U+DC00 + b
+        if lineno is None:
+            lineno = text.count("\n", 0, e.start) + 1
+            column = e.start - text.rfind("\n", 0, e.start)
+        else:
+            column = e.start + 1
+        raise CorpusError(
+            f"{path}:{lineno} is not UTF-8 text (byte 0x{byte:02x} at character {column}); "
+            f"{_binary_hint(text) or REENCODE}"
+        ) from None
+
+
+def _binary_hint(text: str) -> str | None:
+    """The fix for a "text" file that holds NUL bytes: it is binary, not mis-encoded."""
+    if "\x00" not in text[: 1 << 16]:
+        return None
+    return (
+        "it holds NUL bytes, so it looks binary rather than text: check that it is the file "
+        f"you meant (a compressed file must end in {', '.join(_COMPRESSED)})"
+    )
 
 
 def _read_jsonl(path: Path, comp: str | None) -> Iterator[Any]:
@@ -384,13 +446,12 @@ def _read_jsonl(path: Path, comp: str | None) -> Iterator[Any]:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            _check_utf8(path, line, lineno)
             try:
                 yield json.loads(line)
             except json.JSONDecodeError as e:
-                raise CorpusError(
-                    f"{path}:{lineno} is not valid JSON ({e}); each line of a JSON-lines file "
-                    "must be one record"
-                ) from e
+                fix = _binary_hint(line) or "each line of a JSON-lines file must be one record"
+                raise CorpusError(f"{path}:{lineno} is not valid JSON ({e}); {fix}") from e
 
 
 def _read_json(path: Path, comp: str | None) -> Iterator[Any]:
@@ -401,10 +462,13 @@ def _read_json(path: Path, comp: str | None) -> Iterator[Any]:
         yield from _read_jsonl(path, comp)
         return
     with _open_text(path, comp) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise CorpusError(f"{path} is not valid JSON ({e})") from e
+        text = f.read()
+    _check_utf8(path, text)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        hint = _binary_hint(text)
+        raise CorpusError(f"{path} is not valid JSON ({e}){'; ' + hint if hint else ''}") from e
     yield from data
 
 
@@ -446,7 +510,9 @@ def _read_csv(path: Path, sep: str) -> Iterator[Any]:
         chunks = pd.read_csv(path, sep=sep, chunksize=_BATCH_ROWS, dtype=str, keep_default_na=False)
         for chunk in chunks:
             yield from chunk.to_dict("records")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:  # pandas does not say which row; the byte is enough
+        raise CorpusError(f"{path} is not UTF-8 text ({e}); {REENCODE}") from e
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise CorpusError(f"{path} is not a readable {sep!r}-separated file ({e})") from e
 
 

@@ -87,6 +87,7 @@ def prepare_store(
     if out.exists() and not overwrite:
         raise StoreError(f"{out} already exists; choose another --out or pass --overwrite")
     src = Corpus(corpus)
+    src.verify()  # one read of the files: a modified corpus fails before any tokenizing
     if tokenizer is None:
         check_vocab_size(vocab_size)
         spec = train_bpe(src, vocab_size, progress=progress)

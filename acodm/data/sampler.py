@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from acodm.data.store import TokenStore
-from acodm.errors import SamplerError
+from acodm.errors import SamplerError, StoreError
 
 SAMPLER_STATE_VERSION = 1
 
@@ -178,9 +178,26 @@ class DomainSampler:
             windows[row] = w = self._take(i)
             start = w * self.seq_len
             tokens[row] = self._arrays[i][start : start + width]
+        self._check_ids(tokens, domains, "train")
         batch = Batch(tokens=tokens, domains=domains, step=self.step, windows=windows)
         self.step += 1
         return batch
+
+    def _check_ids(self, tokens: np.ndarray, domains: np.ndarray, split: str) -> None:
+        """Every id inside the vocabulary, or a clear error instead of an IndexError later.
+
+        The store checked each split's recorded largest id on open; this catches arrays that
+        disagree with their manifest, at the cost of one max over the batch.
+        """
+        vocab = self.store.vocab_size
+        if tokens.size and int(tokens.max()) >= vocab:
+            row = int(np.argmax(tokens.max(axis=1) >= vocab))
+            raise StoreError(
+                f"domain {self.domains[int(domains[row])]!r} ({split}) of store "
+                f"{self.store.path} holds token id {int(tokens[row].max())}, outside the "
+                f"vocabulary [0, {vocab}): its token arrays do not match the manifest; re-run "
+                "`acodm prepare`"
+            )
 
     def __iter__(self) -> Iterator[Batch]:
         while True:
@@ -260,6 +277,7 @@ class DomainSampler:
         out = np.empty((starts.size, width), dtype=np.int64)
         for row, s in enumerate(starts.tolist()):
             out[row] = arr[s : s + width]
+        self._check_ids(out, np.full(len(out), self.domains.index(name)), "val")
         return out
 
     def validation_batches(self, max_windows_per_domain: int | None = None) -> list[Batch]:

@@ -3,7 +3,8 @@
 Layout of a store folder (written by ``acodm prepare``)::
 
     STORE/
-      manifest.json                 schema version, domains in order, token counts, dtype,
+      manifest.json                 schema version, domains in order, token and document
+                                    counts and the largest token id of each split, dtype,
                                     tokenizer hash and vocab size, source corpus hash
       tokenizer.json                the tokenizer that produced every token
       train/000-books.bin           uint16 (vocab <= 65536) or uint32 token ids, documents
@@ -13,7 +14,8 @@ Layout of a store folder (written by ``acodm prepare``)::
       val/...                       the same for the held-out validation documents
 
 The folder is built under a temporary name and renamed when complete. Opening a store
-checks the manifest against the files: a truncated array, a replaced tokenizer or an
+checks the manifest against the files (see :class:`TokenStore`): a truncated array, a
+replaced tokenizer, ids outside the vocabulary, a file name leading out of the folder or an
 unknown schema version is a clear :class:`~acodm.errors.StoreError`, not a crash later.
 """
 
@@ -23,23 +25,24 @@ import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
-from acodm.data.corpus import domain_file_stem
-from acodm.errors import StoreError
+from acodm.data.corpus import RENAME_AND_REBUILD, domain_file_stem, validate_domain_name
+from acodm.errors import CorpusError, StoreError
 from acodm.io import (
     atomic_directory,
     atomic_write_json,
+    member_path,
     read_checked_manifest,
     read_json,
     sha256_bytes,
-    sha256_file,
 )
 
 STORE_FORMAT = "acodm-store"
-STORE_SCHEMA_VERSION = 1
+#: 2: each split records ``max_id``, its largest token id (checked against the vocabulary).
+STORE_SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
 SPLITS = ("train", "val")
@@ -113,14 +116,18 @@ class StoreWriter:
         offsets = [0]
         ids: list[str] = []
         eos = np.array([self.eos_id], dtype=self.dtype)
+        max_id = self.eos_id  # EOS follows every document
         with open(f"{base}.bin", "wb") as f:
             for doc_id, toks in documents:
                 arr = np.asarray(toks)
-                if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
-                    raise StoreError(
-                        f"document {doc_id!r} has token ids outside [0, {self.vocab_size}); "
-                        "the tokenizer and the store's vocabulary disagree"
-                    )
+                if arr.size:
+                    lo, hi = int(arr.min()), int(arr.max())
+                    if lo < 0 or hi >= self.vocab_size:
+                        raise StoreError(
+                            f"document {doc_id!r} has token ids outside [0, {self.vocab_size}); "
+                            "the tokenizer and the store's vocabulary disagree"
+                        )
+                    max_id = max(max_id, hi)
                 f.write(arr.astype(self.dtype, copy=False).tobytes())
                 f.write(eos.tobytes())
                 offsets.append(offsets[-1] + arr.size + 1)
@@ -128,7 +135,11 @@ class StoreWriter:
         np.save(f"{base}.idx.npy", np.asarray(offsets, dtype=np.int64))
         with open(f"{base}.ids.json", "w", encoding="utf-8") as g:
             json.dump(ids, g)
-        entry[split] = {"tokens": offsets[-1], "documents": len(ids)}
+        entry[split] = {
+            "tokens": offsets[-1],
+            "documents": len(ids),
+            "max_id": max_id if ids else None,  # checked against the vocabulary on open
+        }
         return offsets[-1]
 
     def __exit__(
@@ -172,8 +183,18 @@ def vocab_size_of(tokenizer: dict[str, Any]) -> int:
     return int(max(ids)) + 1
 
 
+REPREPARE = "re-run `acodm prepare` to rebuild the store"
+
+
 class TokenStore:
-    """A store folder opened for reading (arrays are memory-mapped, read-only)."""
+    """A store folder opened for reading (arrays are memory-mapped, read-only).
+
+    Opening checks, without reading the token arrays: the manifest's format, schema version
+    and fields (domain names valid and unique, member file names plain names inside the
+    folder, counts integers >= 0); the tokenizer file against its hash and the manifest's
+    vocabulary size; every split's largest token id and ``eos_id`` against the vocabulary;
+    and each token array's size against its token count.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -184,27 +205,117 @@ class TokenStore:
             version=STORE_SCHEMA_VERSION,
             what="token store",
             create="create one with `acodm prepare CORPUS --out STORE`",
-            rebuild="re-run `acodm prepare` with this version",
+            rebuild="re-run `acodm prepare` with this version (stores of older versions do "
+            "not record the largest token id that is checked against the vocabulary)",
             error=StoreError,
         )
         self.manifest: dict[str, Any] = m
-        self.dtype = np.dtype(m["dtype"])
-        self._entries = {e["name"]: e for e in m["domains"]}
+        self.dtype = self._check_header()
+        self._entries = self._check_domains()
+        self._paths = {
+            (e["name"], split, suffix): self._member(e, split, suffix)
+            for e in self._entries.values()
+            for split in SPLITS
+            for suffix in _SUFFIXES
+        }
         self._check_tokenizer()
         self._check_arrays()
         self._mmaps: dict[tuple[str, str], np.ndarray] = {}
         self._offsets: dict[tuple[str, str], np.ndarray] = {}
 
     # -- validation -------------------------------------------------------------------
+    def _bad(self, problem: str) -> StoreError:
+        return StoreError(f"{self.path / MANIFEST}: {problem}; {REPREPARE}")
+
+    def _check_header(self) -> np.dtype[Any]:
+        m = self.manifest
+        vocab, eos = m.get("vocab_size"), m.get("eos_id")
+        if not _is_count(vocab) or vocab < 1:
+            raise self._bad(f"vocab_size is {vocab!r}, not a positive integer")
+        if not _is_count(eos) or eos >= vocab:
+            raise self._bad(f"eos_id {eos!r} is outside the vocabulary [0, {vocab})")
+        if m.get("dtype") != token_dtype(vocab).name:
+            raise self._bad(
+                f"dtype is {m.get('dtype')!r}, but a vocabulary of {vocab} is stored as "
+                f"{token_dtype(vocab).name}"
+            )
+        for key in ("tokenizer_sha256", "corpus_hash"):
+            if not isinstance(m.get(key), str):
+                raise self._bad(f"{key} is {m.get(key)!r}, not a string")
+        return token_dtype(vocab)
+
+    def _check_domains(self) -> dict[str, dict[str, Any]]:
+        domains = self.manifest.get("domains")
+        if not isinstance(domains, list) or not domains:
+            raise self._bad("domains is not a non-empty list")
+        entries: dict[str, dict[str, Any]] = {}
+        stems: set[object] = set()
+        for i, e in enumerate(domains):
+            if not isinstance(e, dict):
+                raise self._bad(f"domain entry {i} is not an object")
+            try:
+                name = validate_domain_name(e.get("name"), RENAME_AND_REBUILD)
+            except CorpusError as err:
+                raise StoreError(f"{self.path / MANIFEST}: {err}") from None
+            if name in entries or e.get("stem") in stems:
+                raise self._bad(f"domain {name!r} (or its stem {e.get('stem')!r}) appears twice")
+            for split in SPLITS:
+                self._check_split(name, split, e.get(split))
+            entries[name] = e
+            stems.add(e.get("stem"))
+        return entries
+
+    def _check_split(self, name: str, split: str, st: object) -> None:
+        where = f"split {split!r} of domain {name!r}"
+        if not isinstance(st, dict):
+            raise self._bad(f"{where} is missing")
+        tokens, docs, max_id = st.get("tokens"), st.get("documents"), st.get("max_id")
+        if not _is_count(tokens) or not _is_count(docs) or tokens < docs:
+            raise self._bad(
+                f"{where} has tokens={tokens!r}, documents={docs!r}: not counts >= 0 with at "
+                "least one token (EOS) per document"
+            )
+        vocab = self.manifest["vocab_size"]
+        if tokens == 0:
+            if max_id is not None:
+                raise self._bad(f"{where} is empty but has max_id={max_id!r} (expected null)")
+        elif not _is_count(max_id) or max_id >= vocab:
+            raise self._bad(
+                f"{where} has token ids up to {max_id!r}, outside the vocabulary [0, {vocab}) "
+                "(vocab_size and the token arrays disagree)"
+            )
+
+    def _member(self, entry: dict[str, Any], split: str, suffix: str) -> Path:
+        stem = entry.get("stem")
+        return member_path(
+            self.path,
+            f"{stem}{suffix}" if isinstance(stem, str) else stem,
+            what=f"the file of domain {entry['name']!r} ({split}) in {self.path / MANIFEST}",
+            error=StoreError,
+            fix=REPREPARE,
+            under=split,
+        )
+
     def _check_tokenizer(self) -> None:
-        tpath = self.path / TOKENIZER_FILE
+        tpath = member_path(
+            self.path, TOKENIZER_FILE, what="the tokenizer", error=StoreError, fix=REPREPARE
+        )
         if not tpath.is_file():
             raise StoreError(f"{self.path} has no {TOKENIZER_FILE}; re-run `acodm prepare`")
-        if sha256_file(tpath) != self.manifest["tokenizer_sha256"]:
+        data = tpath.read_bytes()
+        if sha256_bytes(data) != self.manifest["tokenizer_sha256"]:
             raise StoreError(
                 f"{tpath} differs from the tokenizer this store was built with (hash "
                 "mismatch): the token ids would be decoded wrongly. Restore the original "
                 "tokenizer.json or re-run `acodm prepare`"
+            )
+        try:
+            size = vocab_size_of(json.loads(data))
+        except (ValueError, TypeError, KeyError, AttributeError, StoreError) as e:
+            raise StoreError(f"{tpath} is not a tokenizer.json ({e}); {REPREPARE}") from e
+        if size != self.vocab_size:
+            raise self._bad(
+                f"vocab_size is {self.vocab_size}, but {TOKENIZER_FILE} has {size} tokens"
             )
 
     def _check_arrays(self) -> None:
@@ -221,7 +332,8 @@ class TokenStore:
                     )
 
     def _file(self, domain: str, split: str, suffix: str) -> Path:
-        return self.path / split / f"{self._entry(domain)['stem']}{suffix}"
+        self._entry(domain)  # an unknown domain: a clear error
+        return self._paths[(domain, _split(split), suffix)]
 
     def _entry(self, domain: str) -> dict[str, Any]:
         try:
@@ -306,6 +418,14 @@ class TokenStore:
 
     def __repr__(self) -> str:
         return f"TokenStore({str(self.path)!r}, domains={self.domains}, vocab={self.vocab_size})"
+
+
+_SUFFIXES = (".bin", ".idx.npy", ".ids.json")
+
+
+def _is_count(value: object) -> TypeGuard[int]:
+    """An integer >= 0 read from JSON (``True`` is not a count)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _split(split: str) -> str:

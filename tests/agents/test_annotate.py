@@ -119,6 +119,25 @@ def test_reference_domains_are_checked(store_copy: Path) -> None:
         annotate_store(store_copy, reference_domains=["wiki"], progress=False)
 
 
+@pytest.mark.parametrize("name", ["annotations.json", "annotations.safetensors", None])
+def test_annotation_files_linked_from_outside_the_store_are_refused(
+    store_copy: Path, tmp_path: Path, name: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A shared store must not make acodm read annotations kept elsewhere (None: the folder)."""
+    from acodm.cli import main
+
+    inside = store_copy / "annotations" / name if name else store_copy / "annotations"
+    outside = tmp_path / "elsewhere"
+    shutil.move(inside, outside)
+    inside.symlink_to(outside)
+    with pytest.raises(AnnotationError, match=r"leads outside .* symbolic link.*acodm annotate"):
+        load_annotations(store_copy)
+    capsys.readouterr()
+    argv = ["annotate", str(store_copy), "--reference", ",".join(REF), "--quiet"]
+    assert main(argv) == 2  # it would reuse them
+    assert "leads outside" in capsys.readouterr().err
+
+
 def test_missing_or_corrupt_annotations(store_copy: Path) -> None:
     tensors = store_copy / "annotations" / "annotations.safetensors"
     tensors.write_bytes(tensors.read_bytes()[:40])

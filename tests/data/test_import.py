@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -244,3 +246,165 @@ def test_unsupported_and_missing_inputs(tmp_path: Path) -> None:
         _import(bad, tmp_path)
     with pytest.raises(CorpusError, match="limit"):
         _import(bad, tmp_path, limit=0)
+
+
+# -- text that is not UTF-8 or not valid Unicode: one line, exit 2, nothing written -----------
+
+
+def _cli_import_refused(
+    source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str
+) -> str:
+    from acodm.cli import main
+
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["corpus", "import", str(source), "--out", str(out), "--quiet", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("acodm: error:") and err.count("\n") == 1, err
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+    return err
+
+
+GOOD_LINE = '{"text": "fine", "domain": "a"}\n'
+
+
+def _latin1(path: Path, lines: str) -> Path:
+    path.write_bytes(lines.encode("latin-1"))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "where"),
+    [
+        (
+            "latin.jsonl",
+            lambda p: _latin1(p, GOOD_LINE + '{"text": "café", "domain": "a"}\n'),
+            "latin.jsonl:2 is not UTF-8 text (byte 0xe9 at character 14)",
+        ),
+        (
+            "latin.jsonl.gz",
+            lambda p: p.write_bytes(
+                gzip.compress((GOOD_LINE + '{"text": "café", "domain": "a"}\n').encode("latin-1"))
+            ),
+            "latin.jsonl.gz:2 is not UTF-8 text",
+        ),
+        (
+            "latin.json",
+            lambda p: _latin1(
+                p, '[{"text": "a", "domain": "a"},\n {"text": "café", "domain": "a"}]'
+            ),
+            "latin.json:2 is not UTF-8 text (byte 0xe9 at character 15)",
+        ),
+        (
+            "latin.csv",
+            lambda p: _latin1(p, "text,domain\nfine,a\ncafé,a\n"),
+            "latin.csv is not UTF-8",
+        ),
+        ("latin.tsv", lambda p: _latin1(p, "text\tdomain\ncafé\ta\n"), "latin.tsv is not UTF-8"),
+    ],
+)
+def test_text_that_is_not_utf8_names_the_file_and_the_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, write: Any, where: str
+) -> None:
+    src = tmp_path / "in" / name
+    src.parent.mkdir()
+    write(src)
+    err = _cli_import_refused(src, tmp_path, capsys)
+    assert where in err and "re-encode the file as UTF-8" in err and "iconv -f latin1" in err
+
+
+def test_a_binary_file_named_jsonl_is_called_binary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "data.jsonl"
+    src.write_bytes(gzip.compress(b'{"text": "x"}\n' * 50))  # compressed, but not named .gz
+    err = _cli_import_refused(src, tmp_path, capsys)
+    assert "data.jsonl:1" in err and "looks binary" in err and ".gz" in err
+    (tmp_path / "b.json").write_bytes(bytes(range(256)))
+    assert "looks binary" in _cli_import_refused(tmp_path / "b.json", tmp_path, capsys)
+
+
+def test_a_parquet_string_column_that_is_not_utf8(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    raw = pa.array([b"ok", b"caf\xe9"], pa.binary())
+    text = pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())  # unvalidated
+    pq.write_table(pa.table({"text": text, "domain": ["a", "a"]}), tmp_path / "bad.parquet")
+    err = _cli_import_refused(tmp_path / "bad.parquet", tmp_path, capsys)
+    assert "bad.parquet holds a string that is not UTF-8" in err and "valid UTF-8" in err
+
+
+@pytest.mark.parametrize(
+    ("line", "expect"),
+    [
+        (
+            '{"text": "x\\ud800y", "domain": "a"}',
+            "in.jsonl, row 1: document 'a/in/1' has an unpaired surrogate '\\ud800' at "
+            "character 1 in its text",
+        ),
+        ('{"text": "x", "domain": "a\\udc00"}', "in.jsonl, row 1: domain name 'a\\udc00'"),
+        ('{"text": "x", "domain": "a", "meta": {"t": "\\udfff"}}', None),  # meta is not kept
+    ],
+)
+def test_an_unpaired_surrogate_escape_names_the_record(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str, expect: str | None
+) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text(GOOD_LINE + line + "\n", encoding="utf-8")
+    if expect is None:
+        assert _docs(_import(src, tmp_path)) == {"a": [("a/in/0", "fine"), ("a/in/1", "x")]}
+        return
+    err = _cli_import_refused(src, tmp_path, capsys)
+    assert expect in err and ("fix or drop the record" in err or "--domain NAME" in err)
+
+
+def test_file_and_folder_names_that_are_not_utf8(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "src"
+    bad_folder = os.path.join(os.fsencode(root), b"caf\xe9")
+    os.makedirs(bad_folder)
+    with open(os.path.join(bad_folder, b"x.jsonl"), "w") as f:
+        f.write('{"text": "ok"}\n')
+    err = _cli_import_refused(root, tmp_path, capsys)
+    assert "unpaired surrogate" in err and "rename the folder" in err
+    shutil.rmtree(root)
+    os.makedirs(os.path.join(os.fsencode(root), b"ok"))
+    with open(os.path.join(os.fsencode(root), b"ok", b"\xff.jsonl"), "w") as f:
+        f.write('{"text": "ok"}\n')
+    err = _cli_import_refused(root, tmp_path, capsys)
+    assert "in its doc_id" in err and "rename the file or folder" in err
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_record(tmp_path: Path) -> None:
+    src = tmp_path / "bom.jsonl"
+    src.write_bytes(b"\xef\xbb\xbf" + GOOD_LINE.encode())
+    assert _docs(_import(src, tmp_path)) == {"a": [("a/bom/0", "fine")]}
+
+
+# -- domain names -----------------------------------------------------------------------------
+
+
+def test_a_slash_in_a_domain_name_is_refused_with_the_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = _write_jsonl(tmp_path / "in.jsonl", [{"text": "x", "domain": "web/en"}])
+    err = _cli_import_refused(src, tmp_path, capsys)
+    assert "in.jsonl, row 0: domain name 'web/en' contains '/'" in err
+    assert "rename the domain in the input, or pass --domain NAME" in err
+    err = _cli_import_refused(src, tmp_path, capsys, "--domain", "a/b")
+    assert "'a/b' contains '/'" in err
+    # the fix works
+    assert _import(src, tmp_path, domain="web-en").domains == ["web-en"]
+
+
+def test_pile_domain_names_are_imported_as_they_are(tmp_path: Path) -> None:
+    names = ["Wikipedia (en)", "Gutenberg (PG-19)", "DM Mathematics", "Pile-CC", "NIH ExPorter"]
+    src = _write_jsonl(
+        tmp_path / "pile.jsonl",
+        [{"text": f"doc {n}", "meta": {"pile_set_name": n}} for n in names],
+    )
+    assert _import(src, tmp_path, domain_field="meta.pile_set_name").domains == names
