@@ -332,10 +332,10 @@ def annotate_store(
 
 
 def _decode_all(store: TokenStore, progress: bool) -> dict[str, list[str]]:
-    from tqdm.auto import tqdm
+    from acodm.progress import progress_bar
 
     tokenizer = store.tokenizer()
-    bar = tqdm(store.domains, desc="decode", unit="domain", disable=not progress)
+    bar = progress_bar(store.domains, desc="decode", unit="domain", disable=not progress)
     return {d: decode_domain(store, d, tokenizer, MAX_CHARS) for d in bar}
 
 

@@ -119,11 +119,11 @@ def import_corpus(
         "limit": limit,
         "acodm_version": acodm.__version__,
     }
-    from tqdm.auto import tqdm
+    from acodm.progress import progress_bar
 
     with (
         CorpusWriter(out, meta=meta, overwrite=overwrite) as writer,
-        tqdm(total=limit, unit="doc", desc="import", disable=not progress) as bar,
+        progress_bar(total=limit, unit="doc", desc="import", disable=not progress) as bar,
     ):
         tally = _Tally()
         for inp in inputs:

@@ -339,13 +339,13 @@ def _write_domain(writer: StoreWriter, domain: str, spill: _Spill, rule: _SplitR
 
 
 class _Progress:
-    """One tqdm bar over the corpus's characters, labelled with the current domain."""
+    """One progress bar over the corpus's characters, labelled with the current domain."""
 
     def __init__(self, corpus: Corpus, enabled: bool) -> None:
-        from tqdm.auto import tqdm
+        from acodm.progress import progress_bar
 
         total = sum(corpus.num_characters(d) for d in corpus.domains)
-        self._bar = tqdm(
+        self._bar = progress_bar(
             total=total, unit="char", unit_scale=True, desc="tokenize", disable=not enabled
         )
 
