@@ -90,6 +90,7 @@ from acodm.policies.agent import (
     warmup,
 )
 from acodm.policies.export import export_actor, weights_to_action
+from acodm.runfolder import TRAIN_POLICY, RunFolder, has_entries
 from acodm.trainer import IntervalReport
 
 if TYPE_CHECKING:
@@ -375,7 +376,9 @@ def train_policy(
         "seed": int(seed),
     }
     run_config = _run_config(cfg, agent_cfg, env, schedule)
+    folder = RunFolder(run_dir, TRAIN_POLICY)  # lock, leftovers; a failed start leaves nothing
     try:
+        folder.acquire()
         model = _start_or_resume(env, agent_cfg, run_dir, run_config, resume)
         logger = MetricsLogger(
             run_dir / METRICS_FILE, wandb=wandb, run_name=run_dir.name, config=run_config
@@ -386,7 +389,11 @@ def train_policy(
                 model = _warmup_phase(env, agent_cfg, run_dir, schedule, log)
             _learn_phase(model, env, run_dir, schedule, log)
         return _export(model, env, run_dir, run_config)
+    except BaseException:
+        folder.release(failed=True)
+        raise
     finally:
+        folder.release()
         env.close()
 
 
@@ -401,7 +408,7 @@ def _start_or_resume(
     ckpt = run_dir / AGENT_DIR / "checkpoint.json"
     if resume and (run_dir / CONFIG_FILE).exists():
         _check_resumable(_read_run_config(run_dir / CONFIG_FILE), run_config, run_dir)
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    elif has_entries(run_dir):
         hint = (
             f"it has no {CONFIG_FILE}, so it is not a policy-training run to resume"
             if resume
