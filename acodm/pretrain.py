@@ -21,12 +21,7 @@ import torch
 
 from acodm import __version__
 from acodm import distributed as dist
-from acodm.checkpoint import (
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-)
+from acodm.checkpoint import latest_intact_checkpoint, list_checkpoints, save_checkpoint
 from acodm.config import RESUMABLE_CHANGES, ConfigError, TrainConfig
 from acodm.errors import AcodmError
 from acodm.io import atomic_write_json, atomic_write_text, read_json
@@ -113,7 +108,8 @@ def pretrain(
     """Run (or resume) a pretraining run; returns the final summary (also ``summary.json``).
 
     The run holds ``run_dir`` exclusively (:class:`acodm.runfolder.RunFolder`: a lock, killed
-    runs' temporaries removed, a failed start leaves nothing).
+    runs' temporaries removed, a failed start leaves nothing). A resume starts from the newest
+    intact checkpoint.
     """
     run_dir = Path(run_dir)
     mixer = mixer or make_mixer(config.mixer)  # a bad spec fails before anything is written
@@ -137,8 +133,7 @@ def _start(
 ) -> dict[str, Any]:
     mixer.setup(trainer.mixer_context())
     main = trainer.dist.is_main
-    ckpt_path = latest_checkpoint(run_dir) if resume else None
-    ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None else None
+    ckpt = latest_intact_checkpoint(run_dir) if resume else None
     if ckpt is not None:
         trainer.load_checkpoint(ckpt)
         mixer.load_state_dict(ckpt.state["mixer"])

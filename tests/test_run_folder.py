@@ -1,10 +1,12 @@
 """Run folders (acodm.runfolder): one writer at a time, a failed start leaves nothing, a killed
-run's temporaries are removed on resume. For ``acodm pretrain`` and ``train-policy`` alike."""
+run's temporaries are removed on resume, a damaged newest checkpoint is skipped. For ``acodm
+pretrain`` and ``train-policy`` alike."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -15,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from acodm.checkpoint import list_checkpoints
+from acodm.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints
 from acodm.cli import main
 from acodm.config import TrainConfig, debug_cpu
 from acodm.data.sampler import SamplerError
@@ -25,7 +27,7 @@ from acodm.policies.train import train_policy
 from acodm.pretrain import pretrain
 from acodm.runfolder import LOCK_FILE, PRETRAIN, RunFolder, RunInUseError, remove_leftovers
 from acodm.trainer import Trainer
-from tests.fixtures import SimulatedCrash, make_text_store
+from tests.fixtures import SimulatedCrash, comparable_metrics, make_text_store
 
 
 @pytest.fixture(autouse=True)
@@ -296,3 +298,59 @@ def test_run_folder_unit_rules(tmp_path: Path) -> None:
         RunFolder(run, PRETRAIN).acquire()  # a second holder in the same process, too
     folder.release()
     folder.release()  # idempotent
+
+
+# ----------------------------------------------------------------------------- damaged checkpoints
+
+
+def _damage(ckpt: Path, what: str) -> None:
+    if what == "model":
+        data = (ckpt / "model.safetensors").read_bytes()
+        (ckpt / "model.safetensors").write_bytes(data[: len(data) // 3])
+    else:
+        (ckpt / "state.json").write_text('{"step": 4, "sampler": ')
+
+
+EXACT = {"steps": 8, "checkpoint_every": 2, "eval_every": 4, "mixer": "odm:warmup=0.2"}
+
+
+@pytest.fixture(scope="module")
+def full(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("run-folder") / "full"
+    pretrain(cfg(store, **EXACT), out, progress=False)
+    torch.set_num_threads(old)
+    return out
+
+
+@pytest.mark.parametrize("what", ["model", "state"])
+def test_resume_skips_a_damaged_newest_checkpoint_and_stays_exact(
+    store: Path, full: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str
+) -> None:
+    cut = tmp_path / "cut"
+    _crash(cfg(store, **EXACT), cut, 7, monkeypatch)
+    newest = latest_checkpoint(cut)
+    assert newest is not None and newest.name == "step-00000006"  # keep_last = 2: 4 and 6
+    _damage(newest, what)
+    older = re.escape(str(cut / "checkpoints" / "step-00000004"))
+    with pytest.warns(UserWarning, match=rf"resuming from {older} .*{re.escape(str(newest))}"):
+        pretrain(cfg(store, **EXACT), cut, resume=True, progress=False)
+    assert comparable_metrics(cut) == comparable_metrics(full)
+
+
+def test_resume_with_every_checkpoint_damaged_names_them_and_the_fix(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    cut = tmp_path / "cut"
+    _crash(cfg(store, **EXACT), cut, 7, monkeypatch)
+    for ckpt, what in zip(list_checkpoints(cut), ["model", "state"], strict=True):
+        _damage(ckpt, what)
+    with pytest.raises(CheckpointError) as err:
+        pretrain(cfg(store, **EXACT), cut, resume=True, progress=False)
+    assert "step-00000004" in str(err.value) and "step-00000006" in str(err.value)
+    assert "Delete the damaged step-* folders" in str(err.value)
+    assert main(["pretrain", "--out", str(cut), "--resume", "--quiet"]) == 2
+    assert "no intact checkpoint" in capsys.readouterr().err
