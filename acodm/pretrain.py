@@ -32,9 +32,28 @@ from acodm.runfolder import PRETRAIN, RunFolder
 from acodm.trainer import Trainer
 
 
+def saved_train_config(run_dir: str | Path) -> dict[str, Any]:
+    """The TrainConfig fields of a run's ``config.json``, its store path absolute."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise AcodmError(f"no run at {run_dir} (no config.json): start it without --resume")
+    saved = read_json(path, "run config")
+    train = dict(saved["train"])
+    if not Path(train["store"]).is_absolute():
+        # Runs of earlier versions saved it relative to the working directory of their start;
+        # "store.path" holds it resolved then.
+        train["store"] = saved.get("store", {}).get("path") or _absolute(train["store"])
+    return train
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).resolve())
+
+
 def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
-    saved = read_json(run_dir / "config.json", "run config")["train"]
-    now = config.to_dict()
+    saved = saved_train_config(run_dir)
+    saved["store"] = _absolute(saved["store"])
+    now = {**config.to_dict(), "store": _absolute(config.store)}
     changed = sorted(
         k
         for k in set(saved) | set(now)
@@ -49,9 +68,10 @@ def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
 
 
 def _run_config(run_dir: Path, config: TrainConfig, resume: bool) -> TrainConfig:
-    """Check that ``run_dir`` can be started (or resumed) with ``config``; the config to run."""
+    """Check that ``run_dir`` can be started (or resumed) with ``config``; the config to run,
+    its store path absolute (so that the run resumes from any working directory)."""
     if resume:
-        _check_resume_config(run_dir, config)
+        _check_resume_config(run_dir, config)  # raises if there is no run to resume
     elif (run_dir / "config.json").is_file():
         hint = (
             "; it has no checkpoint yet, so delete it to start over with other settings"
@@ -61,7 +81,7 @@ def _run_config(run_dir: Path, config: TrainConfig, resume: bool) -> TrainConfig
         raise AcodmError(
             f"{run_dir} already holds a run; pass --resume or choose another --out{hint}"
         )
-    return config
+    return config.replace(store=_absolute(config.store))
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -114,7 +134,7 @@ def pretrain(
     run_dir = Path(run_dir)
     mixer = mixer or make_mixer(config.mixer)  # a bad spec fails before anything is written
     if resume and not (run_dir / "config.json").is_file():
-        raise AcodmError(f"--resume: {run_dir} has no config.json; start a new run instead")
+        saved_train_config(run_dir)  # raises: there is no run to resume
     # Only rank 0 writes the run folder; it locks before the process group forms, so a run in
     # use stops it before any rank waits for the others (torchrun then stops those).
     folder = RunFolder(run_dir, PRETRAIN, create=not resume, enabled=dist.launch_rank() == 0)

@@ -32,6 +32,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from acodm.errors import AcodmError
 from acodm.metrics import read_metrics
@@ -164,6 +165,14 @@ class RunFolder:
 def has_entries(path: Path) -> bool:
     """Whether ``path`` holds anything besides the run lock (False if it does not exist)."""
     return path.is_dir() and any(p.name != LOCK_FILE for p in path.iterdir())
+
+
+def absolute_store(section: Any) -> Any:
+    """A config section (dict) with its ``store`` path made absolute, for comparisons: runs of
+    earlier acodm versions saved it relative to the working directory of their start."""
+    if not isinstance(section, dict) or not isinstance(section.get("store"), str):
+        return section
+    return {**section, "store": str(Path(section["store"]).resolve())}
 
 
 def remove_leftovers(run_dir: Path, layout: RunLayout) -> list[Path]:

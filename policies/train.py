@@ -90,7 +90,7 @@ from acodm.policies.agent import (
     warmup,
 )
 from acodm.policies.export import export_actor, weights_to_action
-from acodm.runfolder import TRAIN_POLICY, RunFolder, has_entries
+from acodm.runfolder import TRAIN_POLICY, RunFolder, absolute_store, has_entries
 from acodm.trainer import IntervalReport
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ def _resolve_proxy(
     interval: int | None,
 ) -> TrainConfig:
     """The proxy run's TrainConfig on ``store`` (a preset name or a config, plus overrides)."""
-    store_path = Path(store)
+    store_path = Path(store).resolve()  # absolute in config.json: resumable from any directory
     if not store_path.exists():
         raise TrainPolicyError(f"store {store_path} does not exist: build one with `acodm prepare`")
     if isinstance(proxy, TrainConfig):
@@ -231,6 +231,7 @@ def _read_run_config(path: Path) -> dict[str, Any]:
 def _check_resumable(old: dict[str, Any], new: dict[str, Any], run_dir: Path) -> None:
     """Refuse to resume with settings that change the run (episodes may grow)."""
     new = json.loads(json.dumps(new))  # tuples -> lists, as stored
+    old = {**old, "proxy": absolute_store(old.get("proxy"))}  # older runs: relative to the cwd
     diffs = [key for key in ("proxy", "agent", "env") if old.get(key) != new.get(key)]
     old_s, new_s = old.get("schedule", {}), new.get("schedule", {})
     if old_s.get("warmup_steps") != new_s.get("warmup_steps"):

@@ -1,6 +1,6 @@
 """Run folders (acodm.runfolder): one writer at a time, a failed start leaves nothing, a killed
-run's temporaries are removed on resume, a damaged newest checkpoint is skipped. For ``acodm
-pretrain`` and ``train-policy`` alike."""
+run's temporaries are removed on resume, a damaged newest checkpoint is skipped, and a run
+resumes from any working directory. For ``acodm pretrain`` and ``train-policy`` alike."""
 
 from __future__ import annotations
 
@@ -354,3 +354,53 @@ def test_resume_with_every_checkpoint_damaged_names_them_and_the_fix(
     assert "Delete the damaged step-* folders" in str(err.value)
     assert main(["pretrain", "--out", str(cut), "--resume", "--quiet"]) == 2
     assert "no intact checkpoint" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def test_resume_from_another_working_directory(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    monkeypatch.chdir(store.parent)
+    assert main(_pretrain_args(run, store.name)) == 0  # the store named relative to here
+    conf_path = run / "config.json"
+    assert json.loads(conf_path.read_text())["train"]["store"] == str(store.resolve())
+    monkeypatch.chdir(tmp_path)
+    assert main(["pretrain", "--out", str(run), "--resume", "--quiet"]) == 0
+    # a run of an earlier version: train.store relative to the directory it started in
+    conf = json.loads(conf_path.read_text())
+    conf["train"]["store"] = store.name
+    conf_path.write_text(json.dumps(conf))
+    assert main(["pretrain", "--out", str(run), "--resume", "--quiet"]) == 0
+    pretrain(cfg(store, steps=2), run, resume=True, progress=False)  # the API, absolute store
+
+
+def test_resume_without_a_run_says_so(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "nothing"
+    assert main(_pretrain_args(run, store, "--resume")) == 2
+    assert f"no run at {run} (no config.json): start it without --resume" in (
+        capsys.readouterr().err
+    )
+    assert not run.exists()
+
+
+def test_train_policy_resumes_from_another_working_directory(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    monkeypatch.chdir(store.parent)
+    _train(Path(store.name), run)
+    conf_path = run / "config.json"
+    assert json.loads(conf_path.read_text())["proxy"]["store"] == str(store.resolve())
+    monkeypatch.chdir(tmp_path)
+    _train(store, run, resume=True)  # the same store, named from here
+    # a run of an earlier version (store relative to its start) resumes from that directory
+    conf = json.loads(conf_path.read_text())
+    conf["proxy"]["store"] = store.name
+    conf_path.write_text(json.dumps(conf))
+    monkeypatch.chdir(store.parent)
+    _train(Path(store.name), run, resume=True)
