@@ -122,7 +122,11 @@ class RunFolder:
             raise
         self._held = True
         self._existed = {n for n in self.layout.owned if _exists(self.path / n)}
-        remove_leftovers(self.path, self.layout)
+        try:
+            remove_leftovers(self.path, self.layout)
+        except BaseException:  # __exit__ does not run when __enter__ raises: unlock here
+            self.release()
+            raise
         return self
 
     def release(self, *, failed: bool = False) -> None:

@@ -300,6 +300,17 @@ def test_run_folder_unit_rules(tmp_path: Path) -> None:
     folder.release()  # idempotent
 
 
+def test_a_failing_clean_up_does_not_keep_the_lock(tmp_path: Path, monkeypatch) -> None:
+    def broken(*args: Any) -> None:
+        raise PermissionError("cannot remove")
+
+    monkeypatch.setattr("acodm.runfolder.remove_leftovers", broken)
+    with pytest.raises(PermissionError), RunFolder(tmp_path / "run", PRETRAIN):
+        pass
+    monkeypatch.undo()
+    RunFolder(tmp_path / "run", PRETRAIN).acquire().release()  # the lock was released
+
+
 # ----------------------------------------------------------------------------- damaged checkpoints
 
 
