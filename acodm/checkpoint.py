@@ -10,13 +10,16 @@
       state.json              step, sampler, mixer, scheduler and loop state
 
 A checkpoint folder is complete iff it exists under its final name: it is built as
-``step-...partial`` and renamed. Only the newest ``keep_last`` are kept.
+``step-...partial`` and renamed. Only the newest ``keep_last`` are kept. A resume starts from
+the newest one that loads (:func:`latest_intact_checkpoint`): one damaged later (a disk error,
+a copy cut short) is skipped with a warning.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +108,35 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def latest_intact_checkpoint(run_dir: str | Path) -> Checkpoint | None:
+    """The newest checkpoint of a run that loads, or None when the run has none.
+
+    Damaged newer ones are skipped with a warning naming them (the run then redoes their
+    steps); when every checkpoint is damaged, a :class:`CheckpointError` names them all.
+    """
+    damaged: list[str] = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as e:
+            damaged.append(str(e))
+            continue
+        if damaged:
+            warnings.warn(
+                f"resuming from {path} (step {ckpt.step}), skipping damaged newer checkpoints: "
+                + "; ".join(damaged),
+                stacklevel=2,
+            )
+        return ckpt
+    if damaged:
+        raise CheckpointError(
+            f"no intact checkpoint in {checkpoint_dir(run_dir)}: {'; '.join(damaged)}. Delete "
+            "the damaged step-* folders to restart the run from step 0 with --resume, or start "
+            "a new --out"
+        )
+    return None
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint folder; any damage is a :class:`CheckpointError` naming the file."""
     path = Path(path)
@@ -116,7 +148,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         state = read_json(path / "state.json", "checkpoint state")
     except AcodmError as e:
-        raise CheckpointError(str(e)) from e
+        raise CheckpointError(f"checkpoint {path}: state.json is corrupt ({e.__cause__})") from e
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"checkpoint {path}: state.json is corrupt (no step)")
     if state.get("checkpoint_version") != CHECKPOINT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has version {state.get('checkpoint_version')!r}; this acodm "

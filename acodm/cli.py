@@ -213,11 +213,10 @@ def _add_pretrain_command(sub: argparse._SubParsersAction) -> None:
 
 def _train_config(args: argparse.Namespace) -> Any:
     from acodm.config import TrainConfig, preset
-    from acodm.io import read_json
+    from acodm.pretrain import saved_train_config
 
-    saved = args.out / "config.json"
-    if args.resume and saved.is_file():
-        base = read_json(saved, "run config")["train"]
+    if args.resume:  # raises when there is no run at --out
+        base = saved_train_config(args.out)
     elif args.preset:
         if not args.store:
             raise AcodmError("--store is required (the folder written by `acodm prepare`)")

@@ -36,6 +36,14 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun set it (0 outside torchrun), known before the process
+    group is joined: rank 0 takes the run folder's lock before any rank waits for the others."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    return int(os.environ.get("RANK", "0"))
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

@@ -7,6 +7,7 @@ A run directory::
       metrics.jsonl    one JSON line per interval / evaluation (namespaced metric names)
       checkpoints/     step-XXXXXXXX/ folders, the newest ``keep_last`` kept
       summary.json     final evaluation, steps, tokens, wall time (written at the end)
+      .lock            held by the process writing the run (acodm.runfolder)
 """
 
 from __future__ import annotations
@@ -20,19 +21,39 @@ import torch
 
 from acodm import __version__
 from acodm import distributed as dist
-from acodm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from acodm.checkpoint import latest_intact_checkpoint, list_checkpoints, save_checkpoint
 from acodm.config import RESUMABLE_CHANGES, ConfigError, TrainConfig
 from acodm.errors import AcodmError
 from acodm.io import atomic_write_json, atomic_write_text, read_json
 from acodm.metrics import MetricsLogger, read_metrics
 from acodm.mixers import Mixer, make_mixer
 from acodm.models import model_summary
+from acodm.runfolder import PRETRAIN, RunFolder
 from acodm.trainer import Trainer
 
 
+def saved_train_config(run_dir: str | Path) -> dict[str, Any]:
+    """The TrainConfig fields of a run's ``config.json``, its store path absolute."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise AcodmError(f"no run at {run_dir} (no config.json): start it without --resume")
+    saved = read_json(path, "run config")
+    train = dict(saved["train"])
+    if not Path(train["store"]).is_absolute():
+        # Runs of earlier versions saved it relative to the working directory of their start;
+        # "store.path" holds it resolved then.
+        train["store"] = saved.get("store", {}).get("path") or _absolute(train["store"])
+    return train
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).resolve())
+
+
 def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
-    saved = read_json(run_dir / "config.json", "run config")["train"]
-    now = config.to_dict()
+    saved = saved_train_config(run_dir)
+    saved["store"] = _absolute(saved["store"])
+    now = {**config.to_dict(), "store": _absolute(config.store)}
     changed = sorted(
         k
         for k in set(saved) | set(now)
@@ -44,6 +65,23 @@ def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
             f"--resume with settings that change the run ({diffs}); resume with the original "
             f"settings (see {run_dir / 'config.json'}) or start a new --out"
         )
+
+
+def _run_config(run_dir: Path, config: TrainConfig, resume: bool) -> TrainConfig:
+    """Check that ``run_dir`` can be started (or resumed) with ``config``; the config to run,
+    its store path absolute (so that the run resumes from any working directory)."""
+    if resume:
+        _check_resume_config(run_dir, config)  # raises if there is no run to resume
+    elif (run_dir / "config.json").is_file():
+        hint = (
+            "; it has no checkpoint yet, so delete it to start over with other settings"
+            if not list_checkpoints(run_dir)
+            else ""
+        )
+        raise AcodmError(
+            f"{run_dir} already holds a run; pass --resume or choose another --out{hint}"
+        )
+    return config.replace(store=_absolute(config.store))
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -87,30 +125,44 @@ def pretrain(
     progress: bool = True,
     mixer: Mixer | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) a pretraining run; returns the final summary (also ``summary.json``)."""
-    run_dir = Path(run_dir)
-    ckpt_path = latest_checkpoint(run_dir) if resume else None
-    if resume and not (run_dir / "config.json").is_file():
-        raise AcodmError(f"--resume: {run_dir} has no config.json; start a new run instead")
-    if not resume and (run_dir / "config.json").is_file():
-        raise AcodmError(f"{run_dir} already holds a run; pass --resume or choose another --out")
-    if resume:
-        _check_resume_config(run_dir, config)
+    """Run (or resume) a pretraining run; returns the final summary (also ``summary.json``).
 
-    mixer = mixer or make_mixer(config.mixer)  # a bad spec fails before the model is built
-    trainer = Trainer(config, progress=progress)
+    The run holds ``run_dir`` exclusively (:class:`acodm.runfolder.RunFolder`: a lock, killed
+    runs' temporaries removed, a failed start leaves nothing). A resume starts from the newest
+    intact checkpoint.
+    """
+    run_dir = Path(run_dir)
+    mixer = mixer or make_mixer(config.mixer)  # a bad spec fails before anything is written
+    if resume and not (run_dir / "config.json").is_file():
+        saved_train_config(run_dir)  # raises: there is no run to resume
+    # Only rank 0 writes the run folder; it locks before the process group forms, so a run in
+    # use stops it before any rank waits for the others (torchrun then stops those).
+    folder = RunFolder(run_dir, PRETRAIN, create=not resume, enabled=dist.launch_rank() == 0)
+    with folder:
+        # Every rank checks the folder before joining the group, rank 0 writes it only after.
+        config = _run_config(run_dir, config, resume)
+        trainer = Trainer(config, progress=progress)
+        try:
+            return _start(trainer, mixer, run_dir, resume, progress)
+        finally:
+            trainer.close()
+
+
+def _start(
+    trainer: Trainer, mixer: Mixer, run_dir: Path, resume: bool, progress: bool
+) -> dict[str, Any]:
     mixer.setup(trainer.mixer_context())
     main = trainer.dist.is_main
-    if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path)
+    ckpt = latest_intact_checkpoint(run_dir) if resume else None
+    if ckpt is not None:
         trainer.load_checkpoint(ckpt)
         mixer.load_state_dict(ckpt.state["mixer"])
         mixer.load_tensor_state(_mixer_tensors(ckpt.extra))
     if resume and main:  # without a checkpoint the run restarts from step 0
-        _truncate_metrics(run_dir / "metrics.jsonl", trainer.step if ckpt_path else -1)
+        _truncate_metrics(run_dir / "metrics.jsonl", trainer.step if ckpt else -1)
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         _write_config(run_dir, trainer, mixer)
+    config = trainer.config
     logger = MetricsLogger(
         run_dir / "metrics.jsonl" if main else None,
         wandb=config.wandb and main,
@@ -121,7 +173,6 @@ def pretrain(
         return _loop(trainer, mixer, logger, run_dir, progress and main)
     finally:
         logger.close()
-        trainer.close()
 
 
 MIXER_TENSORS = "mixer/"  # prefix of the mixer's tensors in the checkpoint's extra tensors

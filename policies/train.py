@@ -92,6 +92,7 @@ from acodm.policies.agent import (
     warmup,
 )
 from acodm.policies.export import export_actor, weights_to_action
+from acodm.runfolder import TRAIN_POLICY, RunFolder, absolute_store, has_entries
 from acodm.trainer import IntervalReport
 
 if TYPE_CHECKING:
@@ -158,7 +159,7 @@ def _resolve_proxy(
     interval: int | None,
 ) -> TrainConfig:
     """The proxy run's TrainConfig on ``store`` (a preset name or a config, plus overrides)."""
-    store_path = Path(store)
+    store_path = Path(store).resolve()  # absolute in config.json: resumable from any directory
     if not store_path.exists():
         raise TrainPolicyError(f"store {store_path} does not exist: build one with `acodm prepare`")
     if isinstance(proxy, TrainConfig):
@@ -291,6 +292,7 @@ def _read_run_config(path: Path) -> dict[str, Any]:
 def _check_resumable(old: dict[str, Any], new: dict[str, Any], run_dir: Path) -> None:
     """Refuse to resume with settings that change the run (episodes may grow)."""
     new = json.loads(json.dumps(new))  # tuples -> lists, as stored
+    old = {**old, "proxy": absolute_store(old.get("proxy"))}  # older runs: relative to the cwd
     diffs = [key for key in ("proxy", "agent", "env") if old.get(key) != new.get(key)]
     old_s, new_s = old.get("schedule", {}), new.get("schedule", {})
     if old_s.get("warmup_steps") != new_s.get("warmup_steps"):
@@ -436,7 +438,9 @@ def train_policy(
         "seed": int(seed),
     }
     run_config = _run_config(cfg, agent_cfg, env, schedule)
+    folder = RunFolder(run_dir, TRAIN_POLICY)  # lock, leftovers; a failed start leaves nothing
     try:
+        folder.acquire()
         model = _start_or_resume(env, agent_cfg, run_dir, run_config, resume)
         logger = MetricsLogger(
             run_dir / METRICS_FILE, wandb=wandb, run_name=run_dir.name, config=run_config
@@ -447,7 +451,11 @@ def train_policy(
                 model = _warmup_phase(env, agent_cfg, run_dir, schedule, log)
             _learn_phase(model, env, run_dir, schedule, log)
         return _export(model, env, run_dir, run_config)
+    except BaseException:
+        folder.release(failed=True)
+        raise
     finally:
+        folder.release()
         env.close()
 
 
@@ -462,7 +470,7 @@ def _start_or_resume(
     ckpt = run_dir / AGENT_DIR / "checkpoint.json"
     if resume and (run_dir / CONFIG_FILE).exists():
         _check_resumable(_read_run_config(run_dir / CONFIG_FILE), run_config, run_dir)
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    elif has_entries(run_dir):
         hint = (
             f"it has no {CONFIG_FILE}, so it is not a policy-training run to resume"
             if resume
