@@ -202,18 +202,14 @@ def _save(trainer: Trainer, mixer: Mixer, run_dir: Path) -> None:
 def _loop(
     trainer: Trainer, mixer: Mixer, logger: MetricsLogger, run_dir: Path, show: bool
 ) -> dict[str, Any]:
-    from tqdm.auto import tqdm
+    from acodm.progress import progress_bar
 
     cfg = trainer.config
     start = time.perf_counter()
     if trainer.step == 0:
         logger.log(trainer.evaluate(), step=0)
-    bar = tqdm(
-        total=trainer.total_steps,
-        initial=trainer.step,
-        disable=not show,
-        unit="step",
-        dynamic_ncols=True,
+    bar = progress_bar(
+        total=trainer.total_steps, initial=trainer.step, disable=not show, unit="step"
     )
     last_eval: dict[str, float] = trainer.evaluate() if trainer.done else {}
     while not trainer.done:
