@@ -4,8 +4,23 @@ METHOD.md, "Proxy mode and transfer": the agent learns on a proxy run, then only
 is exported (weights + a JSON spec: domain names in order, observation feature spec, action
 mapping ``beta``/``eps``, interval K, network shape, versions) and drives the target's mixture.
 STYLE.md: artifacts a user may share are safetensors + JSON, never pickle. Loading therefore
-reads JSON and safetensors only, verifies a sha256 of the weights, and rebuilds a plain ``torch.nn.Module``
+reads JSON and safetensors only, verifies hashes, and rebuilds a plain ``torch.nn.Module``
 (:class:`MixingPolicy`); stable-baselines3 is not imported here.
+
+Hashes (format version 2). ``actor_sha256`` is the sha256 of ``actor.safetensors``.
+``spec_sha256`` covers everything that changes what the policy does, together with the
+weights: the sha256 of the canonical JSON (``json.dumps(obj, sort_keys=True,
+separators=(",", ":"))``) of the keys in :data:`HASHED_KEYS` (format, domains and their order,
+the observation feature spec with its normalisation, the action mapping, the interval, the
+network, the observation/action space bounds), followed by the bytes of
+``actor.safetensors``. A policy.json edited after export (two features swapped, another
+``beta``, domains reordered) is refused. Not hashed, free to edit: ``extra`` and ``versions``
+(information only; nothing reads them to act). Any other key is refused, so every key a
+loader reads is hashed. The hashes detect edits and corruption; they do not authenticate the
+sender (whoever sends a policy can re-hash it). Loading one is still safe, since no code runs:
+a foreign policy can at worst choose bad mixtures. Version-1 exports (``actor_sha256`` only)
+are refused, not accepted with a warning: a v2 file edited back to ``"format_version": 1``
+would otherwise skip the check; re-export with ``acodm export RUN``.
 
 The writer (:func:`write_policy`) takes :class:`ActorParts` (the actor's MLP tensors, network
 shape, spaces): from a live SB3 agent (:func:`actor_parts`, used by :func:`export_actor`) or
@@ -19,6 +34,7 @@ the loaded policy needs the mapping while staying free of SB3.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -35,9 +51,23 @@ from acodm.errors import AcodmError
 from acodm.io import atomic_directory, sha256_bytes
 
 FORMAT = "acodm-policy"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: spec_sha256 over the spec and the weights (1: actor_sha256 only)
 ACTOR_FILE = "actor.safetensors"
 SPEC_FILE = "policy.json"
+# policy.json keys covered by spec_sha256 (with the weights), and those that are not
+HASHED_KEYS = (
+    "format",
+    "format_version",
+    "domains",
+    "observation",
+    "action_mapping",
+    "interval",
+    "network",
+    "observation_space",
+    "action_space",
+)
+FREE_KEYS = ("versions", "extra")  # information only
+DIGEST_KEYS = ("actor_sha256", "spec_sha256")
 
 # The pickle-free copy of the actor inside an agent checkpoint (policies/agent.py)
 CHECKPOINT_ACTOR_FILE = "actor.safetensors"
@@ -203,6 +233,19 @@ def _plain_json(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
+def canonical_json(obj: Any) -> bytes:
+    """The serialization that :func:`spec_digest` hashes: sorted keys, no spaces, ASCII."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("ascii")
+
+
+def spec_digest(spec: Mapping[str, Any], actor_bytes: bytes) -> str:
+    """sha256 of the canonical JSON of ``spec``'s :data:`HASHED_KEYS`, then the weights' bytes
+    (a JSON object is self-delimiting, so the concatenation is unambiguous)."""
+    h = hashlib.sha256(canonical_json({key: spec.get(key) for key in HASHED_KEYS}))
+    h.update(actor_bytes)
+    return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class ActorParts:
     """What an export takes from a trained actor, with no SB3 object: the MLP's tensors
@@ -289,6 +332,7 @@ def write_policy(
         }
     )
     spec["actor_sha256"] = sha256_bytes(blob)
+    spec["spec_sha256"] = spec_digest(spec, blob)
     where = Path(out_dir) / SPEC_FILE
     _validate_spec(spec, where)
     _check_tensors(MixingPolicy(spec), parts.tensors, "the actor's tensors")
@@ -396,17 +440,28 @@ def _read_spec(spec_path: Path) -> dict[str, Any]:
         raise PolicyError(
             f'{spec_path} is not an acodm policy spec (expected "format": "{FORMAT}")'
         )
-    if spec.get("format_version") != FORMAT_VERSION:
+    version = spec.get("format_version")
+    if version == 1:
         raise PolicyError(
-            f"{spec_path} has format_version {spec.get('format_version')!r}; "
-            f"this acodm reads version {FORMAT_VERSION}"
+            f"{spec_path} has format_version 1, whose spec is not covered by a hash; "
+            "re-export it with `acodm export RUN` (RUN: the train-policy run folder)"
+        )
+    if version != FORMAT_VERSION:
+        raise PolicyError(
+            f"{spec_path} has format_version {version!r}; this acodm reads version {FORMAT_VERSION}"
+        )
+    unknown = sorted(set(spec) - set(HASHED_KEYS) - set(FREE_KEYS) - set(DIGEST_KEYS))
+    if unknown:
+        raise PolicyError(
+            f"{spec_path} has unknown keys {unknown}; free-form information goes under "
+            '"extra" (the only key besides "versions" that is not hashed)'
         )
     _validate_spec(spec, spec_path)
     return spec
 
 
 def _validate_spec(spec: dict[str, Any], where: Path) -> None:
-    required = ("domains", "observation", "action_mapping", "interval", "network", "actor_sha256")
+    required = (*HASHED_KEYS, *DIGEST_KEYS)
     missing = [key for key in required if key not in spec]
     if missing:
         raise PolicyError(f"{where} lacks the keys {missing}")
@@ -418,13 +473,15 @@ def _validate_spec(spec: dict[str, Any], where: Path) -> None:
             and all(int(n) > 0 for n in net["layers"])
             and k == len(spec["domains"])
             and int(spec["interval"]) > 0
+            and list(spec["observation_space"]["shape"]) == [int(net["input_dim"])]
+            and list(spec["action_space"]["shape"]) == [k]
         )
         act = net["activation"]
         _check_mapping(float(spec["action_mapping"]["beta"]), float(spec["action_mapping"]["eps"]))
     except (KeyError, TypeError, ValueError) as e:
         raise PolicyError(f"{where}: malformed network/action_mapping entry ({e!r})") from e
     if not ok:
-        raise PolicyError(f"{where}: inconsistent network shape, domains or interval")
+        raise PolicyError(f"{where}: inconsistent network shape, spaces, domains or interval")
     if act not in ACTIVATIONS:
         raise PolicyError(f"{where}: unknown activation {act!r}; known: {sorted(ACTIVATIONS)}")
     if len(set(spec["domains"])) != len(spec["domains"]):
@@ -476,12 +533,22 @@ def _check_tensors(policy: MixingPolicy, tensors: Mapping[str, torch.Tensor], wh
 
 
 def load_policy(path: str | Path) -> MixingPolicy:
-    """Load an exported policy (folder or its policy.json). JSON + safetensors only, no pickle."""
+    """Load an exported policy (folder or its policy.json). JSON + safetensors only, no pickle.
+
+    Refuses a policy.json edited after export (``spec_sha256``, see the module docstring).
+    """
     path = Path(path)
     spec_path = path / SPEC_FILE if path.is_dir() else path
     spec = _read_spec(spec_path)
     actor_path = spec_path.parent / ACTOR_FILE
     blob = _read_blob(actor_path, str(spec["actor_sha256"]))
+    if spec_digest(spec, blob) != spec["spec_sha256"]:
+        raise PolicyError(
+            f"{spec_path} was edited after export: its spec_sha256 does not match its "
+            "domains, observation, action mapping, interval, network, spaces and weights; "
+            're-export the policy with `acodm export RUN` (only "extra" and "versions" may '
+            "be edited)"
+        )
     tensors = _parse_tensors(blob, actor_path)
     policy = MixingPolicy(spec)
     _check_tensors(policy, tensors, str(actor_path))
