@@ -259,6 +259,13 @@ def _fmt(v: object) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+_TRUST_PICKLE_HELP = (
+    "load the SB3 pickle files (agent.zip, replay_buffer.pkl) even if your acodm did not "
+    "write them (another user's run, an older acodm's, or modified files): pickle can run "
+    "any code, so only for a folder whose author you trust"
+)
+
+
 def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser(
         "quickstart",
@@ -281,7 +288,10 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
         "train-policy",
         help="train a DDPG mixing policy on a proxy model and export its actor",
         description="One episode is one proxy pretraining run; the actor is exported to "
-        "OUT/policy (actor.safetensors + policy.json).",
+        "OUT/policy (actor.safetensors + policy.json). --resume unpickles OUT/agent (SB3's "
+        "agent.zip and replay_buffer.pkl: pickle can run code), so it refuses a checkpoint "
+        "that your acodm did not write (signed with your key in $ACODM_CONFIG, "
+        "$XDG_CONFIG_HOME/acodm or ~/.config/acodm) unless --trust-pickle is given.",
     )
     t.add_argument("--store", required=True, help="token store from `acodm prepare`")
     t.add_argument("--out", type=Path, required=True, help="run directory")
@@ -308,13 +318,26 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
         help="the proxy run has the agent console: the policy observes its features and is "
         "rewarded by them (run `acodm annotate` on the store first)",
     )
-    t.add_argument("--resume", action="store_true")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/agent (unpickles it: your own, signed runs only)",
+    )
+    t.add_argument("--trust-pickle", action="store_true", help=_TRUST_PICKLE_HELP)
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_cmd_train_policy)
 
-    e = sub.add_parser("export", help="re-export the actor from an agent checkpoint")
+    e = sub.add_parser(
+        "export",
+        help="re-export the actor from an agent checkpoint",
+        description="Reads only RUN/config.json and the checkpoint's pickle-free actor copy "
+        "(RUN/agent/actor.safetensors + actor.json), never the SB3 pickle files: safe on a "
+        "folder from anyone. A checkpoint of an older acodm lacks the copy; --trust-pickle "
+        "then reads its agent.zip (pickle: it can run code).",
+    )
     e.add_argument("run", type=Path, help="a train-policy run directory")
     e.add_argument("--out", type=Path, default=None, help="policy folder (default RUN/policy)")
+    e.add_argument("--trust-pickle", action="store_true", help=_TRUST_PICKLE_HELP)
     e.set_defaults(func=_cmd_export)
 
     c = sub.add_parser("compare", help="compare finished pretraining runs; optional plots")
@@ -440,6 +463,7 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.quiet,
         console=args.console,
+        trust_pickle=args.trust_pickle,
     )
     print(f"policy exported to {out}")
     return 0
@@ -448,7 +472,9 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from acodm.policies.train import export_from_checkpoint
 
-    out = export_from_checkpoint(args.run, args.out or args.run / "policy")
+    out = export_from_checkpoint(
+        args.run, args.out or args.run / "policy", trust_pickle=args.trust_pickle
+    )
     print(f"policy exported to {out}")
     return 0
 

@@ -3,10 +3,12 @@
 
 * :mod:`acodm.policies.agent` - ``AgentConfig`` (presets ``small``, ``paper``), ``make_agent``
   (SB3 DDPG/TD3), expert warm-up with behaviour cloning, ``MixingCallback`` (logging and
-  checkpoints), ``save_checkpoint``/``load_agent`` (SB3 pickle: own runs only). Imports SB3.
-* :mod:`acodm.policies.export` - ``export_actor`` (``actor.safetensors`` + ``policy.json``),
-  ``MixingPolicy`` (a plain torch module, loaded without SB3 or pickle), ``check_domains``,
-  ``PolicyError``, and the action <-> weights mapping.
+  checkpoints), ``save_checkpoint``/``load_agent`` (SB3 pickle: own runs only, checked with
+  :mod:`acodm.trust`; ``trust_pickle=True`` for others). Imports SB3.
+* :mod:`acodm.policies.export` - ``export_actor``/``write_policy`` (``actor.safetensors`` +
+  ``policy.json``, hashed spec and weights), ``MixingPolicy`` (a plain torch module, loaded
+  without SB3 or pickle), ``check_domains``, ``PolicyError``, and the action <-> weights
+  mapping.
 * :mod:`acodm.policies.train` - ``train_policy`` (proxy training -> exported actor; the
   ``acodm train-policy`` command), ``export_from_checkpoint``, ``OnlineDDPGMixer`` (mixer
   ``ddpg``: non-proxy mode, learning on the target run itself). Imports SB3.

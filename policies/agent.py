@@ -9,11 +9,16 @@ published code, whose actor optimizer never steps.
 
 Checkpoints (``.zip`` + replay buffer ``.pkl``) are SB3's pickle-based formats: for resuming
 one's own runs only, never for sharing (STYLE.md). Share a policy with
-:func:`acodm.policies.export.export_actor`.
+:func:`acodm.policies.export.export_actor`. Each checkpoint also holds a pickle-free copy of
+the actor (``actor.safetensors`` + ``actor.json``), from which a run is re-exported without
+unpickling, and an HMAC signature of its pickle files under this user's key
+(:mod:`acodm.trust`): :func:`load_agent` refuses a checkpoint this user's acodm did not write
+unless ``trust_pickle=True``.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from collections.abc import Callable
@@ -34,9 +39,15 @@ from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.td3.policies import TD3Policy
 
+from acodm import trust
 from acodm.errors import AcodmError
-from acodm.io import atomic_directory
-from acodm.policies.export import action_to_weights, weights_to_action
+from acodm.io import atomic_directory, sha256_bytes, sha256_file
+from acodm.policies.export import (
+    action_to_weights,
+    actor_parts,
+    weights_to_action,
+    write_checkpoint_actor,
+)
 
 __all__ = [
     "AgentConfig",
@@ -54,6 +65,7 @@ __all__ = [
     "paper",
     "save_checkpoint",
     "small",
+    "verify_checkpoint",
     "warmup",
     "weights_to_action",
 ]
@@ -421,6 +433,9 @@ def continue_learning(
 # ----------------------------------------------------------------------------- logging, checkpoints
 
 CHECKPOINT_FORMAT = "acodm-agent-checkpoint"
+AGENT_FILE = "agent.zip"  # SB3 pickle
+BUFFER_FILE = "replay_buffer.pkl"  # SB3 pickle
+PICKLE_FILES = (AGENT_FILE, BUFFER_FILE)  # the files trust.verify checks before loading
 RESUME_FILE = "resume.json"  # global RNGs (numpy, python), SB3 logger values, Monitor episode
 TORCH_RNG_FILE = "rng.safetensors"  # the global torch CPU RNG state
 StateWriter = Callable[[Path], None]
@@ -431,6 +446,11 @@ def save_checkpoint(
 ) -> Path:
     """Write ``agent.zip`` + ``replay_buffer.pkl`` + ``checkpoint.json`` into ``folder``,
     atomically (built under a temporary name, then renamed over the previous checkpoint).
+
+    Also ``actor.safetensors`` + ``actor.json``: the actor alone, pickle-free, which
+    ``acodm export`` reads (:func:`acodm.policies.train.export_from_checkpoint`); and in
+    ``checkpoint.json`` a ``signature`` of the two pickle files under this user's key
+    (:func:`acodm.trust.sign`), which :func:`load_agent` checks before unpickling them.
 
     Also written, for :func:`load_agent` with ``exact=True``: ``resume.json`` (the global numpy
     and python RNG states that SB3 draws exploration noise and replay minibatches from, the SB3
@@ -451,8 +471,15 @@ def save_checkpoint(
         "export_actor (safetensors + JSON)",
     }
     with atomic_directory(folder, overwrite=True) as tmp:
-        agent.save(tmp / "agent.zip")  # holds _last_obs, _episode_num, ... (SB3's own pickle)
-        agent.save_replay_buffer(tmp / "replay_buffer.pkl")
+        agent.save(tmp / AGENT_FILE)  # holds _last_obs, _episode_num, ... (SB3's own pickle)
+        agent.save_replay_buffer(tmp / BUFFER_FILE)
+        meta["signature"] = trust.sign({n: sha256_file(tmp / n) for n in PICKLE_FILES})
+        write_checkpoint_actor(
+            actor_parts(agent),
+            tmp,
+            algorithm=meta["algorithm"],
+            num_timesteps=meta["num_timesteps"],
+        )
         (tmp / RESUME_FILE).write_text(json.dumps(_resume_state(agent)) + "\n")
         save_file({"torch_cpu": torch.get_rng_state()}, str(tmp / TORCH_RNG_FILE))
         if write_state is not None:
@@ -523,28 +550,69 @@ def _algorithm(agent: Agent) -> str:
     return "ddpg" if isinstance(agent, DDPG) else "td3"  # DDPG subclasses TD3: test it first
 
 
-def load_agent(folder: str | Path, env: Any, device: str = "cpu", *, exact: bool = False) -> Agent:
-    """Resume from :func:`save_checkpoint`: agent, optimizers, timestep count and replay buffer.
-
-    Loads pickle (SB3's format): only for checkpoints you wrote yourself. Default: the env is
-    reset at the next ``learn`` (its state is not in the checkpoint). ``exact=True``: the
-    caller has restored ``env`` to the checkpoint's state (``write_state`` of
-    :func:`save_checkpoint`); the agent keeps its last observation (no reset), and the global
-    RNGs, logger values and Monitor episode are restored last, so that
-    :func:`continue_learning` repeats the uninterrupted run bit for bit on CPU.
-    """
-    folder = Path(folder)
+def _read_meta(folder: Path) -> dict[str, Any]:
     try:
         meta = json.loads((folder / "checkpoint.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError) as e:
         raise AgentError(f"{folder} is not an agent checkpoint ({e})") from e
-    if meta.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
         raise AgentError(f"{folder}/checkpoint.json is not an acodm agent checkpoint")
+    return meta
+
+
+def _read_pickle_files(folder: Path, meta: dict[str, Any], trust_pickle: bool) -> dict[str, bytes]:
+    """The bytes of the pickle files, read once; verified unless ``trust_pickle`` (so the bytes
+    checked are the bytes unpickled: no file swap between check and load)."""
+    try:
+        blobs = {name: (folder / name).read_bytes() for name in PICKLE_FILES}
+    except FileNotFoundError as e:
+        raise AgentError(f"{folder} is an incomplete agent checkpoint ({e})") from e
+    if not trust_pickle:
+        hashes = {name: sha256_bytes(blob) for name, blob in blobs.items()}
+        trust.verify(meta.get("signature"), hashes, folder)
+    return blobs
+
+
+def verify_checkpoint(folder: str | Path) -> None:
+    """Raise :class:`acodm.trust.TrustError` unless this user's acodm wrote the checkpoint's
+    pickle files (see :mod:`acodm.trust`); reads JSON and hashes files, unpickles nothing."""
+    folder = Path(folder)
+    meta = _read_meta(folder)
+    try:
+        hashes = {name: sha256_file(folder / name) for name in PICKLE_FILES}
+    except FileNotFoundError as e:
+        raise AgentError(f"{folder} is an incomplete agent checkpoint ({e})") from e
+    trust.verify(meta.get("signature"), hashes, folder)
+
+
+def load_agent(
+    folder: str | Path,
+    env: Any,
+    device: str = "cpu",
+    *,
+    exact: bool = False,
+    trust_pickle: bool = False,
+) -> Agent:
+    """Resume from :func:`save_checkpoint`: agent, optimizers, timestep count and replay buffer.
+
+    Loads pickle (SB3's format), so only a checkpoint that this user's acodm wrote: its
+    signature (:mod:`acodm.trust`) is checked on the bytes before they are unpickled, and a
+    foreign, unsigned (older acodm) or modified checkpoint is a :class:`~acodm.trust.TrustError`
+    unless ``trust_pickle=True`` (you trust whoever made the folder: its files may run code).
+    Default: the env is reset at the next ``learn`` (its state is not in the checkpoint).
+    ``exact=True``: the caller has restored ``env`` to the checkpoint's state (``write_state``
+    of :func:`save_checkpoint`); the agent keeps its last observation (no reset), and the
+    global RNGs, logger values and Monitor episode are restored last, so that
+    :func:`continue_learning` repeats the uninterrupted run bit for bit on CPU.
+    """
+    folder = Path(folder)
+    meta = _read_meta(folder)
+    blobs = _read_pickle_files(folder, meta, trust_pickle)
     cls = DDPG if meta["algorithm"] == "ddpg" else TD3
     # force_reset=False keeps the saved _last_obs / _last_episode_starts: no env reset at the
     # next learn. Loading reseeds the global RNGs (SB3's set_random_seed): restored after.
-    agent = cls.load(folder / "agent.zip", env=env, device=device, force_reset=not exact)
-    agent.load_replay_buffer(folder / "replay_buffer.pkl")
+    agent = cls.load(io.BytesIO(blobs[AGENT_FILE]), env=env, device=device, force_reset=not exact)
+    agent.load_replay_buffer(io.BytesIO(blobs[BUFFER_FILE]))
     if exact:
         _restore_resume_state(agent, folder)
     else:

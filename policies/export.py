@@ -4,8 +4,28 @@ METHOD.md, "Proxy mode and transfer": the agent learns on a proxy run, then only
 is exported (weights + a JSON spec: domain names in order, observation feature spec, action
 mapping ``beta``/``eps``, interval K, network shape, versions) and drives the target's mixture.
 STYLE.md: artifacts a user may share are safetensors + JSON, never pickle. Loading therefore
-reads JSON and safetensors only, verifies a sha256 of the weights, and rebuilds a plain
-``torch.nn.Module`` (:class:`MixingPolicy`); stable-baselines3 is not imported here.
+reads JSON and safetensors only, verifies hashes, and rebuilds a plain ``torch.nn.Module``
+(:class:`MixingPolicy`); stable-baselines3 is not imported here.
+
+Hashes (format version 2). ``actor_sha256`` is the sha256 of ``actor.safetensors``.
+``spec_sha256`` covers everything that changes what the policy does, together with the
+weights: the sha256 of the canonical JSON (``json.dumps(obj, sort_keys=True,
+separators=(",", ":"))``) of the keys in :data:`HASHED_KEYS` (format, domains and their order,
+the observation feature spec with its normalisation, the action mapping, the interval, the
+network, the observation/action space bounds), followed by the bytes of
+``actor.safetensors``. A policy.json edited after export (two features swapped, another
+``beta``, domains reordered) is refused. Not hashed, free to edit: ``extra`` and ``versions``
+(information only; nothing reads them to act). Any other key is refused, so every key a
+loader reads is hashed. The hashes detect edits and corruption; they do not authenticate the
+sender (whoever sends a policy can re-hash it). Loading one is still safe, since no code runs:
+a foreign policy can at worst choose bad mixtures. Version-1 exports (``actor_sha256`` only)
+are refused, not accepted with a warning: a v2 file edited back to ``"format_version": 1``
+would otherwise skip the check; re-export with ``acodm export RUN``.
+
+The writer (:func:`write_policy`) takes :class:`ActorParts` (the actor's MLP tensors, network
+shape, spaces): from a live SB3 agent (:func:`actor_parts`, used by :func:`export_actor`) or
+from the pickle-free copy that every agent checkpoint holds (:func:`write_checkpoint_actor`,
+:func:`read_checkpoint_actor`), so re-exporting a run never unpickles its ``agent.zip``.
 
 This module also holds the action -> weights mapping (METHOD.md, "The environment", Action):
 ``w = (1 - eps) * softmax(beta * a) + eps / k``, and its inverse :func:`weights_to_action`, because
@@ -14,9 +34,11 @@ the loaded policy needs the mapping while staying free of SB3.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +51,29 @@ from acodm.errors import AcodmError
 from acodm.io import atomic_directory, sha256_bytes
 
 FORMAT = "acodm-policy"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: spec_sha256 over the spec and the weights (1: actor_sha256 only)
 ACTOR_FILE = "actor.safetensors"
 SPEC_FILE = "policy.json"
+# policy.json keys covered by spec_sha256 (with the weights), and those that are not
+HASHED_KEYS = (
+    "format",
+    "format_version",
+    "domains",
+    "observation",
+    "action_mapping",
+    "interval",
+    "network",
+    "observation_space",
+    "action_space",
+)
+FREE_KEYS = ("versions", "extra")  # information only
+DIGEST_KEYS = ("actor_sha256", "spec_sha256")
+
+# The pickle-free copy of the actor inside an agent checkpoint (policies/agent.py)
+CHECKPOINT_ACTOR_FILE = "actor.safetensors"
+CHECKPOINT_ACTOR_SPEC = "actor.json"
+CHECKPOINT_ACTOR_FORMAT = "acodm-checkpoint-actor"
+CHECKPOINT_ACTOR_VERSION = 1
 
 # Activations a policy.json may name; an unknown name is a PolicyError, never an import.
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -186,8 +228,64 @@ def _box_bounds(space: Any) -> dict[str, Any]:
     }
 
 
-def export_actor(
-    agent: Any,
+def _plain_json(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples -> lists, keys -> str), so hashes agree."""
+    return json.loads(json.dumps(obj))
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The serialization that :func:`spec_digest` hashes: sorted keys, no spaces, ASCII."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("ascii")
+
+
+def spec_digest(spec: Mapping[str, Any], actor_bytes: bytes) -> str:
+    """sha256 of the canonical JSON of ``spec``'s :data:`HASHED_KEYS`, then the weights' bytes
+    (a JSON object is self-delimiting, so the concatenation is unambiguous)."""
+    h = hashlib.sha256(canonical_json({key: spec.get(key) for key in HASHED_KEYS}))
+    h.update(actor_bytes)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ActorParts:
+    """What an export takes from a trained actor, with no SB3 object: the MLP's tensors
+    (``mu.<i>.weight|bias``, float32 CPU, as :class:`MixingPolicy` names them), the network
+    entry of policy.json, the observation/action space bounds, and the versions that trained it.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    network: dict[str, Any]
+    observation_space: dict[str, Any]
+    action_space: dict[str, Any]
+    versions: dict[str, str]
+
+
+def actor_parts(agent: Any) -> ActorParts:
+    """The :class:`ActorParts` of an SB3 DDPG/TD3 with an MLP actor (no critic, no optimizer)."""
+    actor = agent.actor
+    tensors = {
+        name: t.detach().to("cpu", torch.float32).contiguous()
+        for name, t in actor.state_dict().items()
+        if name.startswith("mu.")
+    }
+    network = {
+        "input_dim": int(actor.features_dim),
+        "layers": [int(x) for x in actor.net_arch],
+        "output_dim": int(agent.action_space.shape[0]),
+        "activation": _activation_name(actor.activation_fn),
+        "output_activation": "tanh",
+    }
+    return ActorParts(
+        tensors,
+        network,
+        _box_bounds(agent.observation_space),
+        _box_bounds(agent.action_space),
+        _versions(),
+    )
+
+
+def write_policy(
+    parts: ActorParts,
     out_dir: str | Path,
     *,
     domains: Sequence[str],
@@ -200,9 +298,9 @@ def export_actor(
 ) -> Path:
     """Write ``out_dir/actor.safetensors`` + ``out_dir/policy.json`` (atomically); return out_dir.
 
-    ``agent``: an SB3 DDPG/TD3 with an MLP actor and a Box(-1, 1, (k,)) action space.
-    ``observation``: the env's feature spec (opaque JSON, stored verbatim).
-    Only the actor's weights are written (no critic, no optimizer, no buffer).
+    The one writer of exported policies. ``observation``: the env's feature spec (opaque JSON,
+    stored verbatim). The spec and tensors are checked as :func:`load_policy` checks them
+    before anything is written, so an export that would not load is never written.
     """
     from safetensors.torch import save as st_save
 
@@ -210,46 +308,122 @@ def export_actor(
     domains = [str(d) for d in domains]
     if len(set(domains)) != len(domains):
         raise PolicyError(f"domain names must be unique, got {domains}")
-    actor = agent.actor
-    layers = [int(x) for x in actor.net_arch]
-    k = int(agent.action_space.shape[0])
+    k = int(parts.network.get("output_dim", -1))
     if k != len(domains):
         raise PolicyError(f"{len(domains)} domain names for an action space of size {k}")
-    # (name -> float32 CPU tensor) of the MLP only: "mu.<i>.weight|bias", as MixingPolicy names them
-    tensors = {
-        name: t.detach().to("cpu", torch.float32).contiguous()
-        for name, t in actor.state_dict().items()
-        if name.startswith("mu.")
-    }
-    blob = st_save(tensors)
-    spec = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "domains": domains,
-        "observation": json.loads(json.dumps(dict(observation))),  # must be plain JSON
-        "action_mapping": {
-            "formula": "w = (1 - eps) * softmax(beta * a) + eps / k",
-            "beta": float(beta),
-            "eps": float(eps),
-        },
-        "interval": int(interval),
-        "network": {
-            "input_dim": int(actor.features_dim),
-            "layers": layers,
-            "output_dim": k,
-            "activation": _activation_name(actor.activation_fn),
-            "output_activation": "tanh",
-        },
-        "observation_space": _box_bounds(agent.observation_space),
-        "action_space": _box_bounds(agent.action_space),
-        "versions": _versions(),
-        "actor_sha256": sha256_bytes(blob),
-        "extra": dict(extra or {}),
-    }
+    blob = st_save(parts.tensors)
+    spec: dict[str, Any] = _plain_json(
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "domains": domains,
+            "observation": dict(observation),  # must be plain JSON
+            "action_mapping": {
+                "formula": "w = (1 - eps) * softmax(beta * a) + eps / k",
+                "beta": float(beta),
+                "eps": float(eps),
+            },
+            "interval": int(interval),
+            "network": dict(parts.network),
+            "observation_space": dict(parts.observation_space),
+            "action_space": dict(parts.action_space),
+            "versions": dict(parts.versions),
+            "extra": dict(extra or {}),
+        }
+    )
+    spec["actor_sha256"] = sha256_bytes(blob)
+    spec["spec_sha256"] = spec_digest(spec, blob)
+    where = Path(out_dir) / SPEC_FILE
+    _validate_spec(spec, where)
+    _check_tensors(MixingPolicy(spec), parts.tensors, "the actor's tensors")
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         (tmp / ACTOR_FILE).write_bytes(blob)
         (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
     return Path(out_dir)
+
+
+def export_actor(
+    agent: Any,
+    out_dir: str | Path,
+    *,
+    domains: Sequence[str],
+    observation: Mapping[str, Any],
+    beta: float,
+    eps: float,
+    interval: int,
+    extra: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """:func:`write_policy` of a live SB3 agent's actor; return out_dir.
+
+    ``agent``: an SB3 DDPG/TD3 with an MLP actor and a Box(-1, 1, (k,)) action space.
+    Only the actor's weights are written (no critic, no optimizer, no buffer).
+    """
+    return write_policy(
+        actor_parts(agent),
+        out_dir,
+        domains=domains,
+        observation=observation,
+        beta=beta,
+        eps=eps,
+        interval=interval,
+        extra=extra,
+        overwrite=overwrite,
+    )
+
+
+# ----------------------------------------------------------------------------- checkpoint copy
+
+
+def write_checkpoint_actor(
+    parts: ActorParts, folder: Path, *, algorithm: str, num_timesteps: int
+) -> None:
+    """Write the actor's pickle-free copy into an agent checkpoint being built (``folder``):
+    ``actor.safetensors`` + ``actor.json`` (network, spaces, algorithm, timesteps, versions)."""
+    from safetensors.torch import save as st_save
+
+    blob = st_save(parts.tensors)
+    meta = {
+        "format": CHECKPOINT_ACTOR_FORMAT,
+        "format_version": CHECKPOINT_ACTOR_VERSION,
+        "algorithm": str(algorithm),
+        "num_timesteps": int(num_timesteps),
+        "network": parts.network,
+        "observation_space": parts.observation_space,
+        "action_space": parts.action_space,
+        "versions": parts.versions,
+        "actor_sha256": sha256_bytes(blob),
+    }
+    (folder / CHECKPOINT_ACTOR_FILE).write_bytes(blob)
+    (folder / CHECKPOINT_ACTOR_SPEC).write_text(json.dumps(meta, indent=2) + "\n", "utf-8")
+
+
+def read_checkpoint_actor(folder: Path) -> tuple[ActorParts, dict[str, Any]]:
+    """Read the copy written by :func:`write_checkpoint_actor` (JSON + safetensors only):
+    the parts and ``actor.json``. The result is checked again by :func:`write_policy`."""
+    spec_path = folder / CHECKPOINT_ACTOR_SPEC
+    try:
+        meta = json.loads(spec_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise PolicyError(f"{spec_path} not found: not an agent checkpoint of this acodm") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PolicyError(f"{spec_path} is not valid JSON ({e}); truncated or edited?") from e
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_ACTOR_FORMAT:
+        raise PolicyError(f"{spec_path} is not an acodm checkpoint actor")
+    if meta.get("format_version") != CHECKPOINT_ACTOR_VERSION:
+        raise PolicyError(
+            f"{spec_path} has format_version {meta.get('format_version')!r}; this acodm "
+            f"reads version {CHECKPOINT_ACTOR_VERSION}"
+        )
+    try:
+        network = dict(meta["network"])
+        spaces = dict(meta["observation_space"]), dict(meta["action_space"])
+        versions = {str(k): str(v) for k, v in dict(meta.get("versions", {})).items()}
+        int(meta["num_timesteps"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise PolicyError(f"{spec_path}: malformed entry ({e!r})") from e
+    tensors = _read_tensors(folder / CHECKPOINT_ACTOR_FILE, str(meta.get("actor_sha256")))
+    return ActorParts(tensors, network, *spaces, versions), meta
 
 
 # ----------------------------------------------------------------------------- load
@@ -266,17 +440,28 @@ def _read_spec(spec_path: Path) -> dict[str, Any]:
         raise PolicyError(
             f'{spec_path} is not an acodm policy spec (expected "format": "{FORMAT}")'
         )
-    if spec.get("format_version") != FORMAT_VERSION:
+    version = spec.get("format_version")
+    if version == 1:
         raise PolicyError(
-            f"{spec_path} has format_version {spec.get('format_version')!r}; "
-            f"this acodm reads version {FORMAT_VERSION}"
+            f"{spec_path} has format_version 1, whose spec is not covered by a hash; "
+            "re-export it with `acodm export RUN` (RUN: the train-policy run folder)"
+        )
+    if version != FORMAT_VERSION:
+        raise PolicyError(
+            f"{spec_path} has format_version {version!r}; this acodm reads version {FORMAT_VERSION}"
+        )
+    unknown = sorted(set(spec) - set(HASHED_KEYS) - set(FREE_KEYS) - set(DIGEST_KEYS))
+    if unknown:
+        raise PolicyError(
+            f"{spec_path} has unknown keys {unknown}; free-form information goes under "
+            '"extra" (the only key besides "versions" that is not hashed)'
         )
     _validate_spec(spec, spec_path)
     return spec
 
 
 def _validate_spec(spec: dict[str, Any], where: Path) -> None:
-    required = ("domains", "observation", "action_mapping", "interval", "network", "actor_sha256")
+    required = (*HASHED_KEYS, *DIGEST_KEYS)
     missing = [key for key in required if key not in spec]
     if missing:
         raise PolicyError(f"{where} lacks the keys {missing}")
@@ -288,61 +473,85 @@ def _validate_spec(spec: dict[str, Any], where: Path) -> None:
             and all(int(n) > 0 for n in net["layers"])
             and k == len(spec["domains"])
             and int(spec["interval"]) > 0
+            and list(spec["observation_space"]["shape"]) == [int(net["input_dim"])]
+            and list(spec["action_space"]["shape"]) == [k]
         )
         act = net["activation"]
         _check_mapping(float(spec["action_mapping"]["beta"]), float(spec["action_mapping"]["eps"]))
     except (KeyError, TypeError, ValueError) as e:
         raise PolicyError(f"{where}: malformed network/action_mapping entry ({e!r})") from e
     if not ok:
-        raise PolicyError(f"{where}: inconsistent network shape, domains or interval")
+        raise PolicyError(f"{where}: inconsistent network shape, spaces, domains or interval")
     if act not in ACTIVATIONS:
         raise PolicyError(f"{where}: unknown activation {act!r}; known: {sorted(ACTIVATIONS)}")
     if len(set(spec["domains"])) != len(spec["domains"]):
         raise PolicyError(f"{where}: duplicate domain names {spec['domains']}")
 
 
-def _read_tensors(path: Path, expected_sha: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load as st_load
-
+def _read_blob(path: Path, expected_sha: str) -> bytes:
     try:
         blob = path.read_bytes()
     except FileNotFoundError as e:
-        raise PolicyError(f"{path} not found beside policy.json") from e
+        raise PolicyError(f"{path} not found (the weights belong beside their JSON spec)") from e
     if sha256_bytes(blob) != expected_sha:
         raise PolicyError(
-            f"{path}: sha256 does not match policy.json (truncated, corrupted or "
+            f"{path}: sha256 does not match its spec (truncated, corrupted or "
             "replaced); re-export the policy"
         )
+    return blob
+
+
+def _parse_tensors(blob: bytes, path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load as st_load
+
     try:
         return st_load(blob)  # parses the bytes we hashed: no check-then-read race
     except Exception as e:  # safetensors raises its own SafetensorError
         raise PolicyError(f"{path} is not a valid safetensors file ({e})") from e
 
 
-def load_policy(path: str | Path) -> MixingPolicy:
-    """Load an exported policy (folder or its policy.json). JSON + safetensors only, no pickle."""
-    path = Path(path)
-    spec_path = path / SPEC_FILE if path.is_dir() else path
-    spec = _read_spec(spec_path)
-    actor_path = spec_path.parent / ACTOR_FILE
-    tensors = _read_tensors(actor_path, str(spec["actor_sha256"]))
-    policy = MixingPolicy(spec)
+def _read_tensors(path: Path, expected_sha: str) -> dict[str, torch.Tensor]:
+    return _parse_tensors(_read_blob(path, expected_sha), path)
+
+
+def _check_tensors(policy: MixingPolicy, tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """The tensors are exactly the network's, by name, shape and dtype (float32)."""
     expected = {name: tuple(t.shape) for name, t in policy.state_dict().items()}
     got = {name: tuple(t.shape) for name, t in tensors.items()}
     if set(got) != set(expected):
         raise PolicyError(
-            f"{actor_path}: missing tensors {sorted(set(expected) - set(got))}, "
-            f"unexpected tensors {sorted(set(got) - set(expected))} for the network "
-            f"in {spec_path.name}"
+            f"{what}: missing tensors {sorted(set(expected) - set(got))}, "
+            f"unexpected tensors {sorted(set(got) - set(expected))} for the network in the spec"
         )
     wrong = {n: (got[n], expected[n]) for n in expected if got[n] != expected[n]}
     if wrong:
         raise PolicyError(
-            f"{actor_path}: shapes (found, expected) {wrong} do not match the "
-            f"network in {spec_path.name}"
+            f"{what}: shapes (found, expected) {wrong} do not match the network in the spec"
         )
     if any(t.dtype != torch.float32 for t in tensors.values()):
-        raise PolicyError(f"{actor_path}: tensors must be float32")
+        raise PolicyError(f"{what}: tensors must be float32")
+
+
+def load_policy(path: str | Path) -> MixingPolicy:
+    """Load an exported policy (folder or its policy.json). JSON + safetensors only, no pickle.
+
+    Refuses a policy.json edited after export (``spec_sha256``, see the module docstring).
+    """
+    path = Path(path)
+    spec_path = path / SPEC_FILE if path.is_dir() else path
+    spec = _read_spec(spec_path)
+    actor_path = spec_path.parent / ACTOR_FILE
+    blob = _read_blob(actor_path, str(spec["actor_sha256"]))
+    if spec_digest(spec, blob) != spec["spec_sha256"]:
+        raise PolicyError(
+            f"{spec_path} was edited after export: its spec_sha256 does not match its "
+            "domains, observation, action mapping, interval, network, spaces and weights; "
+            're-export the policy with `acodm export RUN` (only "extra" and "versions" may '
+            "be edited)"
+        )
+    tensors = _parse_tensors(blob, actor_path)
+    policy = MixingPolicy(spec)
+    _check_tensors(policy, tensors, str(actor_path))
     policy.load_state_dict(tensors, strict=True)
     return policy
 

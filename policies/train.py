@@ -7,11 +7,16 @@
                           rl/action/<domain>, mix/weight/<domain>, train/loss[/<domain>],
                           rl/actor_loss, rl/critic_loss, rl/warmup (1 for expert steps)
     out/agent/            SB3 checkpoint (agent.zip + replay_buffer.pkl + checkpoint.json),
-                          RNG states (resume.json, rng.safetensors), the LM run (env/)
+                          RNG states (resume.json, rng.safetensors), the LM run (env/), and
+                          the actor alone, pickle-free (actor.safetensors + actor.json)
     out/policy/           the exported actor (actor.safetensors + policy.json, no pickle)
 
-The checkpoint under ``out/agent/`` is SB3's **pickle-based** format: use it to resume or
-re-export *your own* runs only, never load one you were sent. Share ``out/policy/``.
+The SB3 files under ``out/agent/`` are **pickle** (loading one can run any code): only
+``resume`` loads them, and only from a checkpoint this user's acodm wrote, recognised by an
+HMAC under a per-user key kept outside the run folder (:mod:`acodm.trust`); any other folder
+needs ``trust_pickle=True`` (``--trust-pickle``). Re-exporting (:func:`export_from_checkpoint`,
+``acodm export``) reads only the pickle-free actor copy, so it is safe on any folder. Share
+``out/policy/``.
 
 Recipe: one episode of :class:`acodm.envs.DataMixingEnv` is one proxy pretraining run; the
 run lasts ``episodes * (num_intervals - 1)`` env steps. The first ``warmup_fraction`` of them
@@ -57,6 +62,7 @@ import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.logger import Logger
 
+from acodm import trust
 from acodm.config import ConfigError, TrainConfig, preset
 from acodm.data.store import open_store
 from acodm.envs import DataMixingEnv
@@ -89,9 +95,18 @@ from acodm.policies.agent import (
     make_agent,
     save_checkpoint,
     small,
+    verify_checkpoint,
     warmup,
 )
-from acodm.policies.export import export_actor, weights_to_action
+from acodm.policies.export import (
+    CHECKPOINT_ACTOR_SPEC,
+    ActorParts,
+    actor_parts,
+    export_actor,
+    read_checkpoint_actor,
+    weights_to_action,
+    write_policy,
+)
 from acodm.runfolder import TRAIN_POLICY, RunFolder, absolute_store, has_entries
 from acodm.trainer import IntervalReport
 
@@ -401,6 +416,7 @@ def train_policy(
     progress: bool = True,
     wandb: bool = False,
     console: bool = False,
+    trust_pickle: bool = False,
 ) -> Path:
     """Train the mixing agent on ``episodes`` proxy runs; return ``out/policy`` (exported actor).
 
@@ -416,10 +432,17 @@ def train_policy(
     :func:`~acodm.envs.spaces.console_reward_terms`; the exported policy then needs
     ``--console`` on the target run too. See the module docstring for the run folder and for
     what ``resume`` can and cannot restore.
+
+    ``resume`` unpickles the run's SB3 checkpoint, so it refuses (:class:`~acodm.trust.
+    TrustError`, before anything is loaded or written) a checkpoint that this user's acodm did
+    not write: one from another user or machine, one written before checkpoints were signed,
+    or one whose pickle files changed (see :mod:`acodm.trust` for the rule).
+    ``trust_pickle=True`` skips that check: only for a folder whose author you trust.
     """
     if episodes < 1:
         raise TrainPolicyError(f"episodes must be >= 1, got {episodes}")
     run_dir = Path(out)
+    trust.user_key()  # checkpoints are signed with it: an unusable key fails now, not mid-run
     cfg = _resolve_proxy(store, proxy, overrides, interval)
     if console:
         cfg = cfg.replace(console=True)
@@ -441,7 +464,7 @@ def train_policy(
     folder = RunFolder(run_dir, TRAIN_POLICY)  # lock, leftovers; a failed start leaves nothing
     try:
         folder.acquire()
-        model = _start_or_resume(env, agent_cfg, run_dir, run_config, resume)
+        model = _start_or_resume(env, agent_cfg, run_dir, run_config, resume, trust_pickle)
         logger = MetricsLogger(
             run_dir / METRICS_FILE, wandb=wandb, run_name=run_dir.name, config=run_config
         )
@@ -465,11 +488,18 @@ def _start_or_resume(
     run_dir: Path,
     run_config: dict[str, Any],
     resume: bool,
+    trust_pickle: bool = False,
 ) -> Agent | None:
-    """Prepare ``run_dir``; return the resumed agent, or None for a fresh start."""
+    """Prepare ``run_dir``; return the resumed agent, or None for a fresh start.
+
+    A checkpoint to resume is verified (:func:`verify_checkpoint`) before anything in
+    ``run_dir`` is written or loaded, unless ``trust_pickle``.
+    """
     ckpt = run_dir / AGENT_DIR / "checkpoint.json"
     if resume and (run_dir / CONFIG_FILE).exists():
         _check_resumable(_read_run_config(run_dir / CONFIG_FILE), run_config, run_dir)
+        if ckpt.exists() and not trust_pickle:
+            verify_checkpoint(run_dir / AGENT_DIR)
     elif has_entries(run_dir):
         hint = (
             f"it has no {CONFIG_FILE}, so it is not a policy-training run to resume"
@@ -488,7 +518,9 @@ def _start_or_resume(
     exact = env_state.is_dir()  # checkpoints of older acodm versions lack it
     if exact:
         env.load_state(env_state)  # before load_agent, which restores the global RNGs last
-    model = load_agent(run_dir / AGENT_DIR, env, device=agent_cfg.device, exact=exact)
+    model = load_agent(
+        run_dir / AGENT_DIR, env, device=agent_cfg.device, exact=exact, trust_pickle=trust_pickle
+    )
     _drop_metrics_after(run_dir / METRICS_FILE, int(model.num_timesteps))
     return model
 
@@ -599,16 +631,19 @@ def export_from_checkpoint(
     *,
     run_config: str | Path | None = None,
     overwrite: bool = False,
+    trust_pickle: bool = False,
 ) -> Path:
     """Re-export the actor of an agent checkpoint to ``out`` (``actor.safetensors`` +
     ``policy.json``); return ``out``.
 
     ``agent_dir``: a checkpoint folder (``<run>/agent``) or a run folder containing one.
     ``run_config``: the run's ``config.json`` (domains, observation spec, beta, eps, K);
-    default ``<agent_dir>/../config.json``. Loads SB3 pickle: your own checkpoints only.
+    default ``<agent_dir>/../config.json``. Reads only JSON and safetensors: the checkpoint's
+    pickle-free actor copy (``actor.safetensors`` + ``actor.json``), never ``agent.zip``, so
+    it is safe on a folder from anyone. A checkpoint of an older acodm has no such copy: an
+    error, unless ``trust_pickle=True``, which loads its SB3 ``agent.zip`` (pickle: it may run
+    code; only for a folder whose author you trust).
     """
-    from stable_baselines3 import DDPG, TD3
-
     folder = Path(agent_dir)
     if (folder / AGENT_DIR / "checkpoint.json").exists():
         folder = folder / AGENT_DIR
@@ -618,19 +653,28 @@ def export_from_checkpoint(
         raise TrainPolicyError(f"{folder} is not an agent checkpoint ({e})") from e
     config_path = Path(run_config) if run_config is not None else folder.parent / CONFIG_FILE
     run = _read_run_config(config_path)
-    cls = DDPG if meta.get("algorithm") == "ddpg" else TD3
-    model = cls.load(folder / "agent.zip", env=None, device="cpu")
+    if (folder / CHECKPOINT_ACTOR_SPEC).is_file():
+        parts, actor_meta = read_checkpoint_actor(folder)
+        num_timesteps = int(actor_meta["num_timesteps"])
+    elif trust_pickle:
+        parts, num_timesteps = _parts_from_sb3(folder, meta)
+    else:
+        raise TrainPolicyError(
+            f"{folder}: this checkpoint predates pickle-free export (no {CHECKPOINT_ACTOR_SPEC}); "
+            "if you created it yourself, pass --trust-pickle (trust_pickle=True) to read its "
+            "SB3 agent.zip (pickle: it can run code), or re-run train-policy"
+        )
     env_spec = run["env"]
     extra = {
         "proxy_model": run["proxy"]["model"],
         "episodes": run["schedule"]["episodes"],
-        "num_timesteps": int(meta.get("num_timesteps", model.num_timesteps)),
+        "num_timesteps": num_timesteps,
         "frozen_actor": run["agent"]["frozen_actor"],
         "algorithm": run["agent"]["algorithm"],
         "source": "export_from_checkpoint",
     }
-    return export_actor(
-        model,
+    return write_policy(
+        parts,
         out,
         domains=env_spec["domains"],
         observation=env_spec["observation"],
@@ -640,6 +684,15 @@ def export_from_checkpoint(
         extra=extra,
         overwrite=overwrite,
     )
+
+
+def _parts_from_sb3(folder: Path, meta: dict[str, Any]) -> tuple[ActorParts, int]:
+    """The actor of an old checkpoint's SB3 ``agent.zip``: unpickles it (trusted folders only)."""
+    from stable_baselines3 import DDPG, TD3
+
+    cls = DDPG if meta.get("algorithm") == "ddpg" else TD3
+    model = cls.load(folder / "agent.zip", env=None, device="cpu")
+    return actor_parts(model), int(meta.get("num_timesteps", model.num_timesteps))
 
 
 # ----------------------------------------------------------------------------- non-proxy mode

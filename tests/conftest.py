@@ -1,4 +1,5 @@
-"""Test-session guards (no network, no wandb, a private acodm cache) and shared fixtures."""
+"""Test-session guards (no network, no wandb, a private acodm cache and config dir) and shared
+fixtures."""
 
 from __future__ import annotations
 
@@ -28,15 +29,22 @@ def _guarded_connect(self: socket.socket, address: object) -> None:
 @pytest.fixture(autouse=True, scope="session")
 def _offline_and_private_cache():
     socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
-    old = os.environ.get("ACODM_CACHE")
-    with tempfile.TemporaryDirectory(prefix="acodm-test-cache-") as cache:
+    # a private cache, and a private config dir: the checkpoint key (acodm.trust) is made
+    # there, never in the real home
+    old = {name: os.environ.get(name) for name in ("ACODM_CACHE", "ACODM_CONFIG")}
+    with (
+        tempfile.TemporaryDirectory(prefix="acodm-test-cache-") as cache,
+        tempfile.TemporaryDirectory(prefix="acodm-test-config-") as config,
+    ):
         os.environ["ACODM_CACHE"] = cache
+        os.environ["ACODM_CONFIG"] = config
         yield
     socket.socket.connect = _real_connect  # type: ignore[method-assign]
-    if old is None:
-        os.environ.pop("ACODM_CACHE", None)
-    else:
-        os.environ["ACODM_CACHE"] = old
+    for name, value in old.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from acodm.policies.export import (
     action_to_weights,
     check_domains,
     export_actor,
+    spec_digest,
 )
 
 BETA, EPS = 2.0, 0.1
@@ -74,6 +75,7 @@ def test_export_writes_spec_and_weights(exported, env):
     )
     assert set(spec["versions"]) == {"acodm", "torch", "stable_baselines3"}
     assert len(spec["actor_sha256"]) == 64 and spec["extra"] == {"note": "test"}
+    assert len(spec["spec_sha256"]) == 64
     assert spec["observation_space"]["shape"] == [9] and spec["action_space"]["low"] == [-1.0] * 4
 
 
@@ -183,25 +185,102 @@ def test_foreign_truncated_or_incomplete_json_is_rejected(exported, tmp_path):
         MixingPolicy.load(tmp_path / "nowhere")
 
 
+def rehash(folder: Path) -> None:
+    """Recompute both hashes of an edited export, as someone forging one would."""
+    from acodm.io import sha256_bytes
+
+    blob = (folder / ACTOR_FILE).read_bytes()
+    spec = json.loads((folder / SPEC_FILE).read_text())
+    spec["actor_sha256"] = sha256_bytes(blob)
+    spec["spec_sha256"] = spec_digest(spec, blob)
+    (folder / SPEC_FILE).write_text(json.dumps(spec))
+
+
 def test_wrong_shapes_or_names_are_rejected_even_with_a_matching_hash(exported, tmp_path):
     from safetensors.torch import load, save
-
-    from acodm.io import sha256_bytes
 
     bad = copy_export(exported, tmp_path / "s")
     tensors = load((bad / ACTOR_FILE).read_bytes())
     tensors["mu.0.weight"] = torch.zeros(32, 5)
-    blob = save(tensors)
-    (bad / ACTOR_FILE).write_bytes(blob)
-    rewrite_spec(bad, actor_sha256=sha256_bytes(blob))
+    (bad / ACTOR_FILE).write_bytes(save(tensors))
+    rehash(bad)
     with pytest.raises(PolicyError, match=r"shapes.*mu\.0\.weight"):
         MixingPolicy.load(bad)
     del tensors["mu.0.weight"]
-    blob = save(tensors)
-    (bad / ACTOR_FILE).write_bytes(blob)
-    rewrite_spec(bad, actor_sha256=sha256_bytes(blob))
+    (bad / ACTOR_FILE).write_bytes(save(tensors))
+    rehash(bad)
     with pytest.raises(PolicyError, match=r"missing tensors \['mu\.0\.weight'\]"):
         MixingPolicy.load(bad)
+
+
+def _edit(folder: Path, change) -> None:
+    spec = json.loads((folder / SPEC_FILE).read_text())
+    change(spec)
+    (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2))
+
+
+def _swap_features(spec: dict) -> None:
+    groups = spec["observation"]["groups"]
+    groups[0]["name"], groups[1]["name"] = groups[1]["name"], groups[0]["name"]
+
+
+def _set_beta(spec: dict) -> None:
+    spec["action_mapping"]["beta"] = 100.0
+
+
+def _reorder_domains(spec: dict) -> None:
+    spec["domains"] = spec["domains"][::-1]
+
+
+def _swap_bounds(spec: dict) -> None:
+    space = spec["observation_space"]
+    space["low"], space["high"] = space["high"], space["low"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [_swap_features, _set_beta, _reorder_domains, _swap_bounds],
+    ids=["features-swapped", "beta-100", "domains-reordered", "bounds"],
+)
+def test_an_edited_spec_is_refused(exported, tmp_path, change):
+    bad = copy_export(exported, tmp_path / "e")
+    _edit(bad, change)
+    with pytest.raises(PolicyError, match=r"policy\.json was edited after export.*re-export"):
+        MixingPolicy.load(bad)
+
+
+def test_free_form_keys_may_be_edited_and_unknown_keys_are_refused(exported, tmp_path):
+    ok = copy_export(exported, tmp_path / "ok")
+    _edit(ok, lambda spec: spec.update(extra={"note": "edited"}, versions={"acodm": "9"}))
+    assert MixingPolicy.load(ok).spec["extra"] == {"note": "edited"}
+    _edit(ok, lambda spec: spec.update(comment="mine"))
+    with pytest.raises(PolicyError, match=r"unknown keys \['comment'\].*extra"):
+        MixingPolicy.load(ok)
+
+
+def test_a_version_1_export_is_refused_with_a_re_export_hint(exported, tmp_path):
+    old = copy_export(exported, tmp_path / "v1")
+
+    def as_v1(spec: dict) -> None:
+        spec["format_version"] = 1
+        del spec["spec_sha256"]
+
+    _edit(old, as_v1)
+    with pytest.raises(PolicyError, match=r"format_version 1.*acodm export RUN"):
+        MixingPolicy.load(old)
+
+
+def test_the_spec_hash_is_canonical(exported):
+    """spec_sha256 = sha256(canonical JSON of the hashed keys + the weights' bytes)."""
+    import hashlib
+
+    from acodm.policies.export import HASHED_KEYS
+
+    spec = json.loads((exported / SPEC_FILE).read_text())
+    hashed = {key: spec[key] for key in HASHED_KEYS}
+    text = json.dumps(hashed, sort_keys=True, separators=(",", ":")).encode()
+    want = hashlib.sha256(text + (exported / ACTOR_FILE).read_bytes()).hexdigest()
+    assert spec["spec_sha256"] == want and spec["format_version"] == 2
 
 
 def test_observation_shape_is_checked(exported):

@@ -215,6 +215,22 @@ def test_bad_path_and_unknown_name(tmp_path):
         make_mixer("nosuch:1")
 
 
+def test_an_edited_policy_is_refused_by_every_loader(policy_dir, tmp_path):
+    """The mixer and the controller load through load_policy, so they check spec_sha256."""
+    import json
+    import shutil
+
+    bad = tmp_path / "edited"
+    shutil.copytree(policy_dir, bad)
+    spec = json.loads((bad / "policy.json").read_text())
+    spec["observation"]["features"] = spec["observation"]["features"][::-1]
+    (bad / "policy.json").write_text(json.dumps(spec))
+    with pytest.raises(MixerError, match="edited after export"):
+        make_mixer(f"actor:{bad}")
+    with pytest.raises(PolicyError, match="edited after export"):
+        MixingController.load(bad, domains=spec["domains"])
+
+
 def test_make_mixer_imports_the_plugin_lazily(policy_dir):
     code = (
         "import sys\n"
