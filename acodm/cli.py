@@ -337,6 +337,11 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("run", type=Path, help="a train-policy run directory")
     e.add_argument("--out", type=Path, default=None, help="policy folder (default RUN/policy)")
+    e.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing policy folder (train-policy already wrote RUN/policy)",
+    )
     e.add_argument("--trust-pickle", action="store_true", help=_TRUST_PICKLE_HELP)
     e.set_defaults(func=_cmd_export)
 
@@ -473,7 +478,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from acodm.policies.train import export_from_checkpoint
 
     out = export_from_checkpoint(
-        args.run, args.out or args.run / "policy", trust_pickle=args.trust_pickle
+        args.run,
+        args.out or args.run / "policy",
+        trust_pickle=args.trust_pickle,
+        overwrite=args.overwrite,
     )
     print(f"policy exported to {out}")
     return 0

@@ -139,6 +139,9 @@ def test_train_policy_export_pretrain_with_actor_compare(tmp_path, capsys):
     )
     assert (proxy / "policy" / "actor.safetensors").is_file()
     assert main(["export", str(proxy), "--out", str(tmp_path / "again")]) == 0
+    assert main(["export", str(proxy)]) == 2  # README's form: RUN/policy exists already
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main(["export", str(proxy), "--overwrite"]) == 0
     assert (tmp_path / "again" / "actor.safetensors").read_bytes() == (
         proxy / "policy" / "actor.safetensors"
     ).read_bytes()
