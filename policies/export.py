@@ -48,7 +48,7 @@ from torch import nn
 
 from acodm.envs.spaces import action_to_weights  # the one mapping, shared with the env
 from acodm.errors import AcodmError
-from acodm.io import atomic_directory, sha256_bytes
+from acodm.io import atomic_directory, member_path, sha256_bytes
 
 FORMAT = "acodm-policy"
 FORMAT_VERSION = 2  # 2: spec_sha256 over the spec and the weights (1: actor_sha256 only)
@@ -489,6 +489,16 @@ def _validate_spec(spec: dict[str, Any], where: Path) -> None:
 
 
 def _read_blob(path: Path, expected_sha: str) -> bytes:
+    # a symlink must not make a shared folder read a file elsewhere (e.g. /dev/zero)
+    member_path(
+        path.parent,
+        path.name,
+        what=f"the weights file of {path.parent}",
+        error=PolicyError,
+        fix="copy the real file into the policy folder or re-export the policy",
+    )
+    if path.exists() and not path.is_file():
+        raise PolicyError(f"{path} is not a regular file; re-export the policy")
     try:
         blob = path.read_bytes()
     except FileNotFoundError as e:

@@ -160,6 +160,21 @@ def test_tampered_or_truncated_weights_are_rejected(exported, tmp_path):
         MixingPolicy.load(bad)
 
 
+def test_weights_behind_a_symlink_out_of_the_folder_are_refused(exported, tmp_path):
+    """Even the right bytes: a shared folder must not make acodm read a file elsewhere."""
+    bad = copy_export(exported, tmp_path / "link")
+    outside = tmp_path / "elsewhere.safetensors"
+    outside.write_bytes((bad / ACTOR_FILE).read_bytes())
+    (bad / ACTOR_FILE).unlink()
+    (bad / ACTOR_FILE).symlink_to(outside)
+    with pytest.raises(PolicyError, match="leads outside"):
+        MixingPolicy.load(bad)
+    (bad / ACTOR_FILE).unlink()
+    (bad / ACTOR_FILE).mkdir()
+    with pytest.raises(PolicyError, match="not a regular file"):
+        MixingPolicy.load(bad)
+
+
 def rewrite_spec(folder: Path, **changes) -> None:
     spec = json.loads((folder / SPEC_FILE).read_text())
     spec.update(changes)
