@@ -281,6 +281,11 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
         help="comma-separated seeds: repeat the quickstart per seed on one store and report "
         "mean and spread (OUT/study.txt)",
     )
+    q.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="resuming an interrupted proxy run loads its SB3 pickle files: " + _TRUST_PICKLE_HELP,
+    )
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=_cmd_quickstart)
 
@@ -432,11 +437,23 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
             seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
         except ValueError as e:
             raise AcodmError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from e
-        study(args.out, preset=args.preset, seeds=seeds, progress=not args.quiet)
+        study(
+            args.out,
+            preset=args.preset,
+            seeds=seeds,
+            progress=not args.quiet,
+            trust_pickle=args.trust_pickle,
+        )
         if args.quiet:
             print((args.out / "study.txt").read_text(encoding="utf-8"))
         return 0
-    quickstart(args.out, preset=args.preset, seed=args.seed, progress=not args.quiet)
+    quickstart(
+        args.out,
+        preset=args.preset,
+        seed=args.seed,
+        progress=not args.quiet,
+        trust_pickle=args.trust_pickle,
+    )
     if args.quiet:
         print((args.out / "report.txt").read_text(encoding="utf-8"))
     return 0

@@ -127,12 +127,14 @@ def quickstart(
     baselines: Sequence[str] = BASELINES,
     progress: bool = True,
     data: str | Path | None = None,
+    trust_pickle: bool = False,
 ) -> dict[str, Any]:
     """Run the quickstart into ``out``; returns the comparison (also ``results.json``).
 
     Every stage is reused when already complete, so an interrupted quickstart resumes.
     ``data``: the folder of the corpus and store (``corpus/``, ``store/``; built there when
-    missing); default ``out``.
+    missing); default ``out``. ``trust_pickle``: resume an interrupted proxy run whose agent
+    checkpoint this user's acodm did not sign (see :func:`acodm.policies.train.train_policy`).
     """
     from acodm.policies.train import train_policy
 
@@ -152,6 +154,7 @@ def quickstart(
             seed=seed,
             progress=progress,
             resume=(policy_run / "config.json").is_file(),
+            trust_pickle=trust_pickle,
         )
 
     runs: dict[str, Path] = {}
@@ -258,6 +261,7 @@ def study(
     seeds: Sequence[int] = (0, 1, 2),
     baselines: Sequence[str] = BASELINES,
     progress: bool = True,
+    trust_pickle: bool = False,
 ) -> dict[str, Any]:
     """The quickstart for every seed in ``seeds`` on one store (``out/store``), each into
     ``out/seed-N``; writes and returns the aggregate (``study.json``, ``study.txt``).
@@ -277,6 +281,7 @@ def study(
             baselines=baselines,
             progress=progress,
             data=out,
+            trust_pickle=trust_pickle,
         )
         per_seed[s] = res["comparison"]
     result = aggregate(per_seed)
