@@ -284,7 +284,7 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument(
         "--trust-pickle",
         action="store_true",
-        help="resuming an interrupted proxy run loads its SB3 pickle files: " + _TRUST_PICKLE_HELP,
+        help="when resuming an interrupted proxy run, " + _TRUST_PICKLE_HELP,
     )
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=_cmd_quickstart)
