@@ -209,7 +209,11 @@ def _loop(
     if trainer.step == 0:
         logger.log(trainer.evaluate(), step=0)
     bar = progress_bar(
-        total=trainer.total_steps, initial=trainer.step, disable=not show, unit="step"
+        total=trainer.total_steps,
+        initial=trainer.step,
+        disable=not show,
+        unit="step",
+        desc=run_dir.name,  # tells the quickstart's runs apart in a log
     )
     last_eval: dict[str, float] = trainer.evaluate() if trainer.done else {}
     while not trainer.done:
