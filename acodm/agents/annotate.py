@@ -232,7 +232,14 @@ def _annotate(
         atomic_write_json(tmp / "topic" / "topic.json", {"backend": "embeddings", **embedding})
     else:
         model = TopicModel()
-        topics = model.fit(all_texts, k=k, seed=seed)
+        try:
+            topics = model.fit(all_texts, k=k, seed=seed)
+        except ValueError as e:  # no word in 2+ documents: nothing to cluster on
+            raise AnnotationError(
+                f"the TF-IDF topic agent found no vocabulary in {store.path} ({e}; it reads "
+                "words of Latin letters, used by at least 2 documents); for text in other "
+                "scripts use sentence embeddings (--topic-backend embeddings, the `topic` extra)"
+            ) from e
         model.save(tmp / "topic")
     tensors: dict[str, np.ndarray] = {}
     start = 0

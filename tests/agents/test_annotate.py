@@ -146,3 +146,16 @@ def test_missing_or_corrupt_annotations(store_copy: Path) -> None:
     shutil.rmtree(store_copy / "annotations")
     with pytest.raises(AnnotationError, match="acodm annotate"):
         load_annotations(store_copy)
+
+
+def test_text_without_words_is_a_clear_error(tmp_path: Path) -> None:
+    """Text the TF-IDF agent cannot read (here ids like "t17"; or a non-Latin script): one
+    line naming the fix, exit 2, no annotations folder."""
+    from acodm.cli import main
+    from tests.fixtures import make_position_store
+
+    store = make_position_store(tmp_path / "ids", {"a": 3000, "b": 3000, "c": 3000})
+    with pytest.raises(AnnotationError, match="--topic-backend embeddings"):
+        annotate_store(store.path, reference_domains=["a"], progress=False, topic_backend="tfidf")
+    assert main(["annotate", str(store.path), "--reference", "a", "--quiet"]) == 2
+    assert not (store.path / "annotations").exists()
