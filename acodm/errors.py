@@ -17,3 +17,7 @@ class StoreError(AcodmError):
 
 class SamplerError(AcodmError):
     """Invalid sampler configuration, weights, or state."""
+
+
+class AnnotationError(AcodmError):
+    """Annotations are missing, stale (the store changed), corrupt, or cannot be built."""

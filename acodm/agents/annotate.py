@@ -26,19 +26,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from acodm.agents.quality import quantile_bins, train_quality
+from acodm.agents.scorers import (
+    QualityScorer,
+    load_scorer,
+    score_texts,
+    scorer_identity,
+    weights_sha256,
+)
 from acodm.agents.topic import TopicModel, kmeans, sentence_embeddings
 from acodm.data.store import TokenStore
-from acodm.errors import AcodmError
+from acodm.errors import AnnotationError  # re-exported: its home before acodm.errors
 from acodm.io import atomic_directory, atomic_write_json, member_path, read_checked_manifest
-
-if TYPE_CHECKING:
-    from acodm.agents.scorers import QualityScorer
 
 ANNOTATIONS_DIR = "annotations"
 ANNOTATIONS_JSON = "annotations.json"
@@ -48,10 +52,6 @@ ANNOTATIONS_SCHEMA_VERSION = 1
 DEFAULT_REFERENCE_DOMAINS = ("wiki", "books", "speeches")
 MAX_CHARS = 20_000
 _ARRAYS = ("quality_score", "quality_bin", "topic")
-
-
-class AnnotationError(AcodmError):
-    """Annotations are missing, stale (the store changed), corrupt, or cannot be built."""
 
 
 @dataclass(frozen=True)
@@ -145,11 +145,10 @@ def _settings(
 
 
 def _topic_embeddings(backend: str, model: str | Path | None) -> dict[str, Any] | None:
-    from acodm.agents.scorers import weights_sha256
-    from acodm.agents.topic import default_embedding_model  # looked up at call time
-
     """The embedding model's identity (path, weights sha256) for ``backend``, or None for
     TF-IDF."""
+    from acodm.agents.topic import default_embedding_model  # looked up at call time
+
     if backend not in ("auto", "embeddings", "tfidf"):
         raise AnnotationError(f"topic_backend must be auto, embeddings or tfidf, not {backend!r}")
     if backend == "tfidf":
@@ -192,8 +191,6 @@ def _quality_scores(
     """Every document's quality score in store order; the scorer or trained model into ``tmp``."""
     all_texts = [t for d in store.domains for t in texts[d]]
     if scorer is not None:
-        from acodm.agents.scorers import score_texts
-
         scores = score_texts(scorer, all_texts)
         (tmp / "quality").mkdir()
         atomic_write_json(tmp / "quality" / "scorer.json", settings["quality_scorer"])
@@ -296,8 +293,6 @@ def annotate_store(
     refs = resolve_reference_domains(ts, reference_domains)
     scorer, identity = None, None
     if quality_scorer is not None:
-        from acodm.agents.scorers import load_scorer, scorer_identity
-
         if isinstance(quality_scorer, (str, Path)):
             scorer = load_scorer(quality_scorer, progress=progress)
         elif callable(quality_scorer):

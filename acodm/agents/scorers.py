@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from acodm.agents.annotate import AnnotationError
+from acodm.errors import AnnotationError
 
 QualityScorer = Callable[[Sequence[str]], Any]
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
