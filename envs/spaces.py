@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from acodm.agents.console import AGENT_FEATURES
 from acodm.dynamics.features import Dynamics
 from acodm.errors import AcodmError
 
@@ -187,13 +188,8 @@ DEFAULT_FEATURES: tuple[str, ...] = (
     "progress",
 )
 
-#: The agent console's per-domain features (need ``TrainConfig.console=True``).
-AGENT_FEATURES: tuple[str, ...] = (
-    "mean_quality",
-    "topic_entropy",
-    "topic_coverage",
-    "repetition_rate",
-)
+# AGENT_FEATURES, the agent console's per-domain features (need ``TrainConfig.console=True``),
+# is imported from acodm.agents.console, which computes them.
 #: The default features plus the console's, before ``progress``.
 CONSOLE_FEATURES: tuple[str, ...] = DEFAULT_FEATURES[:-1] + AGENT_FEATURES + ("progress",)
 

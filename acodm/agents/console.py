@@ -519,7 +519,14 @@ def repetition_rate(times_seen: np.ndarray) -> float:
     return float(np.mean(t > 0)) if t.size else 0.0
 
 
-FEATURES = ("mean_quality", "topic_entropy", "topic_coverage", "repetition_rate")
+#: The per-domain features :func:`interval_features` computes, in the order the observation
+#: lists them (the env's ``acodm.envs.AGENT_FEATURES`` is this tuple).
+AGENT_FEATURES: tuple[str, ...] = (
+    "mean_quality",
+    "topic_entropy",
+    "topic_coverage",
+    "repetition_rate",
+)
 
 
 def interval_features(
@@ -543,7 +550,7 @@ def interval_features(
     q, t, seen = (np.asarray(x).reshape(-1) for x in (quality, topics, times_seen))
     if not d.size == q.size == t.size == seen.size == w.size:
         raise ValueError("domains, quality, topics, times_seen and weights need one per item")
-    out = {f: np.zeros(n_domains) for f in FEATURES}
+    out = {f: np.zeros(n_domains) for f in AGENT_FEATURES}
     for i in range(n_domains):
         m = d == i
         out["mean_quality"][i] = mean_quality(q[m], w[m])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from acodm.agents.console import (
+    AGENT_FEATURES,
     AgentConsole,
     AgentMemory,
     ScoredDomainSampler,
@@ -258,3 +259,14 @@ def test_interval_features():
     np.testing.assert_allclose(f["topic_coverage"], [1.0, 0.25, 0.0])
     np.testing.assert_allclose(f["repetition_rate"], [0.25, 1.0, 0.0])
     assert topic_entropy(np.array([0, 0, 1, 1]), 4) == pytest.approx(0.5)
+    assert tuple(f) == AGENT_FEATURES
+
+
+def test_env_observes_the_features_the_console_computes():
+    # one list: the env's console features are the console's own tuple, each a known group
+    from acodm.envs import AGENT_FEATURES as ENV_AGENT_FEATURES
+    from acodm.envs import CONSOLE_FEATURES, FEATURES
+
+    assert ENV_AGENT_FEATURES is AGENT_FEATURES
+    assert [f for f in CONSOLE_FEATURES if f in AGENT_FEATURES] == list(AGENT_FEATURES)
+    assert all(FEATURES[f].kind == "domain" for f in AGENT_FEATURES)
