@@ -213,6 +213,76 @@ def pythia_410m(store: str) -> TrainConfig:
     )
 
 
+# The quickstart's runs (acodm.policies.quickstart): one preset per role. The proxy trains the
+# policy (its only evaluation is at the end); the target runs compare it with the baselines.
+# The quickstart sets each run's seed and the target's mixer. Proxy and target monitor the
+# same number of layers, so the policy's observation transfers.
+
+
+def quickstart_cpu_proxy(store: str) -> TrainConfig:
+    """The ``cpu`` quickstart's proxy: the ``tiny`` model, 240 steps of 8 x 128 tokens."""
+    return TrainConfig(
+        store=store,
+        model="tiny",
+        seq_len=128,
+        micro_batch_size=8,
+        steps=240,
+        interval=4,
+        warmup_steps=10,
+        lr=3e-3,
+        eval_every=0,
+        eval_windows=2,
+    )
+
+
+def quickstart_cpu_target(store: str) -> TrainConfig:
+    """The ``cpu`` quickstart's target runs: the 14m model, 160 steps of 8 x 128 tokens."""
+    return TrainConfig(
+        store=store,
+        model="14m",
+        seq_len=128,
+        micro_batch_size=8,
+        steps=160,
+        interval=4,
+        warmup_steps=10,
+        lr=2e-3,
+        eval_every=20,
+        eval_windows=4,
+    )
+
+
+def quickstart_gpu_proxy(store: str) -> TrainConfig:
+    """The ``gpu`` quickstart's proxy: the 70m model, 1500 steps of 16 x 1024 tokens."""
+    return TrainConfig(
+        store=store,
+        model="70m",
+        seq_len=1024,
+        micro_batch_size=16,
+        steps=1500,
+        interval=10,
+        warmup_steps=50,
+        lr=1e-3,
+        eval_every=0,
+        eval_windows=4,
+    )
+
+
+def quickstart_gpu_target(store: str) -> TrainConfig:
+    """The ``gpu`` quickstart's target runs: the 160m model, 2000 steps of 16 x 1024 tokens."""
+    return TrainConfig(
+        store=store,
+        model="160m",
+        seq_len=1024,
+        micro_batch_size=16,
+        steps=2000,
+        interval=10,
+        warmup_steps=100,
+        lr=6e-4,
+        eval_every=100,
+        eval_windows=16,
+    )
+
+
 PRESETS: dict[str, Callable[[str], TrainConfig]] = {
     "debug_cpu": debug_cpu,
     "cpu_small": cpu_small,

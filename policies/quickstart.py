@@ -21,12 +21,18 @@ target runs' model init and sampling.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from acodm.config import TrainConfig
+from acodm.config import (
+    TrainConfig,
+    quickstart_cpu_proxy,
+    quickstart_cpu_target,
+    quickstart_gpu_proxy,
+    quickstart_gpu_target,
+)
 from acodm.data.build import build_default_corpus
 from acodm.data.prepare import prepare_store
 from acodm.errors import AcodmError
@@ -40,63 +46,28 @@ BASELINES = ("uniform", "unimax:4", "odm")
 
 @dataclass(frozen=True)
 class QuickstartPreset:
-    """Sizes of one quickstart: the store's vocabulary, the proxy and the target runs."""
+    """One quickstart: the store's vocabulary and the run presets of the proxy and the target
+    runs (functions of the store, like :mod:`acodm.config`'s)."""
 
     vocab_size: int
-    proxy: dict[str, Any]
-    target: dict[str, Any]
+    proxy: Callable[[str], TrainConfig]
+    target: Callable[[str], TrainConfig]
+
+    def proxy_config(self, store: str, seed: int) -> TrainConfig:
+        """The proxy run that trains the policy."""
+        return self.proxy(store).replace(seed=seed)
+
+    def target_config(self, store: str, mixer: str, seed: int) -> TrainConfig:
+        """One target run: the policy (``actor:...``) or a baseline."""
+        return self.target(store).replace(mixer=mixer, seed=seed)
 
 
 PRESETS = {
     "cpu": QuickstartPreset(
-        vocab_size=8192,
-        proxy=dict(
-            model="tiny",
-            seq_len=128,
-            micro_batch_size=8,
-            steps=240,
-            interval=4,
-            warmup_steps=10,
-            lr=3e-3,
-            eval_every=0,
-            eval_windows=2,
-        ),
-        target=dict(
-            model="14m",
-            seq_len=128,
-            micro_batch_size=8,
-            steps=160,
-            interval=4,
-            warmup_steps=10,
-            lr=2e-3,
-            eval_every=20,
-            eval_windows=4,
-        ),
+        vocab_size=8192, proxy=quickstart_cpu_proxy, target=quickstart_cpu_target
     ),
     "gpu": QuickstartPreset(
-        vocab_size=32768,
-        proxy=dict(
-            model="70m",
-            seq_len=1024,
-            micro_batch_size=16,
-            steps=1500,
-            interval=10,
-            warmup_steps=50,
-            lr=1e-3,
-            eval_every=0,
-            eval_windows=4,
-        ),
-        target=dict(
-            model="160m",
-            seq_len=1024,
-            micro_batch_size=16,
-            steps=2000,
-            interval=10,
-            warmup_steps=100,
-            lr=6e-4,
-            eval_every=100,
-            eval_windows=16,
-        ),
+        vocab_size=32768, proxy=quickstart_gpu_proxy, target=quickstart_gpu_target
     ),
 }
 
@@ -146,11 +117,10 @@ def quickstart(
     policy_run = out / "proxy"
     policy = policy_run / "policy"
     if not (policy / "policy.json").is_file():
-        proxy = TrainConfig(store=store, seed=seed, **p.proxy)
         train_policy(
             store,
             policy_run,
-            proxy=proxy,
+            proxy=p.proxy_config(store, seed),
             seed=seed,
             progress=progress,
             resume=(policy_run / "config.json").is_file(),
@@ -161,9 +131,7 @@ def quickstart(
     for mixer in (f"actor:{policy}", *baselines):
         name = "policy" if mixer.startswith("actor:") else mixer
         runs[name] = out / "runs" / name.replace(":", "-")
-        _pretrain_once(
-            TrainConfig(store=store, mixer=mixer, seed=seed, **p.target), runs[name], progress
-        )
+        _pretrain_once(p.target_config(store, mixer, seed), runs[name], progress)
 
     curves = {name: load_curves(name, run) for name, run in runs.items()}
     text = format_comparison(curves, focus="policy")

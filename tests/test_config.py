@@ -23,12 +23,53 @@ def test_run_presets_are_valid_and_round_trip(name):
 @pytest.mark.parametrize("name", sorted(QUICKSTART_PRESETS))
 def test_quickstart_presets_are_valid(name):
     p = QUICKSTART_PRESETS[name]
-    proxy = TrainConfig(store="s", **p.proxy)
-    target = TrainConfig(store="s", **p.target)
+    proxy, target = p.proxy_config("s", seed=3), p.target_config("s", "unimax:4", seed=3)
+    for cfg in (proxy, target):
+        assert cfg.model in MODEL_PRESETS and cfg.seed == 3 and cfg.store == "s"
+        assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert target.mixer == "unimax:4" and proxy.mixer == "uniform"
     # the policy transfers only if proxy and target observe the same number of layers
     assert proxy.monitored_layers == target.monitored_layers
     assert get_preset(proxy.model).layers >= proxy.monitored_layers
     assert get_preset(target.model).layers >= target.monitored_layers
+
+
+# The quickstart's settings as they were when its presets were dicts of TrainConfig keywords:
+# the preset functions must build exactly these runs (its reported results depend on them).
+_QUICKSTART_KWARGS = {
+    "cpu": (
+        dict(
+            model="tiny", seq_len=128, micro_batch_size=8, steps=240, interval=4,
+            warmup_steps=10, lr=3e-3, eval_every=0, eval_windows=2,
+        ),
+        dict(
+            model="14m", seq_len=128, micro_batch_size=8, steps=160, interval=4,
+            warmup_steps=10, lr=2e-3, eval_every=20, eval_windows=4,
+        ),
+    ),
+    "gpu": (
+        dict(
+            model="70m", seq_len=1024, micro_batch_size=16, steps=1500, interval=10,
+            warmup_steps=50, lr=1e-3, eval_every=0, eval_windows=4,
+        ),
+        dict(
+            model="160m", seq_len=1024, micro_batch_size=16, steps=2000, interval=10,
+            warmup_steps=100, lr=6e-4, eval_every=100, eval_windows=16,
+        ),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(_QUICKSTART_KWARGS))
+def test_quickstart_presets_build_the_same_runs_as_before(name):
+    p = QUICKSTART_PRESETS[name]
+    proxy, target = _QUICKSTART_KWARGS[name]
+    assert p.vocab_size == {"cpu": 8192, "gpu": 32768}[name]
+    assert p.proxy_config("s", 7).to_dict() == TrainConfig(store="s", seed=7, **proxy).to_dict()
+    for mixer in ("actor:runs/proxy/policy", "uniform"):
+        built = p.target_config("s", mixer, 7).to_dict()
+        assert built == TrainConfig(store="s", mixer=mixer, seed=7, **target).to_dict()
+    assert sorted(QUICKSTART_PRESETS) == sorted(_QUICKSTART_KWARGS)  # each one is checked
 
 
 def test_unknown_preset_and_bad_keys():

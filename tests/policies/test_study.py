@@ -7,20 +7,23 @@ import json
 import pytest
 
 from acodm.cli import main
+from acodm.config import TrainConfig
 from acodm.policies import quickstart as qs
 from tests.fixtures import make_text_store
 
-MICRO = qs.QuickstartPreset(
-    vocab_size=512,
-    proxy=dict(
-        model="tiny", seq_len=64, micro_batch_size=4, steps=12, interval=3, warmup_steps=2,
-        eval_every=0, eval_windows=1, device="cpu",
-    ),
-    target=dict(
-        model="tiny", seq_len=64, micro_batch_size=4, steps=9, interval=3, warmup_steps=2,
-        eval_every=3, eval_windows=1, device="cpu",
-    ),
-)  # fmt: skip
+
+def _micro_proxy(store: str) -> TrainConfig:
+    return TrainConfig(
+        store=store, model="tiny", seq_len=64, micro_batch_size=4, steps=12, interval=3,
+        warmup_steps=2, eval_every=0, eval_windows=1, device="cpu",
+    )  # fmt: skip
+
+
+def _micro_target(store: str) -> TrainConfig:
+    return _micro_proxy(store).replace(steps=9, eval_every=3)
+
+
+MICRO = qs.QuickstartPreset(vocab_size=512, proxy=_micro_proxy, target=_micro_target)
 
 
 @pytest.fixture
