@@ -681,6 +681,10 @@ def alignment_scores(
       division by the mean norm is immaterial too (z-scoring removes any common scale; only the
       ``1e-6`` could matter, for mean-gradient norms near 1e-6).
     - With ``m`` active domains ``|z| <= sqrt(m - 1)``, so the clip only acts when ``m >= 11``.
+    - The std is the population std (divides by ``m``). The AC-ODM code uses the sample std
+      (divides by ``m - 1``): unclipped scores here are ``sqrt(m / (m - 1))`` times its scores
+      (1.0235 at ``m = 22``), so the reward is too, and the clip at 3 here is the code's
+      ``3 sqrt((m - 1) / m)`` (2.93 at ``m = 22``). README, "Implementation details".
 
     Returns a ``(k,)`` float64 array.
     """

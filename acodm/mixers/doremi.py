@@ -9,10 +9,13 @@ Data Mixtures Speeds Up Language Model Pretraining"), as a three-stage baseline.
    (Xie et al. 2023, Algorithm 1; ``u`` uniform, ``alpha_0 = u``)::
 
        lambda_i <- max(loss_i - ref_i, 0)                 clipped excess loss; domains not
-                                                          sampled keep their last lambda (0 at first)
+                                                          sampled keep their last lambda (0 at first;
+                                                          the released code: log(vocab size))
        alpha    <- softmax(log alpha + eta * lambda)      exponentiated-gradient ascent
        alpha    <- (1 - c) alpha + c u                    smoothing
        abar     <- sum_t s_t alpha_t / sum_t s_t          average, s_t = optimizer steps of interval t
+                                                          (t = 1..T: alpha_0 is not in it, unlike
+                                                          the released code; see export_weights)
 
    Defaults as in the paper: ``eta = 1``, ``c = 1e-3``.
 3. **Export.** :func:`export_weights` reads ``abar`` from the proxy run's last checkpoint and
@@ -455,7 +458,14 @@ def average_weights_of_run(run: str | Path, *, partial: bool = False) -> dict[st
 
 def export_weights(run: str | Path, out: str | Path, *, partial: bool = False) -> dict[str, float]:
     """Write :func:`average_weights_of_run` to ``out`` as ``{"domain": weight}``, the format
-    the ``file:PATH`` mixer reads (atomically); returns the weights."""
+    the ``file:PATH`` mixer reads (atomically); returns the weights.
+
+    The average is Algorithm 1's ``abar = sum_{t=1..T} s_t alpha_t / sum_t s_t`` over the ``T``
+    updates (``s_t = 1`` at ``--interval 1``): the initial weights ``alpha_0 = u`` are not in it.
+    The released DoReMi code's average (``avg_domain_weights``) starts at ``alpha_0`` with a
+    count of 1, so it averages ``T + 1`` weight vectors: after ``T`` one-step updates it is
+    ``(u + T abar) / (T + 1)``, ``1 / (T + 1)`` of the way from ``abar`` back to uniform.
+    """
     weights = average_weights_of_run(run, partial=partial)
     atomic_write_json(out, weights)
     return weights

@@ -426,7 +426,8 @@ def test_scores_hand_computed_three_domains():
     np.testing.assert_allclose(
         raw_alignment_scores(gram), np.array([2.0, -1.0, -3.0]) / (3 + 1e-6), rtol=1e-12
     )
-    # z-score of (2, -1, -3): mean -2/3, deviations (8, -1, -7)/3, std sqrt(114/27)
+    # z-score of (2, -1, -3): mean -2/3, deviations (8, -1, -7)/3, std sqrt(114/27): the
+    # population std (the AC-ODM code's sample std would give sqrt(2/3) times these scores)
     expected = np.array([8.0, -1.0, -7.0]) / math.sqrt(38)  # = 1.2978, -0.1622, -1.1355
     np.testing.assert_allclose(alignment_scores(gram), expected, rtol=1e-9)
     np.testing.assert_allclose(alignment_scores(torch.tensor(gram) * 1e4), expected, rtol=1e-9)

@@ -61,6 +61,7 @@ def test_update_rule_on_a_hand_computed_example(tmp_path):
     m.update(feedback(2, [float("nan"), 3.0 + math.log(2.0)], counts=[0, 4]))
     a2 = 0.9 * np.array([0.725 * 3, 0.275 * 2]) / (0.725 * 3 + 0.275 * 2) + 0.05
     np.testing.assert_allclose(m.weights(), a2, rtol=1e-14)
+    # Algorithm 1's average leaves alpha_0 out (the released code's is (alpha_0 + a1 + a2) / 3)
     np.testing.assert_allclose(m.average_weights(), (a1 + a2) / 2, rtol=1e-14)
 
 
