@@ -161,9 +161,9 @@ def read_checked_manifest(
     try:
         m = read_json(path, f"{what} manifest")
     except AcodmError as e:
-        raise error(str(e)) from e
+        raise error(f"{e}; {rebuild}") from e
     if not isinstance(m, dict) or m.get("format") != fmt:
-        raise error(f"{path} is not an acodm {what} manifest")
+        raise error(f"{path} is not an acodm {what} manifest; {create}")
     if m.get("schema_version") != version:
         raise error(
             f"{folder} has {what} schema version {m.get('schema_version')!r}, but this acodm "

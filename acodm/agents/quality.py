@@ -19,7 +19,6 @@ nothing like it is available offline (DATA.md, "Quality"), so acodm trains its o
 
 from __future__ import annotations
 
-import json
 import re
 import zlib
 from collections.abc import Sequence
@@ -28,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+
+from acodm.agents.modelfiles import damaged, load_model_folder, save_model_folder
 
 QUALITY_FORMAT = "acodm-quality"
 QUALITY_SCHEMA_VERSION = 1
@@ -207,13 +207,8 @@ class QualityClassifier:
         return self.score_features(self.featurizer.transform(texts))
 
     def save(self, path: str | Path) -> Path:
-        """Write ``PATH/quality.safetensors`` (weights) and ``PATH/quality.json`` (settings)."""
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {"weight": self.weight, "bias": np.array([self.bias], dtype=np.float64)},
-            str(out / "quality.safetensors"),
-        )
+        """Write ``PATH/quality.safetensors`` (weights) and ``PATH/quality.json`` (settings),
+        each atomically (:func:`acodm.agents.modelfiles.save_model_folder`)."""
         meta = {
             "format": QUALITY_FORMAT,
             "schema_version": QUALITY_SCHEMA_VERSION,
@@ -222,29 +217,42 @@ class QualityClassifier:
             "epochs": self.epochs,
             "lr": self.lr,
         }
-        (out / "quality.json").write_text(json.dumps(meta, indent=2) + "\n")
-        return out
+        arrays: dict[str, np.ndarray] = {
+            "weight": self.weight,
+            "bias": np.array([self.bias], dtype=np.float64),
+        }
+        return save_model_folder(path, "quality", meta, arrays, indent=2)
 
     @classmethod
     def load(cls, path: str | Path) -> QualityClassifier:
-        """Read a classifier written by :meth:`save`."""
-        root = Path(path)
-        meta = json.loads((root / "quality.json").read_text())
-        if meta.get("format") != QUALITY_FORMAT or meta.get("schema_version") != 1:
-            raise ValueError(f"{root} is not an acodm quality classifier (schema 1)")
-        f = meta["featurizer"]
-        feat = HashedNgramFeaturizer(
-            n_features=int(f["n_features"]),
-            ngrams=tuple(f["ngrams"]),
-            char_ngrams=None if f["char_ngrams"] is None else tuple(f["char_ngrams"]),
-            max_chars=int(f["max_chars"]),
+        """Read a classifier written by :meth:`save`; a missing, foreign or damaged file is an
+        :class:`~acodm.errors.AnnotationError`."""
+        what, save = "quality classifier", "QualityClassifier.save"
+        meta, tensors = load_model_folder(
+            path,
+            "quality",
+            fmt=QUALITY_FORMAT,
+            version=QUALITY_SCHEMA_VERSION,
+            what=what,
+            save=save,
         )
-        clf = cls(feat, l2=meta["l2"], epochs=meta["epochs"], lr=meta["lr"])
-        tensors = load_file(str(root / "quality.safetensors"))
-        if tensors["weight"].shape != (feat.n_features,):
-            raise ValueError(f"{root}: weight shape does not match n_features")
-        clf.weight = tensors["weight"].astype(np.float32)
-        clf.bias = float(tensors["bias"][0])
+        with damaged(path, what, save):
+            f = meta["featurizer"]
+            feat = HashedNgramFeaturizer(
+                n_features=int(f["n_features"]),
+                ngrams=tuple(f["ngrams"]),
+                char_ngrams=None if f["char_ngrams"] is None else tuple(f["char_ngrams"]),
+                max_chars=int(f["max_chars"]),
+            )
+            clf = cls(feat, l2=meta["l2"], epochs=meta["epochs"], lr=meta["lr"])
+            weight, bias = tensors["weight"], tensors["bias"]
+            if weight.shape != (feat.n_features,) or bias.shape != (1,):
+                raise ValueError(
+                    f"weight shape {weight.shape} and bias shape {bias.shape}, expected "
+                    f"({feat.n_features},) and (1,)"
+                )
+            clf.weight = weight.astype(np.float32)
+            clf.bias = float(bias[0])
         return clf
 
 

@@ -21,7 +21,6 @@ installed (``topic_backend="auto"``). Models are stored as ``topic.safetensors``
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -29,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
 
+from acodm.agents.modelfiles import damaged, load_model_folder, save_model_folder
 from acodm.agents.quality import SparseRows, stack_rows
 
 TOPIC_FORMAT = "acodm-topic"
@@ -302,13 +301,9 @@ class TopicModel:
         return _sq_dists(self.embed(texts), self.centers).argmin(1)
 
     def save(self, path: str | Path) -> Path:
-        """Write ``PATH/topic.safetensors`` (arrays) and ``PATH/topic.json`` (vocabulary)."""
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
+        """Write ``PATH/topic.safetensors`` (arrays) and ``PATH/topic.json`` (vocabulary),
+        each atomically (:func:`acodm.agents.modelfiles.save_model_folder`)."""
         arrays = {"idf": self.idf, "components": self.components, "centers": self.centers}
-        save_file(
-            {k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(out / "topic.safetensors")
-        )
         meta: dict[str, Any] = {
             "format": TOPIC_FORMAT,
             "schema_version": TOPIC_SCHEMA_VERSION,
@@ -322,22 +317,35 @@ class TopicModel:
             },
             "vocab": self.vocab,
         }
-        (out / "topic.json").write_text(json.dumps(meta) + "\n")
-        return out
+        return save_model_folder(path, "topic", meta, arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> TopicModel:
-        """Read a model written by :meth:`save`."""
-        root = Path(path)
-        meta = json.loads((root / "topic.json").read_text())
-        if meta.get("format") != TOPIC_FORMAT or meta.get("schema_version") != 1:
-            raise ValueError(f"{root} is not an acodm topic model (schema 1)")
-        model = cls(**meta["settings"])
-        arrays = load_file(str(root / "topic.safetensors"))
-        model.vocab = list(meta["vocab"])
+        """Read a model written by :meth:`save`; a missing, foreign or damaged file is an
+        :class:`~acodm.errors.AnnotationError`."""
+        what, save = "topic model", "TopicModel.save"
+        meta, arrays = load_model_folder(
+            path, "topic", fmt=TOPIC_FORMAT, version=TOPIC_SCHEMA_VERSION, what=what, save=save
+        )
+        with damaged(path, what, save):
+            model = cls(**meta["settings"])
+            vocab = meta["vocab"]
+            if not isinstance(vocab, list) or not all(isinstance(w, str) for w in vocab):
+                raise ValueError("vocab is not a list of words")
+            idf, components, centers = arrays["idf"], arrays["components"], arrays["centers"]
+            v = len(vocab)
+            if idf.shape != (v,) or components.ndim != 2 or components.shape[1] != v:
+                raise ValueError(
+                    f"idf shape {idf.shape} and components shape {components.shape} do not "
+                    f"fit a vocabulary of {v} words"
+                )
+            if centers.ndim != 2 or centers.shape[1] != components.shape[0]:
+                raise ValueError(
+                    f"centers shape {centers.shape} does not fit components {components.shape}"
+                )
+        model.vocab = list(vocab)
         model._index = {w: i for i, w in enumerate(model.vocab)}
-        model.idf, model.components = arrays["idf"], arrays["components"]
-        model.centers = arrays["centers"]
+        model.idf, model.components, model.centers = idf, components, centers
         return model
 
 
