@@ -21,3 +21,7 @@ class SamplerError(AcodmError):
 
 class AnnotationError(AcodmError):
     """Annotations are missing, stale (the store changed), corrupt, or cannot be built."""
+
+
+class ModelError(AcodmError):
+    """A model preset, shape, config path, or layer selection is invalid."""

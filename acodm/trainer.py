@@ -41,9 +41,10 @@ from acodm.data.sampler import DomainSampler
 from acodm.data.store import TokenStore, open_store
 from acodm.dynamics.alignment import GradientAlignment
 from acodm.dynamics.features import Dynamics, LayerStats, LossTracker, measure_interval
+from acodm.dynamics.layers import distinct_layers, monitored_layers
 from acodm.errors import AcodmError
 from acodm.mixers import IntervalFeedback, MixerContext
-from acodm.models import build_model, distinct_layers, monitored_layers
+from acodm.models import build_model
 
 if TYPE_CHECKING:
     from acodm.agents.console import ScoredDomainSampler

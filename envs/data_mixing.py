@@ -68,7 +68,8 @@ def _count_monitored(cfg: TrainConfig) -> int:
     """
     if not cfg.monitored_patterns:
         return cfg.monitored_layers
-    from acodm.models import build_model, monitored_layers
+    from acodm.dynamics.layers import monitored_layers
+    from acodm.models import build_model
 
     model = build_model(
         cfg.model, open_store(cfg.store).vocab_size, max_seq_len=cfg.seq_len, seed=cfg.seed

@@ -184,8 +184,9 @@ class DynamicsProbe:
     Args:
         model: the causal LM being trained (its monitored layers are hooked at once).
         domains: the run's domain names (their order gives the domain ids).
-        monitored: ``(name, nn.Linear)`` pairs; default :func:`acodm.models.monitored_layers`
-            with ``count`` layers (what acodm's trainer uses).
+        monitored: ``(name, nn.Linear)`` pairs; default
+            :func:`acodm.dynamics.layers.monitored_layers` with ``count`` layers (what acodm's
+            trainer uses).
         rank: projection rank of the alignment (exact where cheaper, as in the trainer).
     """
 
@@ -199,7 +200,7 @@ class DynamicsProbe:
         rank: int | None = 256,
         seed: int = 0,
     ) -> None:
-        from acodm.models import distinct_layers, monitored_layers
+        from acodm.dynamics.layers import distinct_layers, monitored_layers
 
         self.domains = tuple(domains)
         self.k = len(self.domains)
