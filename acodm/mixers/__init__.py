@@ -31,6 +31,7 @@ from acodm.mixers.spec import (
     MixerFactory,
     known_mixers,
     make_mixer,
+    mixer_example,
     mixer_usage,
     register_mixer,
 )
@@ -52,7 +53,9 @@ for _cls in (
     ODMMixer,
     DoReMiMixer,
 ):
-    register_mixer(_cls.name, _cls.from_spec_arg, replace=True, usage=_cls.usage)
+    register_mixer(
+        _cls.name, _cls.from_spec_arg, replace=True, usage=_cls.usage, example=_cls.example
+    )
 del _cls
 
 __all__ = [
@@ -71,6 +74,7 @@ __all__ = [
     "UniformMixer",
     "known_mixers",
     "make_mixer",
+    "mixer_example",
     "mixer_usage",
     "normalize_weights",
     "register_mixer",

@@ -174,6 +174,11 @@ class Mixer(ABC):
     name: ClassVar[str]
     #: How the spec is written, for help texts: ``"unimax:N"`` (:func:`~acodm.mixers.spec.mixer_usage`).
     usage: ClassVar[str] = ""
+    #: A spec that builds this mixer, run by the mixer contract tests: ``"unimax:4"``.
+    #: ``{placeholders}`` stand for files the example needs, which the tests build:
+    #: ``{weights}`` (a ``file:`` weights JSON), ``{ref}`` (a DoReMi reference file),
+    #: ``{policy}`` (an exported policy folder).
+    example: ClassVar[str] = ""
 
     def __init__(self) -> None:
         self._ctx: MixerContext | None = None

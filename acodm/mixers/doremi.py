@@ -158,6 +158,7 @@ class DoReMiMixer(Mixer):
 
     name = "doremi"
     usage = "doremi:ref=REF.json[,eta=E,smooth=C]"
+    example = "doremi:ref={ref}"
     OPTIONS = ("ref", "eta", "smooth")
 
     def __init__(

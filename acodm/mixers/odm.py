@@ -79,6 +79,7 @@ class ODMMixer(Mixer):
 
     name = "odm"
     usage = "odm[:warmup=W,alpha=A,static=SPEC]"
+    example = "odm"
     OPTIONS = ("warmup", "alpha", "static")
 
     def __init__(self, warmup: float = 0.02, alpha: float = 0.5, static: str = "uniform") -> None:

@@ -28,30 +28,41 @@ MixerFactory = Callable[[str | None], Mixer]
 
 _REGISTRY: dict[str, MixerFactory] = {}
 _USAGE: dict[str, str] = {}  # NAME -> how its spec is written, for help texts
+_EXAMPLE: dict[str, str] = {}  # NAME -> a spec that builds it (Mixer.example), for the tests
 #: Mixers registered by optional modules, imported on first use (core never imports policies
-#: at import time): NAME -> (module whose import calls :func:`register_mixer` for NAME, usage).
-_PLUGINS: dict[str, tuple[str, str]] = {
-    "actor": ("acodm.policies.transfer", "actor:PATH[,reorder=1]"),
-    "ddpg": ("acodm.policies.train", "ddpg[:warmup=F,seed=N,beta=B,eps=E]"),
+#: at import time): NAME -> (module whose import calls :func:`register_mixer` for NAME, usage,
+#: example).
+_PLUGINS: dict[str, tuple[str, str, str]] = {
+    "actor": ("acodm.policies.transfer", "actor:PATH[,reorder=1]", "actor:{policy}"),
+    "ddpg": ("acodm.policies.train", "ddpg[:warmup=F,seed=N,beta=B,eps=E]", "ddpg:seed=1"),
 }
 _NAME = re.compile(r"[a-z][a-z0-9_\-]*")
 
 
 def register_mixer(
-    name: str, factory: MixerFactory, *, replace: bool = False, usage: str | None = None
+    name: str,
+    factory: MixerFactory,
+    *,
+    replace: bool = False,
+    usage: str | None = None,
+    example: str | None = None,
 ) -> None:
     """Make ``make_mixer("NAME")`` / ``make_mixer("NAME:ARG")`` call ``factory(ARG or None)``.
 
     The factory raises :class:`MixerError` for a bad argument; :func:`make_mixer` adds the
     spec to the message. Registering a taken name is an error unless ``replace``. ``usage``
-    (e.g. ``"unimax:N"``, default ``NAME``) is how help texts show the spec.
+    (e.g. ``"unimax:N"``, default ``NAME``) is how help texts show the spec; ``example`` is a
+    spec that builds the mixer (:attr:`Mixer.example <acodm.mixers.base.Mixer.example>`), which
+    the mixer contract tests run: without one they fail for this mixer.
     """
     if not _NAME.fullmatch(name):
         raise MixerError(f"mixer name {name!r} must be lowercase letters, digits, '_' or '-'")
     if name in _REGISTRY and not replace:
         raise MixerError(f"a mixer named {name!r} is already registered (pass replace=True)")
+    plugin = _PLUGINS.get(name)
     _REGISTRY[name] = factory
-    _USAGE[name] = usage or (_PLUGINS[name][1] if name in _PLUGINS else name)
+    _USAGE[name] = usage or (plugin[1] if plugin else name)
+    _EXAMPLE[name] = example or (plugin[2] if plugin else "")
 
 
 def known_mixers() -> list[str]:
@@ -61,7 +72,22 @@ def known_mixers() -> list[str]:
 
 def mixer_usage() -> list[str]:
     """How each known mixer's spec is written, in registration order, plugins last."""
-    return [*_USAGE.values(), *(u for n, (_, u) in _PLUGINS.items() if n not in _USAGE)]
+    return [*_USAGE.values(), *(u for n, (_, u, _) in _PLUGINS.items() if n not in _USAGE)]
+
+
+def mixer_example(name: str) -> str:
+    """A spec that builds mixer ``name``, e.g. ``"unimax:4"``; ``{placeholders}`` name the
+    files it needs (:attr:`Mixer.example <acodm.mixers.base.Mixer.example>`). A mixer that
+    declares none is a :class:`MixerError` saying how to declare one."""
+    if name not in _REGISTRY and name not in _PLUGINS:
+        raise MixerError(f"unknown mixer {name!r}; known: {known_mixers()}")
+    example = _EXAMPLE.get(name) or (_PLUGINS[name][2] if name in _PLUGINS else "")
+    if not example:
+        raise MixerError(
+            f'mixer {name!r} declares no example spec: set `example = "{name}:..."` on its '
+            "class next to `usage`, or pass register_mixer(..., example=...)"
+        )
+    return example
 
 
 def _import_plugin(name: str) -> None:

@@ -43,6 +43,7 @@ class UniformMixer(StaticMixer):
 
     name = "uniform"
     usage = "uniform"
+    example = "uniform"
 
     def _weights(self) -> np.ndarray:
         return np.full(self.ctx.k, 1.0 / self.ctx.k)
@@ -53,6 +54,7 @@ class NaturalMixer(StaticMixer):
 
     name = "natural"
     usage = "natural"
+    example = "natural"
 
     def _weights(self) -> np.ndarray:
         return normalize_weights(self.ctx.domain_tokens)
@@ -73,6 +75,7 @@ class TemperatureMixer(StaticMixer):
 
     name = "temperature"
     usage = "temperature:T"
+    example = "temperature:0.5"
 
     def __init__(self, temperature: float) -> None:
         super().__init__()
@@ -128,6 +131,7 @@ class FileMixer(StaticMixer):
 
     name = "file"
     usage = "file:PATH"
+    example = "file:{weights}"
 
     def __init__(self, path: str | Path) -> None:
         super().__init__()

@@ -48,6 +48,7 @@ class UniMaxMixer(StaticMixer):
 
     name = "unimax"
     usage = "unimax:N"
+    example = "unimax:4"
 
     def __init__(self, max_epochs: float) -> None:
         super().__init__()

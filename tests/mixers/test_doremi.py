@@ -18,7 +18,6 @@ from acodm.errors import AcodmError
 from acodm.io import read_json
 from acodm.mixers import DoReMiMixer, MixerError, make_mixer
 from acodm.mixers.doremi import (
-    REFERENCE_FORMAT,
     average_weights_of_run,
     doremi_excess,
     doremi_update,
@@ -31,14 +30,7 @@ from acodm.models import build_model
 from acodm.pretrain import pretrain
 from acodm.trainer import Trainer
 from tests.fixtures import comparable_metrics, interrupted_then_resumed, make_text_store
-from tests.mixers.util import feedback, make_ctx
-
-
-def write_ref(path: Path, losses: dict[str, float], **overrides) -> str:
-    obj = {"format": REFERENCE_FORMAT, "version": 1, "domains": list(losses), "losses": losses}
-    obj.update(overrides)
-    path.write_text(json.dumps(obj))
-    return str(path)
+from tests.mixers.util import feedback, make_ctx, write_ref
 
 
 def doremi(tmp_path, losses=(2.0, 3.0), **kw) -> DoReMiMixer:

@@ -18,7 +18,7 @@ from acodm.mixers import (
     make_mixer,
     register_mixer,
 )
-from acodm.mixers import spec as spec_module
+from tests.mixers.util import private_registry
 
 
 def test_known_mixers():
@@ -103,8 +103,8 @@ def test_bad_specs(spec, match):
 
 @pytest.fixture
 def registry(monkeypatch):
-    """A private copy of the registry, so test registrations do not leak."""
-    monkeypatch.setattr(spec_module, "_REGISTRY", dict(spec_module._REGISTRY))
+    """A private copy of the registry (names, usages, examples): registrations do not leak."""
+    private_registry(monkeypatch)
 
 
 def test_register_a_new_mixer(registry):

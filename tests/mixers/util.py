@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 
 from acodm.mixers import IntervalFeedback, MixerContext
+from acodm.mixers import spec as spec_module
+from acodm.mixers.doremi import REFERENCE_FORMAT
 
 
 def make_ctx(
@@ -33,3 +39,17 @@ def feedback(
     loss_a = np.asarray(loss, dtype=np.float64)
     counts_a = np.ones_like(loss_a) if counts is None else np.asarray(counts, dtype=np.float64)
     return IntervalFeedback(step=step, loss=loss_a, counts=counts_a, epochs=np.zeros_like(loss_a))
+
+
+def write_ref(path: Path, losses: dict[str, float], **overrides: Any) -> str:
+    """A DoReMi reference-loss file for ``losses`` (``overrides`` replace its fields)."""
+    obj = {"format": REFERENCE_FORMAT, "version": 1, "domains": list(losses), "losses": losses}
+    obj.update(overrides)
+    path.write_text(json.dumps(obj))
+    return str(path)
+
+
+def private_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give the test its own copy of the mixer registry, so its registrations do not leak."""
+    for table in ("_REGISTRY", "_USAGE", "_EXAMPLE"):
+        monkeypatch.setattr(spec_module, table, dict(getattr(spec_module, table)))
