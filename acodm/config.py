@@ -214,9 +214,10 @@ def pythia_410m(store: str) -> TrainConfig:
 
 
 # The quickstart's runs (acodm.policies.quickstart): one preset per role. The proxy trains the
-# policy (its only evaluation is at the end); the target runs compare it with the baselines.
-# The quickstart sets each run's seed and the target's mixer. Proxy and target monitor the
-# same number of layers, so the policy's observation transfers.
+# policy (its only evaluation is at the end); the target runs compare it with the baselines on a
+# larger model, with the proxy's sequence length, batch and interval (the policy's K). The
+# quickstart sets each run's seed and the target's mixer. Proxy and target monitor the same
+# number of layers, so the policy's observation transfers.
 
 
 def quickstart_cpu_proxy(store: str) -> TrainConfig:
@@ -237,17 +238,8 @@ def quickstart_cpu_proxy(store: str) -> TrainConfig:
 
 def quickstart_cpu_target(store: str) -> TrainConfig:
     """The ``cpu`` quickstart's target runs: the 14m model, 160 steps of 8 x 128 tokens."""
-    return TrainConfig(
-        store=store,
-        model="14m",
-        seq_len=128,
-        micro_batch_size=8,
-        steps=160,
-        interval=4,
-        warmup_steps=10,
-        lr=2e-3,
-        eval_every=20,
-        eval_windows=4,
+    return quickstart_cpu_proxy(store).replace(
+        model="14m", steps=160, lr=2e-3, eval_every=20, eval_windows=4
     )
 
 
@@ -269,17 +261,8 @@ def quickstart_gpu_proxy(store: str) -> TrainConfig:
 
 def quickstart_gpu_target(store: str) -> TrainConfig:
     """The ``gpu`` quickstart's target runs: the 160m model, 2000 steps of 16 x 1024 tokens."""
-    return TrainConfig(
-        store=store,
-        model="160m",
-        seq_len=1024,
-        micro_batch_size=16,
-        steps=2000,
-        interval=10,
-        warmup_steps=100,
-        lr=6e-4,
-        eval_every=100,
-        eval_windows=16,
+    return quickstart_gpu_proxy(store).replace(
+        model="160m", steps=2000, warmup_steps=100, lr=6e-4, eval_every=100, eval_windows=16
     )
 
 
