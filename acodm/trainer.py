@@ -56,9 +56,13 @@ class TrainingDiverged(AcodmError):
 
 @dataclass(frozen=True)
 class IntervalReport:
-    """What one interval of training produced (identical on every rank)."""
+    """What one interval of training produced (identical on every rank).
 
-    dynamics: Dynamics
+    ``feedback`` is the interval's one record (:class:`IntervalFeedback`: per-domain losses,
+    counts, epochs and the measured :class:`Dynamics`), handed as it is to the mixer, the
+    env's reward and observation, and the actor; the other fields are the run's bookkeeping.
+    """
+
     feedback: IntervalFeedback
     weights: np.ndarray
     steps: int
@@ -66,6 +70,13 @@ class IntervalReport:
     seconds: float
     bad_steps: int
     metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def dynamics(self) -> Dynamics:
+        """The interval's measured dynamics (``feedback.dynamics``; the trainer always sets it)."""
+        dyn = self.feedback.dynamics
+        assert dyn is not None  # the trainer measures every interval
+        return dyn
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -382,14 +393,7 @@ class Trainer:
         if self.console is not None:
             dyn = dataclasses.replace(dyn, agents=agents or {}, console_alpha=self.console.alpha)
         scores = dyn.alignment
-        feedback = IntervalFeedback(
-            step=self.step,
-            loss=raw_loss,
-            counts=counts,
-            epochs=epochs,
-            extras={"alignment": scores},
-            dynamics=dyn,
-        )
+        feedback = IntervalFeedback(self.step, raw_loss, counts, epochs, dynamics=dyn)
         tokens = steps * self.tokens_per_step
         metrics = {
             "train/loss": float(np.nansum(sums) / max(counts.sum(), 1)),
@@ -407,7 +411,6 @@ class Trainer:
         if self.console is not None:
             metrics.update(self.console.metrics())
         return IntervalReport(
-            dyn,
             feedback,
             np.asarray(weights, dtype=np.float64),
             steps,

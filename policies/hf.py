@@ -262,4 +262,4 @@ class MixingCallback(TrainerCallback):
             self.policy.update(feedback)
             self._set(step, self.policy.weights())
         else:
-            self._set(step, self.policy.observe(feedback.dynamics))
+            self._set(step, self.policy.observe(feedback.need_dynamics("the policy")))

@@ -113,6 +113,8 @@ from acodm.trainer import IntervalReport
 if TYPE_CHECKING:
     import torch
 
+    from acodm.dynamics.features import Dynamics
+
 __all__ = [
     "RUN_FORMAT",
     "OnlineDDPGMixer",
@@ -783,7 +785,7 @@ class OnlineDDPGMixer(Mixer):
     def _weights(self) -> np.ndarray:
         return np.asarray(self._w, dtype=np.float64)
 
-    def _agent(self, dyn: Any) -> Agent:
+    def _agent(self, dyn: Dynamics) -> Agent:
         if self.model is None:
             # a run with the agent console also observes its features and rewards with them
             features = CONSOLE_FEATURES if dyn.agents else DEFAULT_FEATURES
@@ -807,9 +809,7 @@ class OnlineDDPGMixer(Mixer):
         return self.model
 
     def _update(self, feedback: IntervalFeedback) -> None:
-        dyn = feedback.dynamics
-        if dyn is None:
-            raise MixerError("the ddpg mixer needs the interval's dynamics; run with dynamics=True")
+        dyn = feedback.need_dynamics("the ddpg mixer")
         model = self._agent(dyn)
         assert self.spec is not None
         obs = build_observation(dyn, self.spec)

@@ -254,19 +254,16 @@ class DynamicsProbe:
             alignment=self.alignment,
             layer_stats=self.layer_stats,
         )
-        scores = dyn.alignment
         self._sums[:] = 0
         self._counts[:] = 0
         self.alignment.reset()
-        extras = {"alignment": scores}
-        return IntervalFeedback(int(step), raw, counts, ep, extras, dyn)
+        return IntervalFeedback(int(step), raw, counts, ep, dynamics=dyn)
 
     def interval_end(
         self, step: int, total_steps: int, epochs: np.ndarray | Sequence[float] | None = None
     ) -> Dynamics:
         """Close the interval and return its :class:`Dynamics` (``step`` optimizer steps done)."""
-        dyn: Dynamics = self.interval_feedback(step, total_steps, epochs).dynamics
-        return dyn
+        return self.interval_feedback(step, total_steps, epochs).need_dynamics("the probe")
 
     def close(self) -> None:
         """Remove the hooks."""
@@ -322,12 +319,9 @@ class ActorMixer(Mixer):
         return self._ctl().weights.copy()
 
     def _update(self, feedback: IntervalFeedback) -> None:
-        if feedback.dynamics is None:
-            raise MixerError(
-                "the actor mixer needs the interval's dynamics; run with dynamics=True"
-            )
+        dynamics = feedback.need_dynamics("the actor mixer")
         try:
-            self._ctl().observe(feedback.dynamics)
+            self._ctl().observe(dynamics)
         except (PolicyError, SpaceError) as e:
             raise MixerError(str(e)) from e
 
