@@ -20,7 +20,6 @@ One optimizer step, shapes annotated (B = micro-batch, L = seq_len, V = vocab, k
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import time
 from collections.abc import Iterator
@@ -30,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -40,10 +38,12 @@ from acodm.config import TrainConfig
 from acodm.data.sampler import DomainSampler
 from acodm.data.store import TokenStore, open_store
 from acodm.dynamics.alignment import GradientAlignment
-from acodm.dynamics.features import Dynamics, LayerStats, LossTracker, measure_interval
+from acodm.dynamics.features import Dynamics, LayerStats, LossTracker
+from acodm.dynamics.probe import DynamicsProbe, window_losses
+from acodm.dynamics.probe import effective_rank as effective_rank  # the name's old home
 from acodm.errors import AcodmError
 from acodm.mixers import IntervalFeedback, MixerContext
-from acodm.models import build_model, distinct_layers, monitored_layers
+from acodm.models import build_model
 
 if TYPE_CHECKING:
     from acodm.agents.console import ScoredDomainSampler
@@ -88,22 +88,6 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
     t = min((step - warm) / span, 1.0)
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * t))
-
-
-def effective_rank(rank: int | None, modules: list[tuple[str, nn.Linear]]) -> int | None:
-    """The projection rank, or None (exact) where projecting would cost more than exact.
-
-    A rank-r projection costs about ``r (in + out + r)`` per token and layer against
-    ``in * out`` for the exact per-domain gradient; small models take the exact path.
-    """
-    if rank is None:
-        return None
-    if all(
-        rank * (m.in_features + m.out_features + rank) >= m.in_features * m.out_features
-        for _, m in modules
-    ):
-        return None
-    return rank
 
 
 def resolve_device(name: str) -> torch.device:
@@ -179,22 +163,18 @@ class Trainer:
             cfg.model, self.store.vocab_size, max_seq_len=cfg.seq_len, seed=cfg.seed
         )
         self.model.to(self.device)  # type: ignore[arg-type]  # transformers' typed wrapper
-        self.monitored = monitored_layers(
-            self.model, count=cfg.monitored_layers, patterns=list(cfg.monitored_patterns) or None
-        )
-        self.layer_stats = LayerStats(self.monitored)
-        hooked = distinct_layers(self.monitored)  # a small model lists a layer twice
-        # Without dynamics (static baselines, the overhead benchmark's reference) no hooks.
-        self.alignment: GradientAlignment | None = (
-            GradientAlignment(
-                hooked,
-                self.k,
-                seed=cfg.seed,
-                device=self.device,
-                rank=effective_rank(cfg.alignment_rank, hooked),
-            )
-            if cfg.dynamics
-            else None
+        # The one meter (as the HF and torch-loop paths use): losses, alignment hooks, layer
+        # statistics. Without dynamics (static baselines, the overhead benchmark's reference)
+        # no hooks.
+        self.probe = DynamicsProbe(
+            self.model,
+            self.domains,
+            count=cfg.monitored_layers,
+            patterns=cfg.monitored_patterns,
+            rank=cfg.alignment_rank,
+            seed=cfg.seed,
+            device=self.device,
+            alignment=cfg.dynamics,
         )
         self.optimizer = _make_optimizer(self.model, cfg, self.device)
         self.train_model: nn.Module = self.model
@@ -203,13 +183,29 @@ class Trainer:
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
         if cfg.compile:
             self.train_model = torch.compile(self.train_model)  # type: ignore[assignment]
-        self.loss_tracker = LossTracker(self.k)
         self.step = 0
         self.tokens_seen = 0
         self.bad_in_row = 0
         self.bad_total = 0
         self.progress = progress and self.dist.is_main
         self._val_cache: list[torch.Tensor] | None = None
+
+    # -- the probe's parts, by their old names ------------------------------------------
+    @property
+    def monitored(self) -> list[tuple[str, nn.Linear]]:
+        return self.probe.monitored
+
+    @property
+    def alignment(self) -> GradientAlignment | None:
+        return self.probe.alignment
+
+    @property
+    def layer_stats(self) -> LayerStats:
+        return self.probe.layer_stats
+
+    @property
+    def loss_tracker(self) -> LossTracker:
+        return self.probe.loss_tracker
 
     # -- the mixer's view -------------------------------------------------------------
     def mixer_context(self) -> MixerContext:
@@ -235,11 +231,6 @@ class Trainer:
         return dist.broadcast(t).cpu().numpy()
 
     # -- training ---------------------------------------------------------------------
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if not self.bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
-
     def _micro_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray, bool]]:
         """(tokens, domains) on the device, the domains also on the host, and "is last"."""
         accum = self.config.grad_accum
@@ -254,14 +245,10 @@ class Trainer:
 
     def _forward_losses(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
         """Mean loss of each sequence, (B,), in fp32 from one forward pass."""
-        with self._autocast():
-            logits = model(input_ids=tokens[:, :-1], use_cache=False).logits  # (B, L, V)
-        targets = tokens[:, 1:]  # (B, L)
-        tok = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-        return tok.view(targets.shape).mean(dim=1)
+        return window_losses(model, tokens, bf16=self.bf16)
 
-    def _train_step(self, stats: torch.Tensor) -> torch.Tensor:
-        """One optimizer step; adds per-domain [loss sums, counts] into ``stats`` (2, k).
+    def _train_step(self) -> torch.Tensor:
+        """One optimizer step; the probe records its per-domain losses.
 
         Returns a 0-dim bool tensor on the device: True when the step was skipped because the
         loss or the gradient norm was not finite. The skip happens on the device (fused
@@ -272,13 +259,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, cfg, self.total_steps)
         self.optimizer.zero_grad(set_to_none=True)
-        local = torch.zeros(2, self.k, device=self.device, dtype=torch.float64)
         for tokens, domains, host_domains, last in self._micro_batches():
-            if self.alignment is not None:
-                # Non-finite contributions are dropped inside the hooks, so a skipped
-                # step leaves the interval's Gram untouched.
-                # host ids: set_domains validates them, which would sync on a device tensor
-                self.alignment.set_domains(host_domains)
+            # Non-finite contributions are dropped inside the alignment hooks, so a skipped
+            # step leaves the interval's Gram untouched.
+            # host ids: set_domains validates them, which would sync on a device tensor
+            self.probe.set_domains(host_domains)
             sync = (
                 contextlib.nullcontext()
                 if last or not isinstance(self.train_model, DistributedDataParallel)
@@ -287,15 +272,12 @@ class Trainer:
             with sync:
                 seq_loss = self._forward_losses(self.train_model, tokens)
                 (seq_loss.mean() / cfg.grad_accum).backward()
-            local[0].index_add_(0, domains, seq_loss.detach().double())
-            local[1].index_add_(0, domains, torch.ones_like(seq_loss, dtype=torch.float64))
-        dist.all_reduce_sum(local)
+            self.probe.record(seq_loss, domains)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf  # inf: measure only
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        bad = ~(torch.isfinite(local[0].sum()) & torch.isfinite(grad_norm))
+        bad = self.probe.end_step(grad_norm)  # the step's losses, summed over ranks, or dropped
         self.optimizer.found_inf = bad.float()  # type: ignore[attr-defined]  # fused AdamW skips
         self.optimizer.step()
-        stats += torch.where(bad, torch.zeros_like(local), local)
         self.step += 1
         self.tokens_seen += self.tokens_per_step
         return bad
@@ -320,17 +302,13 @@ class Trainer:
         steps = min(steps or self.config.interval, self.total_steps - self.step)
         self.sampler.set_weights(weights)
         self.train_model.train()
-        if self.alignment is not None:
-            self.alignment.reset()
-        stats = torch.zeros(2, self.k, device=self.device, dtype=torch.float64)
         start = time.perf_counter()
-        flags = torch.stack([self._train_step(stats) for _ in range(steps)]).tolist()
+        flags = torch.stack([self._train_step() for _ in range(steps)]).tolist()
         bad = self._check_bad_steps(flags)
-        if self.alignment is not None:
-            self.alignment.all_reduce()
+        self.probe.reduce()
         agents = self._close_console()
         seconds = time.perf_counter() - start
-        return self._report(weights, stats.cpu().numpy(), steps, bad, seconds, agents)
+        return self._report(weights, steps, bad, seconds, agents)
 
     def _scored_sampler(self) -> ScoredDomainSampler:
         from acodm.agents.console import ScoredDomainSampler
@@ -371,32 +349,29 @@ class Trainer:
     def _report(
         self,
         weights: np.ndarray,
-        stats: np.ndarray,
         steps: int,
         bad: int,
         seconds: float,
         agents: dict[str, np.ndarray] | None = None,
     ) -> IntervalReport:
-        sums, counts = stats
-        raw_loss = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-        epochs = self._epochs()
-        dyn = measure_interval(
-            step=self.step,
-            total_steps=self.total_steps,
-            raw_loss=raw_loss,
-            counts=counts,
-            epochs=epochs,
-            loss_tracker=self.loss_tracker,
-            alignment=self.alignment,
-            layer_stats=self.layer_stats,
+        feedback = self.probe.interval_feedback(
+            self.step,
+            self.total_steps,
+            self._epochs(),
+            agents=agents,
+            console_alpha=self.console.alpha if self.console is not None else None,
         )
-        if self.console is not None:
-            dyn = dataclasses.replace(dyn, agents=agents or {}, console_alpha=self.console.alpha)
-        scores = dyn.alignment
-        feedback = IntervalFeedback(self.step, raw_loss, counts, epochs, dynamics=dyn)
+        dyn = feedback.dynamics
+        assert dyn is not None  # the probe measures every interval
+        raw_loss, counts, epochs, scores = (
+            feedback.loss,
+            feedback.counts,
+            feedback.epochs,
+            dyn.alignment,
+        )
         tokens = steps * self.tokens_per_step
         metrics = {
-            "train/loss": float(np.nansum(sums) / max(counts.sum(), 1)),
+            "train/loss": float(np.nansum(self.probe.loss_sums) / max(counts.sum(), 1)),
             "train/lr": lr_at(max(self.step - 1, 0), self.config, self.total_steps),
             "perf/tok_s": tokens / max(seconds, 1e-9),
             "train/bad_steps": float(bad),
@@ -439,8 +414,7 @@ class Trainer:
         """Per-domain validation loss and perplexity on the store's fixed windows."""
         self.model.eval()
         sums = torch.zeros(2, self.k, device=self.device, dtype=torch.float64)
-        off = self.alignment.disabled() if self.alignment else contextlib.nullcontext()
-        with off:
+        with self.probe.disabled():
             for i, windows in enumerate(self._validation()):
                 for s in range(0, windows.shape[0], self.config.micro_batch_size):
                     chunk = windows[s : s + self.config.micro_batch_size].to(self.device)

@@ -1,7 +1,9 @@
 """Training dynamics the mixer observes (METHOD.md, "Observation" and "Reward").
 
 :mod:`~acodm.dynamics.alignment`: per-domain gradient alignment from hooks in the normal pass;
-:mod:`~acodm.dynamics.features`: per-domain losses, shares, epochs and layer statistics.
+:mod:`~acodm.dynamics.features`: per-domain losses, shares, epochs and layer statistics;
+:mod:`~acodm.dynamics.probe`: :class:`DynamicsProbe`, the one meter of every training loop
+(acodm's trainer, the Hugging Face path, any torch loop).
 """
 
 from acodm.dynamics.alignment import (
@@ -11,13 +13,17 @@ from acodm.dynamics.alignment import (
     raw_alignment_scores,
 )
 from acodm.dynamics.features import Dynamics, LayerStats, LossTracker
+from acodm.dynamics.probe import DynamicsProbe, sequence_losses, window_losses
 
 __all__ = [
     "AlignmentError",
     "Dynamics",
+    "DynamicsProbe",
     "GradientAlignment",
     "LayerStats",
     "LossTracker",
     "alignment_scores",
     "raw_alignment_scores",
+    "sequence_losses",
+    "window_losses",
 ]

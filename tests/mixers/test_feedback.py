@@ -33,7 +33,7 @@ def test_the_record_carries_its_dynamics_typed_and_once():
 
 
 def test_dynamics_of_another_interval_are_refused():
-    with pytest.raises(MixerError, match="step 3 .* step 4"):
+    with pytest.raises(MixerError, match=r"step 3 .* step 4"):
         IntervalFeedback(4, [1.0, 2.0], [1, 1], [0.0, 0.0], dynamics=dynamics(3))
     with pytest.raises(MixerError, match="3 domains"):
         IntervalFeedback(4, [1.0, 2.0], [1, 1], [0.0, 0.0], dynamics=dynamics(4, k=3))
