@@ -37,6 +37,16 @@ class SpaceError(AcodmError):
     """An action, observation spec or reward term is invalid."""
 
 
+def check_mapping(beta: float, eps: float) -> None:
+    """The one check of the action mapping's parameters (the env, the exported policy, the
+    online mixer and the expert's inverse mapping all use it): ``beta`` finite and > 0,
+    ``eps`` in [0, 1]."""
+    if not (math.isfinite(beta) and beta > 0):
+        raise SpaceError(f"beta must be a finite number > 0, got {beta!r}")
+    if not (0.0 <= eps <= 1.0):
+        raise SpaceError(f"eps (the uniform floor) must be in [0, 1], got {eps!r}")
+
+
 def action_to_weights(
     action: np.ndarray | Sequence[float], beta: float = DEFAULT_BETA, eps: float = DEFAULT_EPS
 ) -> np.ndarray:
@@ -54,16 +64,39 @@ def action_to_weights(
         )
     if not np.all(np.isfinite(a)):
         raise SpaceError(f"the action has NaN/inf entries: {a.tolist()}")
-    if not (math.isfinite(beta) and beta > 0):
-        raise SpaceError(f"beta must be a finite number > 0, got {beta!r}")
-    if not (0.0 <= eps <= 1.0):
-        raise SpaceError(f"eps (the uniform floor) must be in [0, 1], got {eps!r}")
+    check_mapping(beta, eps)
     k = a.shape[0]
     z = beta * a
     e = np.exp(z - z.max())  # shift for numerical stability; softmax is shift-invariant
     soft = e / e.sum()
     w: np.ndarray = (1.0 - eps) * soft + eps / k
     return w / w.sum()  # remove the last ulp of rounding so sum(w) == 1 to float64 precision
+
+
+def weights_to_action(
+    weights: np.ndarray, beta: float = DEFAULT_BETA, eps: float = DEFAULT_EPS
+) -> np.ndarray:
+    """Inverse of :func:`action_to_weights` up to the softmax's free constant, clipped to [-1, 1].
+
+    ``p = (w - eps/k) / (1 - eps)`` is the softmax part; ``a = log(p) / beta + c``. The constant
+    ``c`` centres the action on the mid-range of ``log(p) / beta`` so the widest range of weights
+    is representable: every ``w`` with ``max(p) / min(p) <= exp(2 beta)`` round-trips exactly.
+    **Lossy beyond that ratio** (e^2 ~ 7.4 at the default beta = 1): such weights are clipped
+    to the nearest reachable mixture. Weights below the floor ``eps / k`` are unreachable and
+    treated as a tiny positive ``p``; with ``eps = 1`` every action maps to the uniform
+    mixture, so the zero action is returned. Used to turn an expert's weights (e.g. an ODM
+    bandit during warm-up, METHOD.md "The agent") into actions for the replay buffer.
+    ``weights``: ``(k,)`` or a batch ``(n, k)``; float32 like the action space.
+    """
+    check_mapping(beta, eps)
+    w = np.asarray(weights, dtype=np.float64)
+    if eps == 1.0:
+        return np.zeros(w.shape, dtype=np.float32)
+    k = w.shape[-1]
+    p = np.clip((w - eps / k) / (1.0 - eps), 1e-12, None)
+    logits = np.log(p) / beta
+    centre = 0.5 * (logits.max(axis=-1, keepdims=True) + logits.min(axis=-1, keepdims=True))
+    return np.clip(logits - centre, -1.0, 1.0).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------
@@ -405,6 +438,23 @@ def total_reward(
             raise SpaceError(f"reward term {t.name!r} returned {value}")
         parts[t.name] = t.weight * value
     return float(sum(parts.values())), parts
+
+
+def transition(
+    weights: np.ndarray,
+    dynamics: Dynamics,
+    spec: ObservationSpec,
+    terms: Sequence[RewardTerm] = (),
+) -> tuple[np.ndarray, float, dict[str, float]]:
+    """One MDP step after the interval that ran with ``weights`` and measured ``dynamics``.
+
+    Returns ``(observation, reward, reward terms)``: :func:`build_observation` and
+    :func:`total_reward`. The env's ``step`` and the online ``ddpg`` mixer's replay
+    transitions both come from here, so the two cannot drift apart.
+    """
+    observation = build_observation(dynamics, spec)
+    reward, parts = total_reward(weights, dynamics, terms)
+    return observation, reward, parts
 
 
 #: Default total weight of the console's reward terms (METHOD.md: small, at most 0.3).

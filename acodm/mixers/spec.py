@@ -32,7 +32,7 @@ _USAGE: dict[str, str] = {}  # NAME -> how its spec is written, for help texts
 #: at import time): NAME -> (module whose import calls :func:`register_mixer` for NAME, usage).
 _PLUGINS: dict[str, tuple[str, str]] = {
     "actor": ("acodm.policies.transfer", "actor:PATH[,reorder=1]"),
-    "ddpg": ("acodm.policies.train", "ddpg[:warmup=F,seed=N,beta=B,eps=E]"),
+    "ddpg": ("acodm.policies.ddpg", "ddpg[:warmup=F,seed=N,beta=B,eps=E]"),
 }
 _NAME = re.compile(r"[a-z][a-z0-9_\-]*")
 
