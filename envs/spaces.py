@@ -380,12 +380,12 @@ def alignment_reward(weights: np.ndarray, scores: np.ndarray) -> float:
     ``-lr * sum_i w_i <g_i, sum_j g_j>``, linear in ``w``; ``s`` is its z-scored, clipped
     per-domain proxy, so the reward is in [-3, 3].
     """
-    w = np.asarray(weights, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)  # a mixture: checked where it was made
     s = np.asarray(scores, dtype=np.float64)
     if w.ndim != 1 or w.shape != s.shape:
         raise SpaceError(f"weights {w.shape} and scores {s.shape} must be vectors of equal length")
-    if not (np.all(np.isfinite(w)) and np.all(np.isfinite(s))):
-        raise SpaceError("weights and alignment scores must be finite")
+    if not np.all(np.isfinite(s)):
+        raise SpaceError(f"the alignment scores must be finite, got {s.tolist()}")
     return float(w @ s)
 
 

@@ -23,13 +23,14 @@ from __future__ import annotations
 import math
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from acodm.errors import AcodmError
+from acodm.data.weights import normalize_weights
+from acodm.errors import MixerError
 
 if TYPE_CHECKING:
     import torch
@@ -37,27 +38,6 @@ if TYPE_CHECKING:
     from acodm.dynamics.features import Dynamics
 
 MIXER_STATE_VERSION = 1
-
-
-class MixerError(AcodmError):
-    """Invalid mixer spec, weights, context, feedback or state."""
-
-
-def normalize_weights(
-    weights: Sequence[float] | np.ndarray, k: int | None = None, what: str = "weights"
-) -> np.ndarray:
-    """Validate a weight vector and return it as float64 summing to 1 (a new array).
-
-    The weights must be 1-D, finite, non-negative and not all zero; with ``k`` their length
-    must be ``k``. ``what`` names the vector in the error message.
-    """
-    w = np.array(weights, dtype=np.float64)
-    if w.ndim != 1 or (k is not None and w.size != k):
-        want = f"({k},)" if k is not None else "1-D"
-        raise MixerError(f"{what} must have shape {want}, got shape {w.shape}")
-    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-        raise MixerError(f"{what} must be finite, non-negative, not all zero: {w.tolist()}")
-    return w / w.sum()
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -214,7 +194,8 @@ class Mixer(ABC):
     def weights(self) -> np.ndarray:
         """``(k,)`` float64 weights on the simplex, in store order, for the next interval."""
         ctx = self.ctx
-        return normalize_weights(self._weights(), ctx.k, f"weights of mixer {self.describe()!r}")
+        what = f"weights of mixer {self.describe()!r}"
+        return normalize_weights(self._weights(), what=what, domains=ctx.domains)
 
     def update(self, feedback: IntervalFeedback) -> None:
         """Take the feedback of the interval that just ended (static mixers ignore it)."""
