@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from acodm.dynamics.features import Dynamics
+from acodm.dynamics.standardize import zscore
 from acodm.errors import AcodmError
 
 # ---------------------------------------------------------------------------------------
@@ -323,21 +324,11 @@ def observation_size(k: int, n_layers: int, features: Sequence[str] = DEFAULT_FE
 def zscore_clip(x: np.ndarray, clip: float = CLIP) -> np.ndarray:
     """Z-score ``x`` within itself (population std) and clip to ``[-clip, clip]``, float64.
 
-    A constant group (std ~ 0, relative to its scale) carries no information and becomes
-    zeros; non-finite entries are left out of the mean and std and map to 0.
+    :func:`acodm.dynamics.standardize.zscore` with the observation's settings: a constant
+    group (std ~ 0, relative to its scale) carries no information and becomes zeros;
+    non-finite entries are left out of the mean and std and map to 0.
     """
-    x = np.asarray(x, dtype=np.float64)
-    out = np.zeros_like(x)
-    ok = np.isfinite(x)
-    if ok.sum() < 2:
-        return out
-    v = x[ok]
-    mu, sd = v.mean(), v.std()
-    # relative threshold: float noise in a constant group must not be blown up to +-1
-    if sd <= 1e-12 * max(1.0, float(np.abs(v).max())):
-        return out
-    out[ok] = np.clip((v - mu) / sd, -clip, clip)
-    return out
+    return zscore(x, clip=clip)
 
 
 def build_observation(dynamics: Dynamics, spec: ObservationSpec) -> np.ndarray:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from acodm.data.sampler import DomainSampler, _domain_key
+from acodm.dynamics import standardize
 from acodm.errors import SamplerError
 
 CONSOLE_STATE_VERSION = 1
@@ -38,14 +39,12 @@ REPEAT_PENALTY = 0.1  # score / (1 + REPEAT_PENALTY * times_seen)
 
 # -- feedback ------------------------------------------------------------------------------
 def zscore(x: np.ndarray) -> np.ndarray:
-    """``(x - mean) / std`` (population std); all zeros when ``x`` is constant or has < 2 items."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.size < 2:
-        return np.zeros_like(x)
-    std = float(x.std())
-    if not np.isfinite(std) or std < 1e-12:
-        return np.zeros_like(x)
-    return (x - x.mean()) / std
+    """``(x - mean) / std`` (population std); all zeros when ``x`` is constant or has < 2 items.
+
+    :func:`acodm.dynamics.standardize.zscore` with an absolute spread threshold (1e-12):
+    credits and memory weights are on a fixed scale.
+    """
+    return standardize.zscore(x, rtol=0.0)
 
 
 def group_feedback(

@@ -3,7 +3,8 @@
 :mod:`~acodm.dynamics.alignment`: per-domain gradient alignment from hooks in the normal pass;
 :mod:`~acodm.dynamics.features`: per-domain losses, shares, epochs and layer statistics;
 :mod:`~acodm.dynamics.probe`: :class:`DynamicsProbe`, the one meter of every training loop
-(acodm's trainer, the Hugging Face path, any torch loop).
+(acodm's trainer, the Hugging Face path, any torch loop); :mod:`~acodm.dynamics.standardize`:
+:func:`zscore`, the one z-score (observation, alignment scores, the agents' feedback).
 """
 
 from acodm.dynamics.alignment import (
@@ -14,6 +15,7 @@ from acodm.dynamics.alignment import (
 )
 from acodm.dynamics.features import Dynamics, LayerStats, LossTracker
 from acodm.dynamics.probe import DynamicsProbe, sequence_losses, window_losses
+from acodm.dynamics.standardize import zscore
 
 __all__ = [
     "AlignmentError",
@@ -26,4 +28,5 @@ __all__ = [
     "raw_alignment_scores",
     "sequence_losses",
     "window_losses",
+    "zscore",
 ]

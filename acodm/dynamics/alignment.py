@@ -90,6 +90,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from acodm.dynamics.standardize import zscore
 from acodm.errors import AcodmError
 
 __all__ = ["AlignmentError", "GradientAlignment", "alignment_scores", "raw_alignment_scores"]
@@ -686,12 +687,5 @@ def alignment_scores(
     """
     s = raw_alignment_scores(gram, counts)
     _, active = _mean_gram(gram, counts)
-    z = np.zeros_like(s)
-    if active.sum() < 2:
-        return z
-    sa = s[active]
-    std = sa.std()  # population std (ddof=0)
-    if not std > 1e-12 * max(1e-300, float(np.abs(sa).max())):
-        return z  # all equal up to rounding: no preference
-    z[active] = np.clip((sa - sa.mean()) / std, -SCORE_CLIP, SCORE_CLIP)
-    return z
+    # all equal up to rounding (relative to the scores' scale, down to 1e-300): no preference
+    return zscore(s, clip=SCORE_CLIP, valid=active, atol=1e-12 * 1e-300)
