@@ -18,7 +18,7 @@ import numpy as np
 from gymnasium import spaces
 
 from acodm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from acodm.config import TrainConfig, debug_cpu, preset
+from acodm.config import TrainConfig, debug_cpu, resolve_config
 from acodm.data.store import open_store
 from acodm.errors import AcodmError
 from acodm.io import atomic_write_json, read_json
@@ -220,7 +220,13 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
         if render_mode is not None:
             raise EnvError(f"render_mode {render_mode!r} is not supported (no rendering)")
         self.render_mode = render_mode
-        self.config = cfg = self._resolve_config(store, config, overrides, interval)
+        if store is None and not isinstance(config, TrainConfig):
+            from .default_store import default_store
+
+            store = str(default_store())
+        self.config = cfg = resolve_config(
+            config, store, overrides=overrides, interval=interval, default=default_config
+        )
         if not cfg.dynamics:
             raise EnvError("the env needs config.dynamics=True: the reward is gradient alignment")
         self.total_steps = cfg.total_steps()
@@ -244,27 +250,6 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
         #: through ``reset``: a vectorised env resets right after an episode's last step,
         #: before its callbacks read that step.
         self.last_report: IntervalReport | None = None
-
-    @staticmethod
-    def _resolve_config(
-        store: str | None,
-        config: TrainConfig | str | None,
-        overrides: Mapping[str, Any] | None,
-        interval: int | None,
-    ) -> TrainConfig:
-        if isinstance(config, TrainConfig):
-            cfg = config.replace(store=str(store)) if store is not None else config
-        else:
-            if store is None:
-                from .default_store import default_store
-
-                store = str(default_store())
-            cfg = default_config(str(store)) if config is None else preset(config, str(store))
-        if overrides:
-            cfg = cfg.replace(**dict(overrides))
-        if interval is not None:
-            cfg = cfg.replace(interval=interval)
-        return cfg
 
     @property
     def num_intervals(self) -> int:

@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from acodm import trust
-from acodm.config import ConfigError, TrainConfig, preset
+from acodm.config import TrainConfig, resolve_config
 from acodm.data.store import open_store
 from acodm.envs import DataMixingEnv
 from acodm.envs.spaces import CONSOLE_FEATURES, console_reward_terms, weights_to_action
@@ -135,19 +135,9 @@ def _resolve_proxy(
     store_path = Path(store).resolve()  # absolute in config.json: resumable from any directory
     if not store_path.exists():
         raise TrainPolicyError(f"store {store_path} does not exist: build one with `acodm prepare`")
-    if isinstance(proxy, TrainConfig):
-        cfg = proxy.replace(store=str(store_path))
-    elif isinstance(proxy, str):
-        cfg = preset(proxy, str(store_path))
-    else:
-        raise TrainPolicyError(f"proxy must be a preset name or a TrainConfig, got {proxy!r}")
-    try:
-        if overrides:
-            cfg = cfg.replace(**dict(overrides))
-        if interval is not None:
-            cfg = cfg.replace(interval=int(interval))
-    except TypeError as e:  # an unknown field name
-        raise ConfigError(f"bad proxy override: {e}") from e
+    cfg = resolve_config(
+        proxy, str(store_path), overrides=overrides, interval=interval, what="proxy"
+    )
     # a preset's K may be raised; a K the caller chose (a config of its own) is only checked
     explicit = isinstance(proxy, TrainConfig) or interval is not None
     explicit = explicit or "interval" in (overrides or {})
