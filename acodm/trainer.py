@@ -37,6 +37,7 @@ from acodm.checkpoint import Checkpoint, CheckpointError
 from acodm.config import TrainConfig
 from acodm.data.sampler import DomainSampler
 from acodm.data.store import TokenStore, open_store
+from acodm.devices import resolve_device
 from acodm.dynamics.alignment import GradientAlignment
 from acodm.dynamics.features import Dynamics, LayerStats, LossTracker
 from acodm.dynamics.probe import DynamicsProbe, window_losses
@@ -88,16 +89,6 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
     t = min((step - warm) / span, 1.0)
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * t))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise AcodmError(
-            f"device {name!r} was asked for but CUDA is not available; use --device cpu"
-        )
-    return torch.device(name)
 
 
 def _make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:

@@ -313,9 +313,9 @@ def reference_losses(
     from acodm.checkpoint import latest_checkpoint, load_checkpoint
     from acodm.config import TrainConfig
     from acodm.data.store import open_store
+    from acodm.devices import resolve_device
     from acodm.dynamics.probe import window_losses
     from acodm.models import build_model
-    from acodm.trainer import resolve_device
 
     if isinstance(windows, bool) or not isinstance(windows, int) or windows < 1:
         raise AcodmError(f"windows must be an integer >= 1, got {windows!r}")
