@@ -36,6 +36,7 @@ from acodm import distributed as dist
 from acodm.checkpoint import Checkpoint, CheckpointError
 from acodm.config import TrainConfig
 from acodm.data.sampler import DomainSampler
+from acodm.data.scored_sampler import ScoredDomainSampler
 from acodm.data.store import TokenStore, open_store
 from acodm.devices import resolve_device
 from acodm.dynamics.alignment import GradientAlignment
@@ -47,7 +48,6 @@ from acodm.mixers import IntervalFeedback, MixerContext
 from acodm.models import build_model
 
 if TYPE_CHECKING:
-    from acodm.agents.console import ScoredDomainSampler
     from acodm.agents.online import OnlineConsole
 
 
@@ -118,36 +118,17 @@ class Trainer:
         self.store: TokenStore = open_store(cfg.store)
         self.domains = self.store.domains
         self.k = len(self.domains)
-        sampler_cls: type[DomainSampler] = DomainSampler
-        sampler_kw: dict[str, Any] = {}
-        if cfg.console:
-            from acodm.agents.console import ScoredDomainSampler
-
-            sampler_cls = ScoredDomainSampler
-            sampler_kw["temperature"] = cfg.console_temperature
-            # re-order only what can be drawn before the next update (the most one rank draws)
-            sampler_kw["lookahead"] = cfg.interval * cfg.grad_accum * cfg.micro_batch_size
-        self.sampler = sampler_cls(
-            self.store,
-            seq_len=cfg.seq_len,
-            batch_size=cfg.micro_batch_size,
-            seed=cfg.seed,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            **sampler_kw,
-        )
+        self.sampler = self._make_sampler(cfg)
+        # The agent console, a plug-in (acodm.agents.online): it orders the windows inside
+        # each domain (so the run draws with a scored sampler) and adds features.
         self.console: OnlineConsole | None = None
         if cfg.console:
             from acodm.agents.online import OnlineConsole
 
-            self.console = OnlineConsole(
-                self.store,
-                cfg.seq_len,
-                self.sampler.num_windows(),
-                reference=cfg.console_reference,
+            assert isinstance(self.sampler, ScoredDomainSampler)
+            self.console = OnlineConsole.for_run(
+                self.store, self.sampler, cfg.seq_len, reference=cfg.console_reference
             )
-            for i in range(self.k):  # the first epoch is ordered by the initial memory
-                self._scored_sampler().set_window_scores(i, self.console.window_scores(i))
         self.total_steps = cfg.total_steps(self.dist.world_size)
         self.tokens_per_step = cfg.tokens_per_step(self.dist.world_size)
         self.model = build_model(
@@ -180,6 +161,22 @@ class Trainer:
         self.bad_total = 0
         self.progress = progress and self.dist.is_main
         self._val_cache: list[torch.Tensor] | None = None
+
+    def _make_sampler(self, cfg: TrainConfig) -> DomainSampler:
+        kw: dict[str, Any] = {}
+        if cfg.console:  # the console's scores order each domain's windows
+            kw["temperature"] = cfg.console_temperature
+            # re-order only what can be drawn before the next update (the most one rank draws)
+            kw["lookahead"] = cfg.interval * cfg.grad_accum * cfg.micro_batch_size
+        return (ScoredDomainSampler if cfg.console else DomainSampler)(
+            self.store,
+            seq_len=cfg.seq_len,
+            batch_size=cfg.micro_batch_size,
+            seed=cfg.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            **kw,
+        )
 
     # -- the probe's parts, by their old names ------------------------------------------
     @property
@@ -227,8 +224,7 @@ class Trainer:
         for i in range(accum):
             b = self.sampler.next_batch()
             if self.console is not None:
-                assert b.windows is not None
-                self.console.record(b.domains, b.windows)
+                self.console.on_batch(b)
             tokens = torch.from_numpy(b.tokens).to(self.device, non_blocking=True)
             domains = torch.from_numpy(b.domains).to(self.device, non_blocking=True)
             yield tokens, domains, b.domains, i == accum - 1
@@ -296,45 +292,9 @@ class Trainer:
         flags = torch.stack([self._train_step() for _ in range(steps)]).tolist()
         bad = self._check_bad_steps(flags)
         self.probe.reduce()
-        agents = self._close_console()
+        agents = self.console.end_interval(self._hooks()) if self.console is not None else None
         seconds = time.perf_counter() - start
         return self._report(weights, steps, bad, seconds, agents)
-
-    def _scored_sampler(self) -> ScoredDomainSampler:
-        from acodm.agents.console import ScoredDomainSampler
-
-        assert isinstance(self.sampler, ScoredDomainSampler)
-        return self.sampler
-
-    def _close_console(self) -> dict[str, np.ndarray]:
-        """The console's part of closing an interval (METHOD.md, "Online update").
-
-        Gathers every rank's (domain, window, credit) items, updates the console from the
-        credits, takes the interval's reference gradient for the next one, and gives the new
-        window scores to the sampler (which re-orders what each rank has not drawn yet).
-        Returns the per-domain agent features ({} without a console).
-        """
-        console, ga = self.console, self.alignment
-        if console is None or ga is None:
-            return {}
-        domains, windows = console.take_items()
-        credits = ga.sequence_credits() if ga.has_reference else None
-        if self.dist.world_size > 1:
-            parts = dist.all_gather_object((domains, windows, credits))
-            domains = np.concatenate([p[0] for p in parts])
-            windows = np.concatenate([p[1] for p in parts])
-            credits = None if credits is None else np.concatenate([p[2] for p in parts])
-        if credits is not None and credits.size != domains.size:
-            raise AcodmError(
-                f"the console recorded {domains.size} sequences but the alignment hooks credited "
-                f"{credits.size}: every training micro-batch must run forward and backward once"
-            )
-        features = console.close_interval(domains, windows, credits)
-        ga.set_reference(ga.reference_gradient(console.reference_ids))
-        sampler = self._scored_sampler()
-        for i in range(self.k):
-            sampler.set_window_scores(i, console.window_scores(i))
-        return features
 
     def _report(
         self,
@@ -342,7 +302,7 @@ class Trainer:
         steps: int,
         bad: int,
         seconds: float,
-        agents: dict[str, np.ndarray] | None = None,
+        agents: dict[str, np.ndarray] | None,
     ) -> IntervalReport:
         feedback = self.probe.interval_feedback(
             self.step,
@@ -384,6 +344,11 @@ class Trainer:
             bad,
             metrics,
         )
+
+    def _hooks(self) -> GradientAlignment:
+        """The alignment hooks (a console run has them: TrainConfig checks dynamics=True)."""
+        assert self.alignment is not None
+        return self.alignment
 
     def _epochs(self) -> np.ndarray:
         """Epochs per domain over all ranks (ranks read disjoint shards of each epoch)."""
@@ -433,8 +398,10 @@ class Trainer:
         extra["rng/torch_cpu"] = torch.get_rng_state()
         if self.device.type == "cuda":
             extra["rng/torch_cuda"] = torch.cuda.get_rng_state(self.device)
-        if self.console is not None:
-            extra.update(self._console_tensors())
+        console_state, console_tensors = (
+            self.console.checkpoint(self._hooks()) if self.console is not None else (None, {})
+        )
+        extra.update(console_tensors)
         state: dict[str, Any] = {
             "trainer": {
                 "step": self.step,
@@ -446,8 +413,8 @@ class Trainer:
             },
             "sampler": samplers,
         }
-        if self.console is not None:
-            state["console"] = self.console.state_dict()
+        if console_state is not None:
+            state["console"] = console_state
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -473,7 +440,7 @@ class Trainer:
             ) from e
         self.sampler.load_state_dict(ckpt.state["sampler"][self.dist.rank])
         if self.console is not None:
-            self._load_console(ckpt)
+            self.console.load(ckpt, self._hooks())
         torch.set_rng_state(ckpt.extra["rng/torch_cpu"])
         if self.device.type == "cuda" and "rng/torch_cuda" in ckpt.extra:
             torch.cuda.set_rng_state(ckpt.extra["rng/torch_cuda"], self.device)
@@ -482,49 +449,6 @@ class Trainer:
         self.bad_in_row = int(st["bad_in_row"])
         self.bad_total = int(st["bad_total"])
         self.loss_tracker.load_state_dict(st["loss_tracker"])
-
-    def _console_tensors(self) -> dict[str, torch.Tensor]:
-        """The console's window counters, every rank's current window orders and the
-        reference gradient for the next interval."""
-        assert self.console is not None and self.alignment is not None
-        out = {k: torch.from_numpy(v) for k, v in self.console.tensors().items()}
-        for rank, orders in enumerate(
-            dist.all_gather_object(self._scored_sampler().order_arrays())
-        ):
-            for key, v in orders.items():
-                out[f"console/order/{rank}/{key}"] = torch.from_numpy(v)
-        for i, ref in enumerate(self.alignment.reference()):
-            out[f"console/reference/{i}"] = ref.detach().cpu()
-        return out
-
-    def _load_console(self, ckpt: Checkpoint) -> None:
-        assert self.console is not None and self.alignment is not None
-        state = ckpt.state.get("console")
-        if state is None:
-            raise CheckpointError(
-                f"checkpoint {ckpt.path} was written without --console; resume without it"
-            )
-        extra = {k: v.numpy() for k, v in ckpt.extra.items() if k.startswith("console/")}
-        try:
-            self.console.load_state_dict(state, extra)
-        except (KeyError, ValueError) as e:
-            raise CheckpointError(f"checkpoint {ckpt.path}: bad console state ({e})") from e
-        sampler = self._scored_sampler()
-        for i in range(self.k):  # the saved orders already follow these scores
-            sampler.set_window_scores(i, self.console.window_scores(i), reorder=False)
-        mine = f"console/order/{self.dist.rank}/"
-        try:
-            sampler.load_order_arrays(
-                {k.removeprefix(mine): v for k, v in extra.items() if k.startswith(mine)}
-            )
-        except AcodmError as e:
-            raise CheckpointError(f"checkpoint {ckpt.path}: {e}") from e
-        n = len(self.alignment.names)
-        refs = [ckpt.extra.get(f"console/reference/{i}") for i in range(n)]
-        if all(r is not None for r in refs):
-            self.alignment.set_reference([r for r in refs if r is not None], normalized=True)
-        else:
-            self.alignment.set_reference(None)
 
     def close(self) -> None:
         if self.alignment is not None:

@@ -469,6 +469,19 @@ class GradientAlignment:
         flat = torch.cat([self._credits[v] for v in sorted(self._credits)])
         return flat.double().cpu().numpy()
 
+    def hand_out_credits(self, reference_domains: Sequence[int]) -> np.ndarray | None:
+        """The interval's per-sequence credits, then the reference for the next interval.
+
+        Returns :meth:`sequence_credits` (None while no reference was set: the first
+        interval), then sets the reference to the interval's summed gradient of
+        ``reference_domains`` (:meth:`reference_gradient`, :meth:`set_reference`). Call once
+        per interval, after :meth:`all_reduce` and before :meth:`reset`: the one way the
+        agent console gets its feedback.
+        """
+        credits = self.sequence_credits() if self.has_reference else None
+        self.set_reference(self.reference_gradient(reference_domains))
+        return credits
+
     def projection(self, name: str) -> tuple[Tensor, Tensor]:
         """The fixed ``(P_in (r, in), P_out (r, out))`` of a monitored module (projected path)."""
         m = self._find(name)
