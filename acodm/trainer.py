@@ -13,8 +13,14 @@ One optimizer step, shapes annotated (B = micro-batch, L = seq_len, V = vocab, k
         logits (B, L, V)                    <- model(tokens[:, :-1])        [bf16 autocast on GPU]
         token_loss (B, L)                   <- cross_entropy(logits, tokens[:, 1:])
         seq_loss (B,) -> loss = mean / grad_accum -> backward   [alignment hooks see x and dL/dy]
-        domain sums (k,) += index_add(domains, seq_loss)
-    all-reduce domain sums; clip; skip the step if loss or grad norm is not finite; AdamW step
+        domain sums (k,) += index_add(domains, seq_loss)        [probe.record]
+    clip; all-reduce domain sums, drop them and skip the step if a loss or the grad norm is not
+    finite [probe.end_step]; AdamW step
+
+Every measurement goes through the trainer's :class:`~acodm.dynamics.probe.DynamicsProbe`, the
+same meter a Hugging Face ``Trainer`` or a plain torch loop uses; the agent console is one
+plug-in (:class:`~acodm.agents.online.OnlineConsole`: ``on_batch``, ``end_interval``,
+``checkpoint``, ``load``).
 """
 
 from __future__ import annotations
@@ -311,28 +317,14 @@ class Trainer:
             agents=agents,
             console_alpha=self.console.alpha if self.console is not None else None,
         )
-        dyn = feedback.dynamics
-        assert dyn is not None  # the probe measures every interval
-        raw_loss, counts, epochs, scores = (
-            feedback.loss,
-            feedback.counts,
-            feedback.epochs,
-            dyn.alignment,
-        )
         tokens = steps * self.tokens_per_step
         metrics = {
-            "train/loss": float(np.nansum(self.probe.loss_sums) / max(counts.sum(), 1)),
+            "train/loss": float(np.nansum(self.probe.loss_sums) / max(feedback.counts.sum(), 1)),
             "train/lr": lr_at(max(self.step - 1, 0), self.config, self.total_steps),
             "perf/tok_s": tokens / max(seconds, 1e-9),
             "train/bad_steps": float(bad),
         }
-        for i, d in enumerate(self.domains):
-            metrics[f"mix/weight/{d}"] = float(weights[i])
-            metrics[f"train/loss/{d}"] = float(raw_loss[i])
-            metrics[f"train/epochs/{d}"] = float(epochs[i])
-            metrics[f"dyn/alignment/{d}"] = float(scores[i])
-            for name, values in dyn.agents.items():
-                metrics[f"agents/{name}/{d}"] = float(values[i])
+        metrics.update(self._domain_metrics(feedback, weights))
         if self.console is not None:
             metrics.update(self.console.metrics())
         return IntervalReport(
@@ -344,6 +336,18 @@ class Trainer:
             bad,
             metrics,
         )
+
+    def _domain_metrics(self, feedback: IntervalFeedback, weights: np.ndarray) -> dict[str, float]:
+        dyn = feedback.need_dynamics("the trainer's metrics")
+        metrics: dict[str, float] = {}
+        for i, d in enumerate(self.domains):
+            metrics[f"mix/weight/{d}"] = float(weights[i])
+            metrics[f"train/loss/{d}"] = float(feedback.loss[i])
+            metrics[f"train/epochs/{d}"] = float(feedback.epochs[i])
+            metrics[f"dyn/alignment/{d}"] = float(dyn.alignment[i])
+            for name, values in dyn.agents.items():
+                metrics[f"agents/{name}/{d}"] = float(values[i])
+        return metrics
 
     def _hooks(self) -> GradientAlignment:
         """The alignment hooks (a console run has them: TrainConfig checks dynamics=True)."""
