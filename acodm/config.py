@@ -7,7 +7,7 @@ back and refuses to continue with settings that would change the numbers.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -279,3 +279,37 @@ def preset(name: str, store: str) -> TrainConfig:
         return PRESETS[name](store)
     except KeyError:
         raise ConfigError(f"unknown run preset {name!r}; known: {sorted(PRESETS)}") from None
+
+
+def resolve_config(
+    config: TrainConfig | str | None,
+    store: str | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    interval: int | None = None,
+    default: Callable[[str], TrainConfig] = debug_cpu,
+    what: str = "config",
+) -> TrainConfig:
+    """The one way a run's :class:`TrainConfig` is put together (the env, proxy training).
+
+    ``config``: a TrainConfig (its ``store`` replaced by ``store`` when given), a preset name
+    (:data:`PRESETS`), or None for ``default(store)``; a name or None needs ``store``. Then
+    ``overrides`` (TrainConfig fields to replace) and ``interval`` (K) are applied. ``what``
+    names the config in errors (an unknown field is a :class:`ConfigError`).
+    """
+    if isinstance(config, TrainConfig):
+        cfg = config.replace(store=str(store)) if store is not None else config
+    elif config is None or isinstance(config, str):
+        if store is None:
+            raise ConfigError(f"the {what} needs a store: the folder written by `acodm prepare`")
+        cfg = default(str(store)) if config is None else preset(config, str(store))
+    else:
+        raise ConfigError(f"the {what} must be a preset name or a TrainConfig, got {config!r}")
+    try:
+        if overrides:
+            cfg = cfg.replace(**dict(overrides))
+        if interval is not None:
+            cfg = cfg.replace(interval=int(interval))
+    except TypeError as e:  # an unknown field name
+        raise ConfigError(f"bad {what} override: {e}") from e
+    return cfg

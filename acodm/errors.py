@@ -25,3 +25,16 @@ class AnnotationError(AcodmError):
 
 class ModelError(AcodmError):
     """A model preset, shape, config path, or layer selection is invalid."""
+
+
+class MixerError(AcodmError):
+    """Invalid mixer spec, weights, context, feedback or state."""
+
+
+class WeightsError(MixerError, SamplerError):
+    """A vector of domain weights is not a mixture (wrong length, negative, NaN, all zero).
+
+    Raised by the one check of :func:`acodm.data.weights.normalize_weights`, wherever weights
+    enter (a mixer's output, the sampler); a :class:`MixerError` and a :class:`SamplerError`,
+    so code that catches either keeps working.
+    """

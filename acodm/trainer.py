@@ -13,14 +13,19 @@ One optimizer step, shapes annotated (B = micro-batch, L = seq_len, V = vocab, k
         logits (B, L, V)                    <- model(tokens[:, :-1])        [bf16 autocast on GPU]
         token_loss (B, L)                   <- cross_entropy(logits, tokens[:, 1:])
         seq_loss (B,) -> loss = mean / grad_accum -> backward   [alignment hooks see x and dL/dy]
-        domain sums (k,) += index_add(domains, seq_loss)
-    all-reduce domain sums; clip; skip the step if loss or grad norm is not finite; AdamW step
+        domain sums (k,) += index_add(domains, seq_loss)        [probe.record]
+    clip; all-reduce domain sums, drop them and skip the step if a loss or the grad norm is not
+    finite [probe.end_step]; AdamW step
+
+Every measurement goes through the trainer's :class:`~acodm.dynamics.probe.DynamicsProbe`, the
+same meter a Hugging Face ``Trainer`` or a plain torch loop uses; the agent console is one
+plug-in (:class:`~acodm.agents.online.OnlineConsole`: ``on_batch``, ``end_interval``,
+``checkpoint``, ``load``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import time
 from collections.abc import Iterator
@@ -30,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -38,16 +42,18 @@ from acodm import distributed as dist
 from acodm.checkpoint import Checkpoint, CheckpointError
 from acodm.config import TrainConfig
 from acodm.data.sampler import DomainSampler
+from acodm.data.scored_sampler import ScoredDomainSampler
 from acodm.data.store import TokenStore, open_store
+from acodm.devices import resolve_device
 from acodm.dynamics.alignment import GradientAlignment
-from acodm.dynamics.features import Dynamics, LayerStats, LossTracker, measure_interval
-from acodm.dynamics.layers import distinct_layers, monitored_layers
+from acodm.dynamics.features import Dynamics, LayerStats, LossTracker
+from acodm.dynamics.probe import DynamicsProbe, window_losses
+from acodm.dynamics.probe import effective_rank as effective_rank  # the name's old home
 from acodm.errors import AcodmError
 from acodm.mixers import IntervalFeedback, MixerContext
 from acodm.models import build_model
 
 if TYPE_CHECKING:
-    from acodm.agents.console import ScoredDomainSampler
     from acodm.agents.online import OnlineConsole
 
 
@@ -57,9 +63,13 @@ class TrainingDiverged(AcodmError):
 
 @dataclass(frozen=True)
 class IntervalReport:
-    """What one interval of training produced (identical on every rank)."""
+    """What one interval of training produced (identical on every rank).
 
-    dynamics: Dynamics
+    ``feedback`` is the interval's one record (:class:`IntervalFeedback`: per-domain losses,
+    counts, epochs and the measured :class:`Dynamics`), handed as it is to the mixer, the
+    env's reward and observation, and the actor; the other fields are the run's bookkeeping.
+    """
+
     feedback: IntervalFeedback
     weights: np.ndarray
     steps: int
@@ -67,6 +77,13 @@ class IntervalReport:
     seconds: float
     bad_steps: int
     metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def dynamics(self) -> Dynamics:
+        """The interval's measured dynamics (``feedback.dynamics``; the trainer always sets it)."""
+        dyn = self.feedback.dynamics
+        assert dyn is not None  # the trainer measures every interval
+        return dyn
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -78,32 +95,6 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
     t = min((step - warm) / span, 1.0)
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * t))
-
-
-def effective_rank(rank: int | None, modules: list[tuple[str, nn.Linear]]) -> int | None:
-    """The projection rank, or None (exact) where projecting would cost more than exact.
-
-    A rank-r projection costs about ``r (in + out + r)`` per token and layer against
-    ``in * out`` for the exact per-domain gradient; small models take the exact path.
-    """
-    if rank is None:
-        return None
-    if all(
-        rank * (m.in_features + m.out_features + rank) >= m.in_features * m.out_features
-        for _, m in modules
-    ):
-        return None
-    return rank
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise AcodmError(
-            f"device {name!r} was asked for but CUDA is not available; use --device cpu"
-        )
-    return torch.device(name)
 
 
 def _make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -133,58 +124,35 @@ class Trainer:
         self.store: TokenStore = open_store(cfg.store)
         self.domains = self.store.domains
         self.k = len(self.domains)
-        sampler_cls: type[DomainSampler] = DomainSampler
-        sampler_kw: dict[str, Any] = {}
-        if cfg.console:
-            from acodm.agents.console import ScoredDomainSampler
-
-            sampler_cls = ScoredDomainSampler
-            sampler_kw["temperature"] = cfg.console_temperature
-            # re-order only what can be drawn before the next update (the most one rank draws)
-            sampler_kw["lookahead"] = cfg.interval * cfg.grad_accum * cfg.micro_batch_size
-        self.sampler = sampler_cls(
-            self.store,
-            seq_len=cfg.seq_len,
-            batch_size=cfg.micro_batch_size,
-            seed=cfg.seed,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            **sampler_kw,
-        )
+        self.sampler = self._make_sampler(cfg)
+        # The agent console, a plug-in (acodm.agents.online): it orders the windows inside
+        # each domain (so the run draws with a scored sampler) and adds features.
         self.console: OnlineConsole | None = None
         if cfg.console:
             from acodm.agents.online import OnlineConsole
 
-            self.console = OnlineConsole(
-                self.store,
-                cfg.seq_len,
-                self.sampler.num_windows(),
-                reference=cfg.console_reference,
+            assert isinstance(self.sampler, ScoredDomainSampler)
+            self.console = OnlineConsole.for_run(
+                self.store, self.sampler, cfg.seq_len, reference=cfg.console_reference
             )
-            for i in range(self.k):  # the first epoch is ordered by the initial memory
-                self._scored_sampler().set_window_scores(i, self.console.window_scores(i))
         self.total_steps = cfg.total_steps(self.dist.world_size)
         self.tokens_per_step = cfg.tokens_per_step(self.dist.world_size)
         self.model = build_model(
             cfg.model, self.store.vocab_size, max_seq_len=cfg.seq_len, seed=cfg.seed
         )
         self.model.to(self.device)  # type: ignore[arg-type]  # transformers' typed wrapper
-        self.monitored = monitored_layers(
-            self.model, count=cfg.monitored_layers, patterns=list(cfg.monitored_patterns) or None
-        )
-        self.layer_stats = LayerStats(self.monitored)
-        hooked = distinct_layers(self.monitored)  # a small model lists a layer twice
-        # Without dynamics (static baselines, the overhead benchmark's reference) no hooks.
-        self.alignment: GradientAlignment | None = (
-            GradientAlignment(
-                hooked,
-                self.k,
-                seed=cfg.seed,
-                device=self.device,
-                rank=effective_rank(cfg.alignment_rank, hooked),
-            )
-            if cfg.dynamics
-            else None
+        # The one meter (as the HF and torch-loop paths use): losses, alignment hooks, layer
+        # statistics. Without dynamics (static baselines, the overhead benchmark's reference)
+        # no hooks.
+        self.probe = DynamicsProbe(
+            self.model,
+            self.domains,
+            count=cfg.monitored_layers,
+            patterns=cfg.monitored_patterns,
+            rank=cfg.alignment_rank,
+            seed=cfg.seed,
+            device=self.device,
+            alignment=cfg.dynamics,
         )
         self.optimizer = _make_optimizer(self.model, cfg, self.device)
         self.train_model: nn.Module = self.model
@@ -193,13 +161,45 @@ class Trainer:
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
         if cfg.compile:
             self.train_model = torch.compile(self.train_model)  # type: ignore[assignment]
-        self.loss_tracker = LossTracker(self.k)
         self.step = 0
         self.tokens_seen = 0
         self.bad_in_row = 0
         self.bad_total = 0
         self.progress = progress and self.dist.is_main
         self._val_cache: list[torch.Tensor] | None = None
+
+    def _make_sampler(self, cfg: TrainConfig) -> DomainSampler:
+        kw: dict[str, Any] = {}
+        if cfg.console:  # the console's scores order each domain's windows
+            kw["temperature"] = cfg.console_temperature
+            # re-order only what can be drawn before the next update (the most one rank draws)
+            kw["lookahead"] = cfg.interval * cfg.grad_accum * cfg.micro_batch_size
+        return (ScoredDomainSampler if cfg.console else DomainSampler)(
+            self.store,
+            seq_len=cfg.seq_len,
+            batch_size=cfg.micro_batch_size,
+            seed=cfg.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            **kw,
+        )
+
+    # -- the probe's parts, by their old names ------------------------------------------
+    @property
+    def monitored(self) -> list[tuple[str, nn.Linear]]:
+        return self.probe.monitored
+
+    @property
+    def alignment(self) -> GradientAlignment | None:
+        return self.probe.alignment
+
+    @property
+    def layer_stats(self) -> LayerStats:
+        return self.probe.layer_stats
+
+    @property
+    def loss_tracker(self) -> LossTracker:
+        return self.probe.loss_tracker
 
     # -- the mixer's view -------------------------------------------------------------
     def mixer_context(self) -> MixerContext:
@@ -218,40 +218,29 @@ class Trainer:
         return self.step >= self.total_steps
 
     def broadcast_weights(self, weights: np.ndarray) -> np.ndarray:
-        """Rank 0's weights on every rank (float64, length k)."""
+        """Rank 0's weights on every rank (float64). Checked where they come from
+        (:meth:`Mixer.weights`) and where they are used (the sampler), not here."""
         t = torch.as_tensor(np.asarray(weights, dtype=np.float64), device=self.device)
-        if t.shape != (self.k,):
-            raise AcodmError(f"the mixer returned {tuple(t.shape)} weights for {self.k} domains")
         return dist.broadcast(t).cpu().numpy()
 
     # -- training ---------------------------------------------------------------------
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if not self.bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
-
     def _micro_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray, bool]]:
         """(tokens, domains) on the device, the domains also on the host, and "is last"."""
         accum = self.config.grad_accum
         for i in range(accum):
             b = self.sampler.next_batch()
             if self.console is not None:
-                assert b.windows is not None
-                self.console.record(b.domains, b.windows)
+                self.console.on_batch(b)
             tokens = torch.from_numpy(b.tokens).to(self.device, non_blocking=True)
             domains = torch.from_numpy(b.domains).to(self.device, non_blocking=True)
             yield tokens, domains, b.domains, i == accum - 1
 
     def _forward_losses(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
         """Mean loss of each sequence, (B,), in fp32 from one forward pass."""
-        with self._autocast():
-            logits = model(input_ids=tokens[:, :-1], use_cache=False).logits  # (B, L, V)
-        targets = tokens[:, 1:]  # (B, L)
-        tok = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-        return tok.view(targets.shape).mean(dim=1)
+        return window_losses(model, tokens, bf16=self.bf16)
 
-    def _train_step(self, stats: torch.Tensor) -> torch.Tensor:
-        """One optimizer step; adds per-domain [loss sums, counts] into ``stats`` (2, k).
+    def _train_step(self) -> torch.Tensor:
+        """One optimizer step; the probe records its per-domain losses.
 
         Returns a 0-dim bool tensor on the device: True when the step was skipped because the
         loss or the gradient norm was not finite. The skip happens on the device (fused
@@ -262,13 +251,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, cfg, self.total_steps)
         self.optimizer.zero_grad(set_to_none=True)
-        local = torch.zeros(2, self.k, device=self.device, dtype=torch.float64)
         for tokens, domains, host_domains, last in self._micro_batches():
-            if self.alignment is not None:
-                # Non-finite contributions are dropped inside the hooks, so a skipped
-                # step leaves the interval's Gram untouched.
-                # host ids: set_domains validates them, which would sync on a device tensor
-                self.alignment.set_domains(host_domains)
+            # Non-finite contributions are dropped inside the alignment hooks, so a skipped
+            # step leaves the interval's Gram untouched.
+            # host ids: set_domains validates them, which would sync on a device tensor
+            self.probe.set_domains(host_domains)
             sync = (
                 contextlib.nullcontext()
                 if last or not isinstance(self.train_model, DistributedDataParallel)
@@ -277,15 +264,12 @@ class Trainer:
             with sync:
                 seq_loss = self._forward_losses(self.train_model, tokens)
                 (seq_loss.mean() / cfg.grad_accum).backward()
-            local[0].index_add_(0, domains, seq_loss.detach().double())
-            local[1].index_add_(0, domains, torch.ones_like(seq_loss, dtype=torch.float64))
-        dist.all_reduce_sum(local)
+            self.probe.record(seq_loss, domains)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf  # inf: measure only
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        bad = ~(torch.isfinite(local[0].sum()) & torch.isfinite(grad_norm))
+        bad = self.probe.end_step(grad_norm)  # the step's losses, summed over ranks, or dropped
         self.optimizer.found_inf = bad.float()  # type: ignore[attr-defined]  # fused AdamW skips
         self.optimizer.step()
-        stats += torch.where(bad, torch.zeros_like(local), local)
         self.step += 1
         self.tokens_seen += self.tokens_per_step
         return bad
@@ -310,105 +294,40 @@ class Trainer:
         steps = min(steps or self.config.interval, self.total_steps - self.step)
         self.sampler.set_weights(weights)
         self.train_model.train()
-        if self.alignment is not None:
-            self.alignment.reset()
-        stats = torch.zeros(2, self.k, device=self.device, dtype=torch.float64)
         start = time.perf_counter()
-        flags = torch.stack([self._train_step(stats) for _ in range(steps)]).tolist()
+        flags = torch.stack([self._train_step() for _ in range(steps)]).tolist()
         bad = self._check_bad_steps(flags)
-        if self.alignment is not None:
-            self.alignment.all_reduce()
-        agents = self._close_console()
+        self.probe.reduce()
+        agents = self.console.end_interval(self._hooks()) if self.console is not None else None
         seconds = time.perf_counter() - start
-        return self._report(weights, stats.cpu().numpy(), steps, bad, seconds, agents)
-
-    def _scored_sampler(self) -> ScoredDomainSampler:
-        from acodm.agents.console import ScoredDomainSampler
-
-        assert isinstance(self.sampler, ScoredDomainSampler)
-        return self.sampler
-
-    def _close_console(self) -> dict[str, np.ndarray]:
-        """The console's part of closing an interval (METHOD.md, "Online update").
-
-        Gathers every rank's (domain, window, credit) items, updates the console from the
-        credits, takes the interval's reference gradient for the next one, and gives the new
-        window scores to the sampler (which re-orders what each rank has not drawn yet).
-        Returns the per-domain agent features ({} without a console).
-        """
-        console, ga = self.console, self.alignment
-        if console is None or ga is None:
-            return {}
-        domains, windows = console.take_items()
-        credits = ga.sequence_credits() if ga.has_reference else None
-        if self.dist.world_size > 1:
-            parts = dist.all_gather_object((domains, windows, credits))
-            domains = np.concatenate([p[0] for p in parts])
-            windows = np.concatenate([p[1] for p in parts])
-            credits = None if credits is None else np.concatenate([p[2] for p in parts])
-        if credits is not None and credits.size != domains.size:
-            raise AcodmError(
-                f"the console recorded {domains.size} sequences but the alignment hooks credited "
-                f"{credits.size}: every training micro-batch must run forward and backward once"
-            )
-        features = console.close_interval(domains, windows, credits)
-        ga.set_reference(ga.reference_gradient(console.reference_ids))
-        sampler = self._scored_sampler()
-        for i in range(self.k):
-            sampler.set_window_scores(i, console.window_scores(i))
-        return features
+        return self._report(weights, steps, bad, seconds, agents)
 
     def _report(
         self,
         weights: np.ndarray,
-        stats: np.ndarray,
         steps: int,
         bad: int,
         seconds: float,
-        agents: dict[str, np.ndarray] | None = None,
+        agents: dict[str, np.ndarray] | None,
     ) -> IntervalReport:
-        sums, counts = stats
-        raw_loss = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-        epochs = self._epochs()
-        dyn = measure_interval(
-            step=self.step,
-            total_steps=self.total_steps,
-            raw_loss=raw_loss,
-            counts=counts,
-            epochs=epochs,
-            loss_tracker=self.loss_tracker,
-            alignment=self.alignment,
-            layer_stats=self.layer_stats,
-        )
-        if self.console is not None:
-            dyn = dataclasses.replace(dyn, agents=agents or {}, console_alpha=self.console.alpha)
-        scores = dyn.alignment
-        feedback = IntervalFeedback(
-            step=self.step,
-            loss=raw_loss,
-            counts=counts,
-            epochs=epochs,
-            extras={"alignment": scores},
-            dynamics=dyn,
+        feedback = self.probe.interval_feedback(
+            self.step,
+            self.total_steps,
+            self._epochs(),
+            agents=agents,
+            console_alpha=self.console.alpha if self.console is not None else None,
         )
         tokens = steps * self.tokens_per_step
         metrics = {
-            "train/loss": float(np.nansum(sums) / max(counts.sum(), 1)),
+            "train/loss": float(np.nansum(self.probe.loss_sums) / max(feedback.counts.sum(), 1)),
             "train/lr": lr_at(max(self.step - 1, 0), self.config, self.total_steps),
             "perf/tok_s": tokens / max(seconds, 1e-9),
             "train/bad_steps": float(bad),
         }
-        for i, d in enumerate(self.domains):
-            metrics[f"mix/weight/{d}"] = float(weights[i])
-            metrics[f"train/loss/{d}"] = float(raw_loss[i])
-            metrics[f"train/epochs/{d}"] = float(epochs[i])
-            metrics[f"dyn/alignment/{d}"] = float(scores[i])
-            for name, values in dyn.agents.items():
-                metrics[f"agents/{name}/{d}"] = float(values[i])
+        metrics.update(self._domain_metrics(feedback, weights))
         if self.console is not None:
             metrics.update(self.console.metrics())
         return IntervalReport(
-            dyn,
             feedback,
             np.asarray(weights, dtype=np.float64),
             steps,
@@ -417,6 +336,23 @@ class Trainer:
             bad,
             metrics,
         )
+
+    def _domain_metrics(self, feedback: IntervalFeedback, weights: np.ndarray) -> dict[str, float]:
+        dyn = feedback.need_dynamics("the trainer's metrics")
+        metrics: dict[str, float] = {}
+        for i, d in enumerate(self.domains):
+            metrics[f"mix/weight/{d}"] = float(weights[i])
+            metrics[f"train/loss/{d}"] = float(feedback.loss[i])
+            metrics[f"train/epochs/{d}"] = float(feedback.epochs[i])
+            metrics[f"dyn/alignment/{d}"] = float(dyn.alignment[i])
+            for name, values in dyn.agents.items():
+                metrics[f"agents/{name}/{d}"] = float(values[i])
+        return metrics
+
+    def _hooks(self) -> GradientAlignment:
+        """The alignment hooks (a console run has them: TrainConfig checks dynamics=True)."""
+        assert self.alignment is not None
+        return self.alignment
 
     def _epochs(self) -> np.ndarray:
         """Epochs per domain over all ranks (ranks read disjoint shards of each epoch)."""
@@ -437,8 +373,7 @@ class Trainer:
         """Per-domain validation loss and perplexity on the store's fixed windows."""
         self.model.eval()
         sums = torch.zeros(2, self.k, device=self.device, dtype=torch.float64)
-        off = self.alignment.disabled() if self.alignment else contextlib.nullcontext()
-        with off:
+        with self.probe.disabled():
             for i, windows in enumerate(self._validation()):
                 for s in range(0, windows.shape[0], self.config.micro_batch_size):
                     chunk = windows[s : s + self.config.micro_batch_size].to(self.device)
@@ -467,8 +402,10 @@ class Trainer:
         extra["rng/torch_cpu"] = torch.get_rng_state()
         if self.device.type == "cuda":
             extra["rng/torch_cuda"] = torch.cuda.get_rng_state(self.device)
-        if self.console is not None:
-            extra.update(self._console_tensors())
+        console_state, console_tensors = (
+            self.console.checkpoint(self._hooks()) if self.console is not None else (None, {})
+        )
+        extra.update(console_tensors)
         state: dict[str, Any] = {
             "trainer": {
                 "step": self.step,
@@ -480,8 +417,8 @@ class Trainer:
             },
             "sampler": samplers,
         }
-        if self.console is not None:
-            state["console"] = self.console.state_dict()
+        if console_state is not None:
+            state["console"] = console_state
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -507,7 +444,7 @@ class Trainer:
             ) from e
         self.sampler.load_state_dict(ckpt.state["sampler"][self.dist.rank])
         if self.console is not None:
-            self._load_console(ckpt)
+            self.console.load(ckpt, self._hooks())
         torch.set_rng_state(ckpt.extra["rng/torch_cpu"])
         if self.device.type == "cuda" and "rng/torch_cuda" in ckpt.extra:
             torch.cuda.set_rng_state(ckpt.extra["rng/torch_cuda"], self.device)
@@ -516,49 +453,6 @@ class Trainer:
         self.bad_in_row = int(st["bad_in_row"])
         self.bad_total = int(st["bad_total"])
         self.loss_tracker.load_state_dict(st["loss_tracker"])
-
-    def _console_tensors(self) -> dict[str, torch.Tensor]:
-        """The console's window counters, every rank's current window orders and the
-        reference gradient for the next interval."""
-        assert self.console is not None and self.alignment is not None
-        out = {k: torch.from_numpy(v) for k, v in self.console.tensors().items()}
-        for rank, orders in enumerate(
-            dist.all_gather_object(self._scored_sampler().order_arrays())
-        ):
-            for key, v in orders.items():
-                out[f"console/order/{rank}/{key}"] = torch.from_numpy(v)
-        for i, ref in enumerate(self.alignment.reference()):
-            out[f"console/reference/{i}"] = ref.detach().cpu()
-        return out
-
-    def _load_console(self, ckpt: Checkpoint) -> None:
-        assert self.console is not None and self.alignment is not None
-        state = ckpt.state.get("console")
-        if state is None:
-            raise CheckpointError(
-                f"checkpoint {ckpt.path} was written without --console; resume without it"
-            )
-        extra = {k: v.numpy() for k, v in ckpt.extra.items() if k.startswith("console/")}
-        try:
-            self.console.load_state_dict(state, extra)
-        except (KeyError, ValueError) as e:
-            raise CheckpointError(f"checkpoint {ckpt.path}: bad console state ({e})") from e
-        sampler = self._scored_sampler()
-        for i in range(self.k):  # the saved orders already follow these scores
-            sampler.set_window_scores(i, self.console.window_scores(i), reorder=False)
-        mine = f"console/order/{self.dist.rank}/"
-        try:
-            sampler.load_order_arrays(
-                {k.removeprefix(mine): v for k, v in extra.items() if k.startswith(mine)}
-            )
-        except AcodmError as e:
-            raise CheckpointError(f"checkpoint {ckpt.path}: {e}") from e
-        n = len(self.alignment.names)
-        refs = [ckpt.extra.get(f"console/reference/{i}") for i in range(n)]
-        if all(r is not None for r in refs):
-            self.alignment.set_reference([r for r in refs if r is not None], normalized=True)
-        else:
-            self.alignment.set_reference(None)
 
     def close(self) -> None:
         if self.alignment is not None:

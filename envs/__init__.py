@@ -29,9 +29,12 @@ from .spaces import (
     action_to_weights,
     alignment_reward,
     build_observation,
+    check_mapping,
     console_reward_terms,
     observation_size,
     total_reward,
+    transition,
+    weights_to_action,
     zscore_clip,
 )
 
@@ -60,9 +63,12 @@ __all__ = [
     "action_to_weights",
     "alignment_reward",
     "build_observation",
+    "check_mapping",
     "console_reward_terms",
     "default_config",
     "observation_size",
     "total_reward",
+    "transition",
+    "weights_to_action",
     "zscore_clip",
 ]

@@ -1,7 +1,8 @@
 """``acodm/DataMixing-v0``: one LM pretraining run as a Gymnasium episode (METHOD.md).
 
 The MDP reads top to bottom in :class:`DataMixingEnv`; its pure parts (action mapping,
-observation, reward) live in :mod:`acodm.envs.spaces`. The env talks to the LM only through
+observation, reward, and :func:`~acodm.envs.spaces.transition`, the one place that turns an
+interval into observation and reward) live in :mod:`acodm.envs.spaces`. The env talks to the LM only through
 :class:`acodm.trainer.Trainer` (``train_interval(weights) -> IntervalReport``).
 """
 
@@ -17,7 +18,7 @@ import numpy as np
 from gymnasium import spaces
 
 from acodm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from acodm.config import TrainConfig, debug_cpu, preset
+from acodm.config import TrainConfig, debug_cpu, resolve_config
 from acodm.data.store import open_store
 from acodm.errors import AcodmError
 from acodm.io import atomic_write_json, read_json
@@ -32,7 +33,7 @@ from .spaces import (
     action_to_weights,
     build_observation,
     check_reward_terms,
-    total_reward,
+    transition,
 )
 
 #: ``env.json`` format of :meth:`DataMixingEnv.save_state`.
@@ -158,7 +159,8 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
     ``info`` from ``reset`` and ``step``: ``weights`` ({domain: weight} of the interval just
     run), ``step`` (optimizer steps so far), ``progress``, ``train_loss`` (the interval's mean
     training loss); from ``step`` also ``reward_terms`` ({"alignment": ..., extra name:
-    weight * value}; they sum to the reward).
+    weight * value}; they sum to the reward). ``env.last_report`` holds the whole
+    :class:`~acodm.trainer.IntervalReport` of the last ``step`` (per-domain losses, metrics).
 
     ## Arguments
 
@@ -219,7 +221,13 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
         if render_mode is not None:
             raise EnvError(f"render_mode {render_mode!r} is not supported (no rendering)")
         self.render_mode = render_mode
-        self.config = cfg = self._resolve_config(store, config, overrides, interval)
+        if store is None and not isinstance(config, TrainConfig):
+            from .default_store import default_store
+
+            store = str(default_store())
+        self.config = cfg = resolve_config(
+            config, store, overrides=overrides, interval=interval, default=default_config
+        )
         if not cfg.dynamics:
             raise EnvError("the env needs config.dynamics=True: the reward is gradient alignment")
         self.total_steps = cfg.total_steps()
@@ -238,27 +246,11 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, (self.k,), dtype=np.float32)
         self.trainer: Trainer | None = None
-
-    @staticmethod
-    def _resolve_config(
-        store: str | None,
-        config: TrainConfig | str | None,
-        overrides: Mapping[str, Any] | None,
-        interval: int | None,
-    ) -> TrainConfig:
-        if isinstance(config, TrainConfig):
-            cfg = config.replace(store=str(store)) if store is not None else config
-        else:
-            if store is None:
-                from .default_store import default_store
-
-                store = str(default_store())
-            cfg = default_config(str(store)) if config is None else preset(config, str(store))
-        if overrides:
-            cfg = cfg.replace(**dict(overrides))
-        if interval is not None:
-            cfg = cfg.replace(interval=interval)
-        return cfg
+        #: The report of the last ``step`` (its ``feedback`` is the interval's record, e.g.
+        #: the per-domain losses an expert mixer learns from; ``metrics`` its logs). Kept
+        #: through ``reset``: a vectorised env resets right after an episode's last step,
+        #: before its callbacks read that step.
+        self.last_report: IntervalReport | None = None
 
     @property
     def num_intervals(self) -> int:
@@ -287,8 +279,10 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
             raise EnvError(f"the action must have shape ({self.k},), got {np.shape(action)}")
         weights = action_to_weights(np.clip(a, -1.0, 1.0), self.beta, self.eps)  # (k,)
         report = tr.train_interval(weights)  # K optimizer steps with these weights
-        reward, terms = total_reward(weights, report.dynamics, self.reward_terms)
-        obs = build_observation(report.dynamics, self.observation_spec)
+        self.last_report = report
+        obs, reward, terms = transition(
+            weights, report.dynamics, self.observation_spec, self.reward_terms
+        )
         info = self._info(report)
         info["reward_terms"] = terms
         return obs, reward, tr.done, False, info

@@ -19,6 +19,7 @@ import numpy as np
 
 from acodm.agents.console import AGENT_FEATURES
 from acodm.dynamics.features import Dynamics
+from acodm.dynamics.standardize import zscore
 from acodm.errors import AcodmError
 
 # ---------------------------------------------------------------------------------------
@@ -38,6 +39,16 @@ class SpaceError(AcodmError):
     """An action, observation spec or reward term is invalid."""
 
 
+def check_mapping(beta: float, eps: float) -> None:
+    """The one check of the action mapping's parameters (the env, the exported policy, the
+    online mixer and the expert's inverse mapping all use it): ``beta`` finite and > 0,
+    ``eps`` in [0, 1]."""
+    if not (math.isfinite(beta) and beta > 0):
+        raise SpaceError(f"beta must be a finite number > 0, got {beta!r}")
+    if not (0.0 <= eps <= 1.0):
+        raise SpaceError(f"eps (the uniform floor) must be in [0, 1], got {eps!r}")
+
+
 def action_to_weights(
     action: np.ndarray | Sequence[float], beta: float = DEFAULT_BETA, eps: float = DEFAULT_EPS
 ) -> np.ndarray:
@@ -55,16 +66,39 @@ def action_to_weights(
         )
     if not np.all(np.isfinite(a)):
         raise SpaceError(f"the action has NaN/inf entries: {a.tolist()}")
-    if not (math.isfinite(beta) and beta > 0):
-        raise SpaceError(f"beta must be a finite number > 0, got {beta!r}")
-    if not (0.0 <= eps <= 1.0):
-        raise SpaceError(f"eps (the uniform floor) must be in [0, 1], got {eps!r}")
+    check_mapping(beta, eps)
     k = a.shape[0]
     z = beta * a
     e = np.exp(z - z.max())  # shift for numerical stability; softmax is shift-invariant
     soft = e / e.sum()
     w: np.ndarray = (1.0 - eps) * soft + eps / k
     return w / w.sum()  # remove the last ulp of rounding so sum(w) == 1 to float64 precision
+
+
+def weights_to_action(
+    weights: np.ndarray, beta: float = DEFAULT_BETA, eps: float = DEFAULT_EPS
+) -> np.ndarray:
+    """Inverse of :func:`action_to_weights` up to the softmax's free constant, clipped to [-1, 1].
+
+    ``p = (w - eps/k) / (1 - eps)`` is the softmax part; ``a = log(p) / beta + c``. The constant
+    ``c`` centres the action on the mid-range of ``log(p) / beta`` so the widest range of weights
+    is representable: every ``w`` with ``max(p) / min(p) <= exp(2 beta)`` round-trips exactly.
+    **Lossy beyond that ratio** (e^2 ~ 7.4 at the default beta = 1): such weights are clipped
+    to the nearest reachable mixture. Weights below the floor ``eps / k`` are unreachable and
+    treated as a tiny positive ``p``; with ``eps = 1`` every action maps to the uniform
+    mixture, so the zero action is returned. Used to turn an expert's weights (e.g. an ODM
+    bandit during warm-up, METHOD.md "The agent") into actions for the replay buffer.
+    ``weights``: ``(k,)`` or a batch ``(n, k)``; float32 like the action space.
+    """
+    check_mapping(beta, eps)
+    w = np.asarray(weights, dtype=np.float64)
+    if eps == 1.0:
+        return np.zeros(w.shape, dtype=np.float32)
+    k = w.shape[-1]
+    p = np.clip((w - eps / k) / (1.0 - eps), 1e-12, None)
+    logits = np.log(p) / beta
+    centre = 0.5 * (logits.max(axis=-1, keepdims=True) + logits.min(axis=-1, keepdims=True))
+    return np.clip(logits - centre, -1.0, 1.0).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------
@@ -286,21 +320,11 @@ def observation_size(k: int, n_layers: int, features: Sequence[str] = DEFAULT_FE
 def zscore_clip(x: np.ndarray, clip: float = CLIP) -> np.ndarray:
     """Z-score ``x`` within itself (population std) and clip to ``[-clip, clip]``, float64.
 
-    A constant group (std ~ 0, relative to its scale) carries no information and becomes
-    zeros; non-finite entries are left out of the mean and std and map to 0.
+    :func:`acodm.dynamics.standardize.zscore` with the observation's settings: a constant
+    group (std ~ 0, relative to its scale) carries no information and becomes zeros;
+    non-finite entries are left out of the mean and std and map to 0.
     """
-    x = np.asarray(x, dtype=np.float64)
-    out = np.zeros_like(x)
-    ok = np.isfinite(x)
-    if ok.sum() < 2:
-        return out
-    v = x[ok]
-    mu, sd = v.mean(), v.std()
-    # relative threshold: float noise in a constant group must not be blown up to +-1
-    if sd <= 1e-12 * max(1.0, float(np.abs(v).max())):
-        return out
-    out[ok] = np.clip((v - mu) / sd, -clip, clip)
-    return out
+    return zscore(x, clip=clip)
 
 
 def build_observation(dynamics: Dynamics, spec: ObservationSpec) -> np.ndarray:
@@ -343,12 +367,12 @@ def alignment_reward(weights: np.ndarray, scores: np.ndarray) -> float:
     ``-lr * sum_i w_i <g_i, sum_j g_j>``, linear in ``w``; ``s`` is its z-scored, clipped
     per-domain proxy, so the reward is in [-3, 3].
     """
-    w = np.asarray(weights, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)  # a mixture: checked where it was made
     s = np.asarray(scores, dtype=np.float64)
     if w.ndim != 1 or w.shape != s.shape:
         raise SpaceError(f"weights {w.shape} and scores {s.shape} must be vectors of equal length")
-    if not (np.all(np.isfinite(w)) and np.all(np.isfinite(s))):
-        raise SpaceError("weights and alignment scores must be finite")
+    if not np.all(np.isfinite(s)):
+        raise SpaceError(f"the alignment scores must be finite, got {s.tolist()}")
     return float(w @ s)
 
 
@@ -401,6 +425,23 @@ def total_reward(
             raise SpaceError(f"reward term {t.name!r} returned {value}")
         parts[t.name] = t.weight * value
     return float(sum(parts.values())), parts
+
+
+def transition(
+    weights: np.ndarray,
+    dynamics: Dynamics,
+    spec: ObservationSpec,
+    terms: Sequence[RewardTerm] = (),
+) -> tuple[np.ndarray, float, dict[str, float]]:
+    """One MDP step after the interval that ran with ``weights`` and measured ``dynamics``.
+
+    Returns ``(observation, reward, reward terms)``: :func:`build_observation` and
+    :func:`total_reward`. The env's ``step`` and the online ``ddpg`` mixer's replay
+    transitions both come from here, so the two cannot drift apart.
+    """
+    observation = build_observation(dynamics, spec)
+    reward, parts = total_reward(weights, dynamics, terms)
+    return observation, reward, parts
 
 
 #: Default total weight of the console's reward terms (METHOD.md: small, at most 0.3).

@@ -7,11 +7,12 @@
   :mod:`acodm.trust`; ``trust_pickle=True`` for others). Imports SB3.
 * :mod:`acodm.policies.export` - ``export_actor``/``write_policy`` (``actor.safetensors`` +
   ``policy.json``, hashed spec and weights), ``MixingPolicy`` (a plain torch module, loaded
-  without SB3 or pickle), ``check_domains``, ``PolicyError``, and the action <-> weights
-  mapping.
+  without SB3 or pickle), ``check_domains``, ``PolicyError`` (the action <-> weights mapping
+  is :mod:`acodm.envs.spaces`'s, re-exported here).
 * :mod:`acodm.policies.train` - ``train_policy`` (proxy training -> exported actor; the
-  ``acodm train-policy`` command), ``export_from_checkpoint``, ``OnlineDDPGMixer`` (mixer
-  ``ddpg``: non-proxy mode, learning on the target run itself). Imports SB3.
+  ``acodm train-policy`` command), ``export_from_checkpoint``. Imports SB3.
+* :mod:`acodm.policies.ddpg` - ``OnlineDDPGMixer`` (mixer ``ddpg``: non-proxy mode, learning
+  on the target run itself). Imports SB3.
 * :mod:`acodm.policies.transfer` - ``ActorMixer`` (mixer ``actor:PATH``), ``MixingController``
   and ``DynamicsProbe`` (the small API for any torch loop).
 * :mod:`acodm.policies.hf` - ``MixtureDataset``, ``MixingTrainer``, ``MixingCallback``: the
@@ -27,14 +28,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from acodm.envs.spaces import action_to_weights, weights_to_action
 from acodm.policies.export import (
     MixingPolicy,
     PolicyError,
-    action_to_weights,
     check_domains,
     export_actor,
     load_policy,
-    weights_to_action,
 )
 
 _AGENT_NAMES = (
@@ -47,7 +47,8 @@ _AGENT_NAMES = (
     "continue_learning",
     "fill_replay_buffer",
 )
-_TRAIN_NAMES = ("train_policy", "export_from_checkpoint", "OnlineDDPGMixer")
+_TRAIN_NAMES = ("train_policy", "export_from_checkpoint")
+_DDPG_NAMES = ("OnlineDDPGMixer",)
 _TRANSFER_NAMES = ("ActorMixer", "MixingController", "DynamicsProbe")
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "weights_to_action",
     *_AGENT_NAMES,
     *_TRAIN_NAMES,
+    *_DDPG_NAMES,
     *_TRANSFER_NAMES,
 ]
 
@@ -74,6 +76,10 @@ def __getattr__(name: str) -> Any:
         from acodm.policies import train
 
         return getattr(train, name)
+    if name in _DDPG_NAMES:
+        from acodm.policies import ddpg
+
+        return getattr(ddpg, name)
     if name in _TRANSFER_NAMES:
         from acodm.policies import transfer
 

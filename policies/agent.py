@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -40,16 +41,13 @@ from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.td3.policies import TD3Policy
 
 from acodm import trust
+from acodm.envs.spaces import action_to_weights, weights_to_action
 from acodm.errors import AcodmError
 from acodm.io import atomic_directory, sha256_bytes, sha256_file
-from acodm.policies.export import (
-    action_to_weights,
-    actor_parts,
-    weights_to_action,
-    write_checkpoint_actor,
-)
+from acodm.policies.export import actor_parts, write_checkpoint_actor
 
 __all__ = [
+    "ODM_EXPERT",
     "AgentConfig",
     "AgentError",
     "FrozenActorPolicy",
@@ -67,6 +65,7 @@ __all__ = [
     "small",
     "verify_checkpoint",
     "warmup",
+    "warmup_count",
     "weights_to_action",
 ]
 
@@ -77,6 +76,18 @@ LogFn = Callable[[dict[str, Any], int], None]
 
 class AgentError(AcodmError):
     """Invalid agent configuration or use (wrong action space, bad warm-up, bad checkpoint)."""
+
+
+#: The warm-up expert of proxy and non-proxy mode: the ODM bandit itself (the agent's warm-up
+#: replaces ODM's own).
+ODM_EXPERT = "odm:warmup=0"
+
+
+def warmup_count(total: int, fraction: float) -> int:
+    """Warm-up steps for a ``fraction`` of ``total`` env steps: at least one, at most all."""
+    if not 0.0 <= fraction <= 1.0:
+        raise AgentError(f"warmup_fraction must be in [0, 1], got {fraction}")
+    return min(total, max(1, math.ceil(fraction * total - 1e-9)))
 
 
 @dataclass(frozen=True)

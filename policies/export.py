@@ -27,16 +27,16 @@ shape, spaces): from a live SB3 agent (:func:`actor_parts`, used by :func:`expor
 from the pickle-free copy that every agent checkpoint holds (:func:`write_checkpoint_actor`,
 :func:`read_checkpoint_actor`), so re-exporting a run never unpickles its ``agent.zip``.
 
-This module also holds the action -> weights mapping (METHOD.md, "The environment", Action):
-``w = (1 - eps) * softmax(beta * a) + eps / k``, and its inverse :func:`weights_to_action`, because
-the loaded policy needs the mapping while staying free of SB3.
+The loaded policy maps its actions to weights with the env's own mapping (METHOD.md, "The
+environment", Action): ``w = (1 - eps) * softmax(beta * a) + eps / k``,
+:func:`acodm.envs.spaces.action_to_weights` (its inverse :func:`~acodm.envs.spaces.weights_to_action`
+beside it); both are importable from here too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +46,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from acodm.envs.spaces import action_to_weights  # the one mapping, shared with the env
+# the one mapping and its inverse, shared with the env (re-exported here: their old home)
+from acodm.envs.spaces import SpaceError, action_to_weights, check_mapping
+from acodm.envs.spaces import weights_to_action as weights_to_action
 from acodm.errors import AcodmError
 from acodm.io import atomic_directory, member_path, sha256_bytes
 
@@ -94,29 +96,11 @@ class PolicyError(AcodmError):
 
 
 def _check_mapping(beta: float, eps: float) -> None:
-    if not (math.isfinite(beta) and beta > 0):
-        raise PolicyError(f"beta must be a finite number > 0, got {beta}")
-    if not (0.0 <= eps < 1.0):
-        raise PolicyError(f"eps must be in [0, 1), got {eps}")
-
-
-def weights_to_action(weights: np.ndarray, beta: float, eps: float) -> np.ndarray:
-    """Inverse of :func:`action_to_weights` up to the softmax's free constant, clipped to [-1, 1].
-
-    ``p = (w - eps/k) / (1 - eps)`` is the softmax part; ``a = log(p) / beta + c``. The constant
-    ``c`` centres the action on the mid-range of ``log(p) / beta`` so the widest range of weights
-    is representable: every ``w`` with ``max(p) / min(p) <= exp(2 beta)`` round-trips exactly;
-    others are clipped (the nearest reachable mixture). Weights below the floor ``eps / k`` are
-    unreachable and treated as a tiny positive ``p``. Used to turn an expert's weights (e.g. an
-    ODM bandit during warm-up, METHOD.md "The agent") into actions for the replay buffer.
-    """
-    _check_mapping(beta, eps)
-    w = np.asarray(weights, dtype=np.float64)
-    k = w.shape[-1]
-    p = np.clip((w - eps / k) / (1.0 - eps), 1e-12, None)
-    logits = np.log(p) / beta
-    centre = 0.5 * (logits.max(axis=-1, keepdims=True) + logits.min(axis=-1, keepdims=True))
-    return np.clip(logits - centre, -1.0, 1.0).astype(np.float32)
+    """:func:`~acodm.envs.spaces.check_mapping` (the one check), as a :class:`PolicyError`."""
+    try:
+        check_mapping(beta, eps)
+    except SpaceError as e:
+        raise PolicyError(str(e)) from e
 
 
 # ----------------------------------------------------------------------------- the module

@@ -6,8 +6,9 @@ Three small pieces:
   windows by domain weights (:class:`~acodm.data.sampler.DomainSampler`), yielding
   ``{"input_ids", "labels", "domain"}``; ``set_weights`` changes the mixture on the fly.
 * :class:`MixingTrainer` - a ``Trainer`` whose ``compute_loss`` computes *per-sequence* losses
-  in the same forward pass and feeds a :class:`~acodm.policies.transfer.DynamicsProbe` (the
-  per-domain losses and gradient alignment the policy observes). Its loss is the usual mean.
+  in the same forward pass and feeds a :class:`~acodm.dynamics.probe.DynamicsProbe` (the
+  meter of acodm's own trainer: the per-domain losses and gradient alignment the policy
+  observes). Its loss is the usual mean.
 * :class:`MixingCallback` - every K optimizer steps closes the probe's interval and sets the
   dataset's weights from an exported policy (:class:`MixingController`) or any acodm
   :class:`~acodm.mixers.base.Mixer`.
@@ -40,16 +41,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import IterableDataset, get_worker_info
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from acodm.data.sampler import DomainSampler
 from acodm.data.store import TokenStore, open_store
+from acodm.dynamics.probe import DynamicsProbe, sequence_losses
 from acodm.errors import AcodmError
 from acodm.mixers.base import Mixer, MixerContext, MixerError
-from acodm.policies.transfer import DynamicsProbe, MixingController
+from acodm.policies.transfer import MixingController
 
 __all__ = ["MixingCallback", "MixingTrainer", "MixtureDataset", "per_sequence_loss"]
 
@@ -138,15 +139,7 @@ def per_sequence_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 
     ``logits`` (B, T, V) and unshifted ``labels`` (B, T), as a HF causal LM takes them.
     """
-    targets = labels[:, 1:]
-    tok = F.cross_entropy(
-        logits[:, :-1].float().flatten(0, 1),
-        targets.flatten(),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    ).view(targets.shape)
-    valid = (targets != IGNORE_INDEX).sum(dim=1).clamp_min(1)
-    return tok.sum(dim=1) / valid
+    return sequence_losses(logits[:, :-1], labels[:, 1:], ignore_index=IGNORE_INDEX)
 
 
 class MixingTrainer(Trainer):
@@ -177,11 +170,7 @@ class MixingTrainer(Trainer):
         record = probe is not None and domains is not None and model.training
         if record and probe is not None:
             probe.set_domains(domains)
-        hooks = (
-            probe.alignment.disabled()
-            if probe is not None and not record
-            else contextlib.nullcontext()
-        )
+        hooks = probe.disabled() if probe is not None and not record else contextlib.nullcontext()
         with hooks:
             outputs = model(**inputs)
         seq_loss = per_sequence_loss(outputs.logits, labels)
@@ -262,4 +251,4 @@ class MixingCallback(TrainerCallback):
             self.policy.update(feedback)
             self._set(step, self.policy.weights())
         else:
-            self._set(step, self.policy.observe(feedback.dynamics))
+            self._set(step, self.policy.observe(feedback.need_dynamics("the policy")))

@@ -12,7 +12,8 @@ Three ways in:
 * acodm's own trainer: ``acodm pretrain --mixer actor:PATH`` (:class:`ActorMixer`, registered
   as ``actor``; ``make_mixer`` imports this module on first use of the name).
 * A Hugging Face ``Trainer``: :mod:`acodm.policies.hf`.
-* Any torch loop: :class:`MixingController` + :class:`DynamicsProbe`::
+* Any torch loop: :class:`MixingController` + :class:`~acodm.dynamics.probe.DynamicsProbe`
+  (the meter acodm's own trainer uses, so the loop observes what the proxy observed)::
 
     ctl = MixingController.load("runs/policy", domains=sampler.domains)
     probe = DynamicsProbe(model, sampler.domains)           # hooks on 3 monitored layers
@@ -41,17 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from acodm.dynamics.alignment import GradientAlignment
-from acodm.dynamics.features import (
-    Dynamics,
-    LayerStats,
-    LossTracker,
-    measure_interval,
-    permute_domains,
-)
+from acodm.dynamics.features import Dynamics, permute_domains
+from acodm.dynamics.probe import DynamicsProbe  # its home before the trainer shared it
 from acodm.envs.spaces import ObservationSpec, SpaceError, build_observation
 from acodm.mixers.base import IntervalFeedback, Mixer, MixerContext, MixerError
 from acodm.mixers.spec import register_mixer, require_arg
@@ -162,118 +155,6 @@ class MixingController:
         return {d: float(w) for d, w in zip(self.domains, self.weights, strict=True)}
 
 
-# ----------------------------------------------------------------------------- probe
-
-
-def _effective_rank(rank: int | None, modules: Sequence[tuple[str, nn.Linear]]) -> int | None:
-    """As the trainer: exact accumulators where a projection would cost more."""
-    from acodm.trainer import effective_rank
-
-    return effective_rank(rank, list(modules))
-
-
-class DynamicsProbe:
-    """Measure a torch loop's per-interval :class:`Dynamics`, as acodm's trainer does.
-
-    Wraps :class:`GradientAlignment` (hooks on the monitored layers: per-domain gradients in
-    the normal backward), :class:`LayerStats` and :class:`LossTracker`. Per micro-batch:
-    :meth:`set_domains` before the forward, :meth:`record` after it (per-sequence losses of
-    the same forward); at the end of an interval :meth:`interval_end`. Single process: in
-    DDP, the alignment is all-reduced but per-domain losses are this rank's only.
-
-    Args:
-        model: the causal LM being trained (its monitored layers are hooked at once).
-        domains: the run's domain names (their order gives the domain ids).
-        monitored: ``(name, nn.Linear)`` pairs; default
-            :func:`acodm.dynamics.layers.monitored_layers` with ``count`` layers (what acodm's
-            trainer uses).
-        rank: projection rank of the alignment (exact where cheaper, as in the trainer).
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        domains: Sequence[str],
-        *,
-        count: int = 3,
-        monitored: Sequence[tuple[str, nn.Linear]] | None = None,
-        rank: int | None = 256,
-        seed: int = 0,
-    ) -> None:
-        from acodm.dynamics.layers import distinct_layers, monitored_layers
-
-        self.domains = tuple(domains)
-        self.k = len(self.domains)
-        mods = list(monitored) if monitored is not None else monitored_layers(model, count=count)
-        self.monitored = mods
-        hooked = distinct_layers(mods)  # a small model lists a layer twice (as the trainer)
-        self.alignment = GradientAlignment(
-            hooked, self.k, rank=_effective_rank(rank, hooked), seed=seed
-        )
-        self.layer_stats = LayerStats(mods)
-        self.loss_tracker = LossTracker(self.k)
-        self._sums = np.zeros(self.k)
-        self._counts = np.zeros(self.k)
-
-    @property
-    def n_layers(self) -> int:
-        return len(self.monitored)
-
-    def set_domains(self, seq_domains: torch.Tensor | np.ndarray | Sequence[int]) -> None:
-        """Domain id of each sequence of the next forward, ``(B,)``; call before it."""
-        self.alignment.set_domains(torch.as_tensor(seq_domains).detach().cpu())
-
-    def record(
-        self, seq_loss: torch.Tensor | np.ndarray, seq_domains: torch.Tensor | np.ndarray
-    ) -> None:
-        """Add a micro-batch's per-sequence losses ``(B,)`` with their domain ids ``(B,)``."""
-        loss = torch.as_tensor(seq_loss).detach().double().cpu().numpy().reshape(-1)
-        ids = torch.as_tensor(seq_domains).detach().cpu().numpy().reshape(-1).astype(np.int64)
-        if loss.shape != ids.shape:
-            raise MixerError(f"seq_loss {loss.shape} and seq_domains {ids.shape} must match")
-        if ids.size and (ids.min() < 0 or ids.max() >= self.k):
-            raise MixerError(f"domain ids must be in [0, {self.k}), got {ids.tolist()}")
-        ok = np.isfinite(loss)
-        np.add.at(self._sums, ids[ok], loss[ok])
-        np.add.at(self._counts, ids[ok], 1.0)
-
-    def interval_feedback(
-        self, step: int, total_steps: int, epochs: np.ndarray | Sequence[float] | None = None
-    ) -> IntervalFeedback:
-        """Close the interval: its :class:`IntervalFeedback` (``.dynamics`` set); resets."""
-        counts = self._counts.copy()
-        raw = np.where(counts > 0, self._sums / np.maximum(counts, 1), np.nan)
-        self.alignment.all_reduce()
-        ep = np.zeros(self.k) if epochs is None else np.asarray(epochs, dtype=np.float64)
-        dyn = measure_interval(
-            step=int(step),
-            total_steps=total_steps,
-            raw_loss=raw,
-            counts=counts,
-            epochs=ep,
-            loss_tracker=self.loss_tracker,
-            alignment=self.alignment,
-            layer_stats=self.layer_stats,
-        )
-        scores = dyn.alignment
-        self._sums[:] = 0
-        self._counts[:] = 0
-        self.alignment.reset()
-        extras = {"alignment": scores}
-        return IntervalFeedback(int(step), raw, counts, ep, extras, dyn)
-
-    def interval_end(
-        self, step: int, total_steps: int, epochs: np.ndarray | Sequence[float] | None = None
-    ) -> Dynamics:
-        """Close the interval and return its :class:`Dynamics` (``step`` optimizer steps done)."""
-        dyn: Dynamics = self.interval_feedback(step, total_steps, epochs).dynamics
-        return dyn
-
-    def close(self) -> None:
-        """Remove the hooks."""
-        self.alignment.remove()
-
-
 # ----------------------------------------------------------------------------- mixer
 
 
@@ -323,12 +204,9 @@ class ActorMixer(Mixer):
         return self._ctl().weights.copy()
 
     def _update(self, feedback: IntervalFeedback) -> None:
-        if feedback.dynamics is None:
-            raise MixerError(
-                "the actor mixer needs the interval's dynamics; run with dynamics=True"
-            )
+        dynamics = feedback.need_dynamics("the actor mixer")
         try:
-            self._ctl().observe(feedback.dynamics)
+            self._ctl().observe(dynamics)
         except (PolicyError, SpaceError) as e:
             raise MixerError(str(e)) from e
 

@@ -27,20 +27,31 @@ to a live run of :class:`acodm.trainer.Trainer` (``TrainConfig.console=True``):
   include them and its reward can add console-weighted quality and diversity terms
   (:mod:`acodm.envs.spaces`).
 
-Everything here is deterministic host-side numpy; under DDP the trainer gathers every rank's
-items and credits first, so all ranks hold the same console.
+Everything here is deterministic host-side numpy; under DDP :meth:`OnlineConsole.end_interval`
+gathers every rank's items and credits first, so all ranks hold the same console. A run talks
+to the console through four calls (:meth:`OnlineConsole.for_run` lists them): the console is
+one plug-in of :class:`acodm.trainer.Trainer`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from acodm import distributed as dist
 from acodm.agents.annotate import AnnotationError, Annotations, load_annotations
 from acodm.agents.console import PAPER_INIT, AgentConsole, AgentMemory, interval_features
+from acodm.checkpoint import Checkpoint, CheckpointError
+from acodm.data.sampler import Batch
+from acodm.data.scored_sampler import ScoredDomainSampler
 from acodm.data.store import TokenStore
+from acodm.dynamics.alignment import GradientAlignment
+from acodm.errors import AcodmError
+
+if TYPE_CHECKING:
+    import torch
 
 ONLINE_STATE_VERSION = 1
 AGENTS = ("quality", "domain", "topic")
@@ -110,6 +121,113 @@ class OnlineConsole:
         self.last_correlation = np.zeros(len(AGENTS))
         self.updates = 0
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self.sampler: ScoredDomainSampler | None = None  # the run's (for_run)
+
+    # -- the plug-in: what a training run calls -----------------------------------------
+    @classmethod
+    def for_run(
+        cls,
+        store: TokenStore,
+        sampler: ScoredDomainSampler,
+        seq_len: int,
+        *,
+        reference: Sequence[str] = (),
+    ) -> OnlineConsole:
+        """The console of a run that draws with ``sampler``; it orders the first epoch.
+
+        A run calls four things: :meth:`on_batch` for every training batch,
+        :meth:`end_interval` after each interval, :meth:`checkpoint` / :meth:`load` with its
+        checkpoints (and reads :attr:`alpha` and :meth:`metrics`).
+        """
+        console = cls(store, seq_len, sampler.num_windows(), reference=reference)
+        console.sampler = sampler
+        console._push_scores()  # the first epoch is ordered by the initial memory
+        return console
+
+    def _run_sampler(self) -> ScoredDomainSampler:
+        if self.sampler is None:
+            raise AcodmError("this console is not attached to a run: build it with for_run()")
+        return self.sampler
+
+    def _push_scores(self, *, reorder: bool = True) -> None:
+        sampler = self._run_sampler()
+        for i in range(self.k):
+            sampler.set_window_scores(i, self.window_scores(i), reorder=reorder)
+
+    def on_batch(self, batch: Batch) -> None:
+        """A training batch is about to be trained on (in training order)."""
+        if batch.windows is None:
+            raise AcodmError("the console needs training batches (with their windows)")
+        self.record(batch.domains, batch.windows)
+
+    def end_interval(self, alignment: GradientAlignment) -> dict[str, np.ndarray]:
+        """The console's part of closing an interval (METHOD.md, "Online update").
+
+        Takes every rank's (domain, window) items and the alignment hooks' credits for them
+        (:meth:`GradientAlignment.hand_out_credits`, which also sets the reference gradient
+        for the next interval), updates the console and re-scores the sampler's windows
+        (which re-orders what each rank has not drawn yet). ``alignment`` must be reduced
+        over ranks. Returns the per-domain agent features of the interval.
+        """
+        domains, windows = self.take_items()
+        credits = alignment.hand_out_credits(self.reference_ids)
+        if dist.active():
+            parts = dist.all_gather_object((domains, windows, credits))
+            domains = np.concatenate([p[0] for p in parts])
+            windows = np.concatenate([p[1] for p in parts])
+            credits = None if credits is None else np.concatenate([p[2] for p in parts])
+        if credits is not None and credits.size != domains.size:
+            raise AcodmError(
+                f"the console recorded {domains.size} sequences but the alignment hooks credited "
+                f"{credits.size}: every training micro-batch must run forward and backward once"
+            )
+        features = self.close_interval(domains, windows, credits)
+        self._push_scores()
+        return features
+
+    def checkpoint(
+        self, alignment: GradientAlignment
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """``(state, tensors)`` for the run's checkpoint (JSON state, named CPU tensors): the
+        console, its window counters, every rank's current window orders and the reference
+        gradient for the next interval. Call on every rank (it gathers the orders)."""
+        import torch
+
+        tensors = {k: torch.from_numpy(v) for k, v in self.tensors().items()}
+        orders = dist.all_gather_object(self._run_sampler().order_arrays())
+        for rank, arrays in enumerate(orders):
+            for key, v in arrays.items():
+                tensors[f"console/order/{rank}/{key}"] = torch.from_numpy(v)
+        for i, ref in enumerate(alignment.reference()):
+            tensors[f"console/reference/{i}"] = ref.detach().cpu()
+        return self.state_dict(), tensors
+
+    def load(self, ckpt: Checkpoint, alignment: GradientAlignment) -> None:
+        """Restore :meth:`checkpoint` output from ``ckpt`` (this process's rank's orders)."""
+        state = ckpt.state.get("console")
+        if state is None:
+            raise CheckpointError(
+                f"checkpoint {ckpt.path} was written without --console; resume without it"
+            )
+        extra = {k: v.numpy() for k, v in ckpt.extra.items() if k.startswith("console/")}
+        try:
+            self.load_state_dict(state, extra)
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {ckpt.path}: bad console state ({e})") from e
+        sampler = self._run_sampler()
+        self._push_scores(reorder=False)  # the saved orders already follow these scores
+        mine = f"console/order/{sampler.rank}/"
+        try:
+            sampler.load_order_arrays(
+                {k.removeprefix(mine): v for k, v in extra.items() if k.startswith(mine)}
+            )
+        except AcodmError as e:
+            raise CheckpointError(f"checkpoint {ckpt.path}: {e}") from e
+        refs = [ckpt.extra.get(f"console/reference/{i}") for i in range(len(alignment.names))]
+        if all(r is not None for r in refs):
+            alignment.set_reference([r for r in refs if r is not None], normalized=True)
+        else:
+            alignment.set_reference(None)
 
     # -- one interval -----------------------------------------------------------------
     def record(self, domains: np.ndarray, windows: np.ndarray) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from acodm.data.store import TokenStore
+from acodm.data.weights import normalize_weights
 from acodm.errors import SamplerError, StoreError
 
 SAMPLER_STATE_VERSION = 1
@@ -114,25 +115,11 @@ class DomainSampler:
     def set_weights(self, weights: Sequence[float] | Mapping[str, float] | np.ndarray) -> None:
         """Set the weights used from the next batch on; normalised to sum to 1.
 
-        A mapping must name every domain (missing names get 0 only if listed explicitly).
+        A mapping must name every domain (give 0 to skip one). Invalid weights are a
+        :class:`~acodm.errors.WeightsError` (:func:`acodm.data.weights.normalize_weights`,
+        the one check) and leave the current weights in place.
         """
-        if isinstance(weights, Mapping):
-            unknown = sorted(set(weights) - set(self.domains))
-            if unknown:
-                raise SamplerError(f"unknown domains {unknown}; the store has {self.domains}")
-            missing = [d for d in self.domains if d not in weights]
-            if missing:
-                raise SamplerError(f"weights for domains {missing} are missing (give 0 to skip)")
-            w = np.array([float(weights[d]) for d in self.domains])
-        else:
-            w = np.asarray(weights, dtype=np.float64).reshape(-1)
-            if w.size != len(self.domains):
-                raise SamplerError(
-                    f"got {w.size} weights for {len(self.domains)} domains {self.domains}"
-                )
-        if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-            raise SamplerError(f"weights must be finite, non-negative, not all zero: {w.tolist()}")
-        self._weights = w / w.sum()
+        self._weights = normalize_weights(weights, what="weights", domains=self.domains)
 
     # -- drawing ----------------------------------------------------------------------
     def _epoch_order(self, i: int, epoch: int) -> np.ndarray:

@@ -90,6 +90,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from acodm.dynamics.standardize import zscore
 from acodm.errors import AcodmError
 
 __all__ = ["AlignmentError", "GradientAlignment", "alignment_scores", "raw_alignment_scores"]
@@ -468,6 +469,19 @@ class GradientAlignment:
         flat = torch.cat([self._credits[v] for v in sorted(self._credits)])
         return flat.double().cpu().numpy()
 
+    def hand_out_credits(self, reference_domains: Sequence[int]) -> np.ndarray | None:
+        """The interval's per-sequence credits, then the reference for the next interval.
+
+        Returns :meth:`sequence_credits` (None while no reference was set: the first
+        interval), then sets the reference to the interval's summed gradient of
+        ``reference_domains`` (:meth:`reference_gradient`, :meth:`set_reference`). Call once
+        per interval, after :meth:`all_reduce` and before :meth:`reset`: the one way the
+        agent console gets its feedback.
+        """
+        credits = self.sequence_credits() if self.has_reference else None
+        self.set_reference(self.reference_gradient(reference_domains))
+        return credits
+
     def projection(self, name: str) -> tuple[Tensor, Tensor]:
         """The fixed ``(P_in (r, in), P_out (r, out))`` of a monitored module (projected path)."""
         m = self._find(name)
@@ -690,12 +704,5 @@ def alignment_scores(
     """
     s = raw_alignment_scores(gram, counts)
     _, active = _mean_gram(gram, counts)
-    z = np.zeros_like(s)
-    if active.sum() < 2:
-        return z
-    sa = s[active]
-    std = sa.std()  # population std (ddof=0)
-    if not std > 1e-12 * max(1e-300, float(np.abs(sa).max())):
-        return z  # all equal up to rounding: no preference
-    z[active] = np.clip((sa - sa.mean()) / std, -SCORE_CLIP, SCORE_CLIP)
-    return z
+    # all equal up to rounding (relative to the scores' scale, down to 1e-300): no preference
+    return zscore(s, clip=SCORE_CLIP, valid=active, atol=1e-12 * 1e-300)

@@ -142,11 +142,15 @@ def measure_interval(
     loss_tracker: LossTracker,
     alignment: GradientAlignment | None,
     layer_stats: LayerStats,
+    agents: Mapping[str, np.ndarray] | None = None,
+    console_alpha: Mapping[str, float] | None = None,
 ) -> Dynamics:
     """Close an interval: the :class:`Dynamics` from its per-domain losses and sample counts.
 
     ``alignment`` must already be reduced over ranks. Without it (no hooks), alignment,
-    Gram and layer statistics are zeros. Shared by the trainer and the torch-loop probe.
+    Gram and layer statistics are zeros. ``agents`` / ``console_alpha``: the agent console's
+    features and weights (console runs). Called by :class:`acodm.dynamics.probe.DynamicsProbe`,
+    the one meter of every training loop.
     """
     k = raw_loss.shape[0]
     loss, change = loss_tracker.update(raw_loss)
@@ -168,4 +172,6 @@ def measure_interval(
         gram=gram,
         weight_norm=norm,
         weight_distance=distance,
+        agents=dict(agents or {}),
+        console_alpha=dict(console_alpha or {}),
     )

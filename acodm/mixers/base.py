@@ -23,39 +23,21 @@ from __future__ import annotations
 import math
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from acodm.errors import AcodmError
+from acodm.data.weights import normalize_weights
+from acodm.errors import MixerError
 
 if TYPE_CHECKING:
     import torch
 
+    from acodm.dynamics.features import Dynamics
+
 MIXER_STATE_VERSION = 1
-
-
-class MixerError(AcodmError):
-    """Invalid mixer spec, weights, context, feedback or state."""
-
-
-def normalize_weights(
-    weights: Sequence[float] | np.ndarray, k: int | None = None, what: str = "weights"
-) -> np.ndarray:
-    """Validate a weight vector and return it as float64 summing to 1 (a new array).
-
-    The weights must be 1-D, finite, non-negative and not all zero; with ``k`` their length
-    must be ``k``. ``what`` names the vector in the error message.
-    """
-    w = np.array(weights, dtype=np.float64)
-    if w.ndim != 1 or (k is not None and w.size != k):
-        want = f"({k},)" if k is not None else "1-D"
-        raise MixerError(f"{what} must have shape {want}, got shape {w.shape}")
-    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-        raise MixerError(f"{what} must be finite, non-negative, not all zero: {w.tolist()}")
-    return w / w.sum()
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -124,22 +106,24 @@ class MixerContext:
 
 @dataclass(frozen=True, eq=False)
 class IntervalFeedback:
-    """What the trainer reports after each interval (all arrays ``(k,)``, store order).
+    """The one record of an interval: what a mixer, the env's reward and the actor all read.
 
-    ``step``: optimizer steps done so far (end of the interval). ``loss``: mean training
-    loss per domain in the interval, NaN where the domain got no samples. ``counts``:
-    sequences drawn per domain in the interval. ``epochs``: epochs of each domain consumed
-    so far. ``extras``: optional dynamics by name (alignment scores, ...). ``dynamics``: the
-    interval's full :class:`acodm.dynamics.Dynamics` when the trainer measured them (what a
-    learned policy observes), else None.
+    All arrays ``(k,)``, store order. ``step``: optimizer steps done so far (end of the
+    interval). ``loss``: mean training loss per domain in the interval, NaN where the domain
+    got no samples. ``counts``: sequences drawn per domain in the interval. ``epochs``: epochs
+    of each domain consumed so far. ``dynamics``: the interval's full
+    :class:`~acodm.dynamics.features.Dynamics` (alignment scores, Gram, layer statistics,
+    console features: what a learned policy observes and the reward reads) when the interval
+    was measured (acodm's trainer and :class:`~acodm.dynamics.probe.DynamicsProbe` always set
+    it); None in a feedback built by hand (static mixers need only the four arrays). When
+    given, its ``step`` and length must match.
     """
 
     step: int
     loss: np.ndarray
     counts: np.ndarray
     epochs: np.ndarray
-    extras: Mapping[str, np.ndarray] = field(default_factory=dict)
-    dynamics: Any = None
+    dynamics: Dynamics | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.step, bool) or not isinstance(self.step, int | np.integer):
@@ -158,10 +142,22 @@ class IntervalFeedback:
             )
         if np.any(~np.isfinite(self.counts)) or np.any(self.counts < 0):
             raise MixerError(f"feedback counts must be finite and >= 0: {self.counts.tolist()}")
+        dyn = self.dynamics
+        if dyn is not None and (dyn.step != self.step or np.shape(dyn.loss) != self.loss.shape):
+            raise MixerError(
+                f"feedback dynamics are of step {dyn.step} with {np.size(dyn.loss)} domains, the "
+                f"feedback of step {self.step} with {self.k}; build both from one interval"
+            )
 
     @property
     def k(self) -> int:
         return int(self.loss.size)
+
+    def need_dynamics(self, who: str) -> Dynamics:
+        """``dynamics``, or a :class:`MixerError` saying that ``who`` needs them."""
+        if self.dynamics is None:
+            raise MixerError(f"{who} needs the interval's dynamics; run with dynamics=True")
+        return self.dynamics
 
 
 class Mixer(ABC):
@@ -203,7 +199,8 @@ class Mixer(ABC):
     def weights(self) -> np.ndarray:
         """``(k,)`` float64 weights on the simplex, in store order, for the next interval."""
         ctx = self.ctx
-        return normalize_weights(self._weights(), ctx.k, f"weights of mixer {self.describe()!r}")
+        what = f"weights of mixer {self.describe()!r}"
+        return normalize_weights(self._weights(), what=what, domains=ctx.domains)
 
     def update(self, feedback: IntervalFeedback) -> None:
         """Take the feedback of the interval that just ended (static mixers ignore it)."""

@@ -54,7 +54,7 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -69,10 +69,6 @@ from acodm.mixers.base import (
     normalize_weights,
 )
 from acodm.mixers.spec import check_number, parse_number, parse_options, require_arg
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
 
 REFERENCE_FORMAT = "acodm-doremi-reference"
 REFERENCE_VERSION = 1
@@ -294,25 +290,6 @@ def sample_windows(n_windows: int, count: int) -> np.ndarray:
     return (np.arange(m, dtype=np.int64) * int(n_windows)) // max(m, 1)
 
 
-def _sequence_losses(model: nn.Module, tokens: torch.Tensor, bf16: bool) -> torch.Tensor:
-    """``(B,)`` fp32 mean loss of each window ``tokens`` ``(B, L + 1)``: the trainer's loss."""
-    import contextlib
-
-    import torch
-    import torch.nn.functional as F
-
-    autocast = (
-        torch.autocast(tokens.device.type, dtype=torch.bfloat16)
-        if bf16
-        else contextlib.nullcontext()
-    )
-    with autocast:
-        logits = model(input_ids=tokens[:, :-1], use_cache=False).logits  # (B, L, V)
-    targets = tokens[:, 1:]  # (B, L)
-    tok = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-    return tok.view(targets.shape).mean(dim=1)
-
-
 def reference_losses(
     run: str | Path,
     out: str | Path,
@@ -340,8 +317,9 @@ def reference_losses(
     from acodm.checkpoint import latest_checkpoint, load_checkpoint
     from acodm.config import TrainConfig
     from acodm.data.store import open_store
+    from acodm.devices import resolve_device
+    from acodm.dynamics.probe import window_losses
     from acodm.models import build_model
-    from acodm.trainer import resolve_device
 
     if isinstance(windows, bool) or not isinstance(windows, int) or windows < 1:
         raise AcodmError(f"windows must be an integer >= 1, got {windows!r}")
@@ -386,7 +364,7 @@ def reference_losses(
             total = 0.0
             for s in range(0, tokens.shape[0], bs):
                 chunk = tokens[s : s + bs].to(dev)
-                total += float(_sequence_losses(model, chunk, bf16).double().sum())
+                total += float(window_losses(model, chunk, bf16=bf16).double().sum())
             losses[d], used[d] = total / idx.size, int(idx.size)
     result = {
         "format": REFERENCE_FORMAT,

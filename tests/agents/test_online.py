@@ -275,3 +275,59 @@ def test_online_ddpg_mixer_observes_the_console(annotated, tmp_path):
     pretrain(config, tmp_path / "run", progress=False)
     ckpt = load_checkpoint(latest_checkpoint(tmp_path / "run"))
     assert "mean_quality" in ckpt.state["mixer"]["state"]["agent"]["features"]
+
+
+# -- the console as one plug-in: four calls, usable outside acodm's trainer ------------------
+
+
+def test_the_alignment_hooks_hand_out_credits_through_one_method():
+    from acodm.dynamics.alignment import GradientAlignment
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 3)
+    ga = GradientAlignment([("l", layer)], 3, rank=None)
+
+    def interval() -> np.ndarray | None:
+        ga.reset()
+        ga.set_domains(np.array([0, 1, 2, 0]))
+        layer(torch.randn(4, 5, 4)).pow(2).mean().backward()
+        ga.all_reduce()
+        return ga.hand_out_credits([0])
+
+    assert interval() is None and ga.has_reference  # no reference in the first interval
+    credits = interval()
+    assert credits is not None and credits.shape == (4,) and np.all(np.isfinite(credits))
+    ref = ga.reference()[0]
+    assert torch.allclose((ref**2).sum(), torch.tensor(1.0))  # next one: unit norm
+
+
+def test_the_console_plugs_into_a_plain_torch_loop(annotated):
+    from acodm.data.scored_sampler import ScoredDomainSampler as Scored
+    from acodm.dynamics.probe import DynamicsProbe, window_losses
+    from acodm.models import build_model
+
+    store = TokenStore(annotated)
+    sampler = Scored(store, seq_len=64, batch_size=4, seed=0)
+    console = OnlineConsole.for_run(store, sampler, 64)
+    model = build_model("tiny", store.vocab_size, max_seq_len=64, seed=0)
+    probe = DynamicsProbe(model, store.domains)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    assert probe.alignment is not None
+    for step in range(1, 7):
+        batch = sampler.next_batch()
+        console.on_batch(batch)
+        probe.set_domains(batch.domains)
+        seq_loss = window_losses(model, torch.from_numpy(batch.tokens))
+        seq_loss.mean().backward()
+        opt.step()
+        opt.zero_grad()
+        probe.record(seq_loss, batch.domains)
+        if step % 2 == 0:
+            probe.reduce()
+            agents = console.end_interval(probe.alignment)
+            feedback = probe.interval_feedback(step, 6, agents=agents, console_alpha=console.alpha)
+            assert feedback.dynamics is not None and set(feedback.dynamics.agents) == set(agents)
+    probe.close()
+    assert console.updates == 2  # credits from the second interval on
+    for i in range(3):
+        np.testing.assert_array_equal(sampler.window_scores(i), console.window_scores(i))

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
+from acodm.envs.spaces import SpaceError
 from acodm.policies.analytic import TargetMixtureEnv
-from acodm.policies.export import PolicyError, action_to_weights, weights_to_action
+from acodm.policies.export import action_to_weights, weights_to_action
 
 
 @pytest.mark.parametrize(("beta", "eps"), [(1.0, 0.0), (2.0, 0.1), (5.0, 0.15)])
@@ -32,11 +33,26 @@ def test_weights_to_action_clips_unreachable_weights():
     np.testing.assert_allclose(a, [1.0, -1.0, -1.0, -1.0])
 
 
-def test_inverse_mapping_rejects_bad_parameters():
-    with pytest.raises(PolicyError, match="beta"):
-        weights_to_action(np.full(3, 1 / 3), beta=0.0, eps=0.1)
-    with pytest.raises(PolicyError, match="eps"):
-        weights_to_action(np.full(3, 1 / 3), beta=1.0, eps=1.0)
+def test_one_validator_for_the_mapping_and_its_inverse():
+    """Both directions check beta and eps with the same rule and error (the inverse used to
+    refuse eps = 1, which the forward mapping and the ddpg mixer accepted)."""
+    for bad in ({"beta": 0.0, "eps": 0.1}, {"beta": 1.0, "eps": 1.5}):
+        with pytest.raises(SpaceError) as forward:
+            action_to_weights(np.zeros(3), **bad)
+        with pytest.raises(SpaceError) as inverse:
+            weights_to_action(np.full(3, 1 / 3), **bad)
+        assert str(forward.value) == str(inverse.value)
+    # eps = 1: every action gives the uniform mixture, so the zero action is an exact inverse
+    a = weights_to_action(np.full(3, 1 / 3), beta=1.0, eps=1.0)
+    assert a.dtype == np.float32 and a.tolist() == [0.0, 0.0, 0.0]
+    np.testing.assert_allclose(action_to_weights(a, eps=1.0), 1 / 3)
+
+
+def test_the_mapping_has_one_home():
+    from acodm.envs import spaces
+
+    assert weights_to_action is spaces.weights_to_action  # re-exported by acodm.policies.export
+    assert action_to_weights is spaces.action_to_weights
 
 
 def test_analytic_env_passes_check_env_and_peaks_at_target():
