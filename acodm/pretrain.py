@@ -187,15 +187,7 @@ def _save(trainer: Trainer, mixer: Mixer, run_dir: Path) -> None:
     payload["state"]["mixer"] = mixer.state_dict()
     payload["extra"].update({MIXER_TENSORS + k: t for k, t in mixer.tensor_state().items()})
     if trainer.dist.is_main:
-        save_checkpoint(
-            run_dir,
-            trainer.step,
-            model=payload["model"],
-            optimizer=payload["optimizer"],
-            extra=payload["extra"],
-            state=payload["state"],
-            keep_last=trainer.config.keep_last,
-        )
+        save_checkpoint(run_dir, trainer.step, **payload, keep_last=trainer.config.keep_last)
     dist.barrier()
 
 

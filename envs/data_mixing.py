@@ -306,16 +306,7 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
         folder = Path(folder)
         tr = self.trainer
         if tr is not None:
-            payload = tr.checkpoint_payload()
-            save_checkpoint(
-                folder,
-                tr.step,
-                model=payload["model"],
-                optimizer=payload["optimizer"],
-                extra=payload["extra"],
-                state=payload["state"],
-                keep_last=1,
-            )
+            save_checkpoint(folder, tr.step, **tr.checkpoint_payload(), keep_last=1)
         rng = self._np_random
         state = {
             "format": ENV_STATE_FORMAT,
