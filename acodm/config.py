@@ -7,6 +7,7 @@ back and refuses to continue with settings that would change the numbers.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,14 @@ class TrainConfig:
     :mod:`acodm.agents.online`); ``console_temperature`` is its sampling temperature and
     ``console_reference`` the reference-quality domains of its feedback (empty: those the
     annotations were trained with).
+
+    ``max_epochs``: cap every domain at this many epochs of its training tokens, whatever the
+    mixer (None, the default: no cap). Before each interval the trainer projects the mixer's
+    weights onto the capped simplex of the run's live epochs and remaining budget
+    (:func:`acodm.data.weights.project_capped`); weights already within the caps pass
+    unchanged. When the remaining budget exceeds what every domain has left under the cap,
+    the cap is raised for all domains alike to the smallest level that fits (UniMax's rule,
+    :func:`acodm.data.weights.feasible_caps`) and the trainer warns.
     """
 
     store: str
@@ -64,6 +73,7 @@ class TrainConfig:
     console: bool = False
     console_temperature: float = 1.0
     console_reference: tuple[str, ...] = ()
+    max_epochs: float | None = None
     wandb: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -110,6 +120,17 @@ class TrainConfig:
         need(
             self.console_temperature > 0,
             f"console_temperature must be > 0, got {self.console_temperature}",
+        )
+        need(
+            self.max_epochs is None
+            or (
+                not isinstance(self.max_epochs, bool)
+                and isinstance(self.max_epochs, int | float)
+                and math.isfinite(self.max_epochs)
+                and self.max_epochs > 0
+            ),
+            f"max_epochs must be a finite number > 0 (epochs of a domain's tokens), or None "
+            f"for no cap; got {self.max_epochs!r}",
         )
         need(
             not self.console or self.dynamics,

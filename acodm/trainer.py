@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ from acodm.config import TrainConfig
 from acodm.data.sampler import DomainSampler
 from acodm.data.scored_sampler import ScoredDomainSampler
 from acodm.data.store import TokenStore, open_store
+from acodm.data.weights import feasible_caps, project_capped
 from acodm.devices import resolve_device
 from acodm.dynamics.alignment import GradientAlignment
 from acodm.dynamics.features import Dynamics, LayerStats, LossTracker
@@ -167,6 +169,7 @@ class Trainer:
         self.bad_total = 0
         self.progress = progress and self.dist.is_main
         self._val_cache: list[torch.Tensor] | None = None
+        self._cap_raised = False  # warned that max_epochs had to be raised
 
     def _make_sampler(self, cfg: TrainConfig) -> DomainSampler:
         kw: dict[str, Any] = {}
@@ -287,11 +290,54 @@ class Trainer:
                 )
         return sum(flags)
 
+    # -- the epoch cap (TrainConfig.max_epochs) ---------------------------------------------
+    def epochs(self) -> np.ndarray:
+        """Epochs of each domain consumed so far, all ranks together, ``(k,)`` float64."""
+        return self._epochs()
+
+    @property
+    def remaining_tokens(self) -> int:
+        """Training tokens left in the run's budget (all ranks together)."""
+        return max(self.total_steps - self.step, 0) * self.tokens_per_step
+
+    def cap_weights(self, weights: np.ndarray) -> np.ndarray:
+        """``weights`` projected onto the capped simplex of ``config.max_epochs`` (unchanged
+        without a cap, or when they are within the caps already).
+
+        The caps come from the run's live epochs and remaining budget
+        (:func:`~acodm.data.weights.feasible_caps`, with the store's training tokens per
+        domain, as :meth:`mixer_context` gives them), so any mixer is held to them; the
+        projection is :func:`~acodm.data.weights.project_capped`. When no mixture fits the
+        cap, it is raised as UniMax does, with one warning per run.
+        """
+        cap = self.config.max_epochs
+        if cap is None:
+            return weights
+        caps, used = feasible_caps(self.epochs(), self._domain_tokens(), self.remaining_tokens, cap)
+        if used > cap and not self._cap_raised:
+            self._cap_raised = True
+            warnings.warn(
+                f"max_epochs={cap:g}: the {self.remaining_tokens} tokens left at step "
+                f"{self.step} exceed what every domain has left under the cap, so it is raised "
+                f"to {used:.3g} epochs for all domains alike (UniMax's rule); use more data, "
+                "fewer steps or a larger max_epochs",
+                stacklevel=3,
+            )
+        return project_capped(weights, caps)
+
+    def _domain_tokens(self) -> np.ndarray:
+        return np.array([self.store.num_tokens(d) for d in self.domains], dtype=np.float64)
+
     def train_interval(self, weights: np.ndarray, steps: int | None = None) -> IntervalReport:
-        """Run ``steps`` (default: the configured interval K) optimizer steps with ``weights``."""
+        """Run ``steps`` (default: the configured interval K) optimizer steps with ``weights``.
+
+        With ``config.max_epochs`` the weights are first held to the epoch cap
+        (:meth:`cap_weights`); the report's ``weights`` are the ones the interval ran with.
+        """
         if self.done:
             raise AcodmError("the run is finished: no steps are left in its budget")
         steps = min(steps or self.config.interval, self.total_steps - self.step)
+        weights = self.cap_weights(weights)
         self.sampler.set_weights(weights)
         self.train_model.train()
         start = time.perf_counter()
