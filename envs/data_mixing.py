@@ -25,12 +25,11 @@ from acodm.io import atomic_write_json, read_json
 from acodm.trainer import IntervalReport, Trainer
 
 from .spaces import (
-    DEFAULT_BETA,
-    DEFAULT_EPS,
     DEFAULT_FEATURES,
+    FEATURES,
+    ActionMapping,
     ObservationSpec,
     RewardTerm,
-    action_to_weights,
     build_observation,
     check_reward_terms,
     transition,
@@ -91,9 +90,24 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Action Space
 
     ``Box(-1, 1, (k,), float32)``, one score per domain in the store's domain order
-    (``env.domains``). Mapped to the simplex by
-    ``w = (1 - eps) * softmax(beta * a) + eps / k`` (:func:`acodm.envs.spaces.action_to_weights`);
-    actions outside [-1, 1] are clipped first.
+    (``env.domains``); actions outside [-1, 1] are clipped first. Mapped to the simplex by
+    ``env.action_mapping`` (:class:`acodm.envs.spaces.ActionMapping`, serialised into the
+    exported policy), one of:
+
+    * ``action="softmax"`` (the default, the paper's): ``w = (1 - eps) * softmax(beta * a) +
+      eps / k`` (:func:`acodm.envs.spaces.action_to_weights`), centred on uniform.
+    * ``action="residual"``: ``w = project(normalise(prior * exp(beta * a)), caps)``
+      (:func:`acodm.envs.spaces.residual_weights`), a multiplicative change of a *prior*
+      mixture: a static rule computed from the run's own budget and store at every reset
+      (``prior``, default ``auto``: UniMax with N = ``max_epochs``, or 4 without a cap; see
+      :func:`acodm.envs.spaces.resolve_prior`), held in ``env.prior``. ``a = 0`` is the prior
+      exactly, so an actor whose output is zero is the prior.
+
+    With an epoch cap (``max_epochs``) the weights of either kind are projected onto the
+    capped simplex of the run's live epochs and remaining budget (the KL projection,
+    :func:`acodm.data.weights.project_capped`): no domain beyond ``max_epochs`` epochs of its
+    training tokens. The cap is the run's ``TrainConfig.max_epochs``, so the trainer holds the
+    first interval to it too.
 
     | Index | Action                  | Min | Max |
     |-------|-------------------------|-----|-----|
@@ -129,6 +143,15 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
     | `topic_coverage`  | k        | fraction of the topics drawn at least once          | -3  | 3   |
     | `repetition_rate` | k        | fraction of the windows drawn that were seen before | -3  | 3   |
 
+    Two per-domain groups carry repetition in absolute terms, not z-scored (a z-score gives
+    ten times the epochs the same observation); they can be listed anywhere
+    (``acodm.envs.V1_FEATURES``, the next env version's list, has them before ``progress``):
+
+    | Group             | Length   | Meaning (raw, not normalised)                       | Min | Max |
+    |-------------------|----------|-----------------------------------------------------|-----|-----|
+    | `log_epochs`      | k        | ``log(1 + epochs)`` of the domain so far            | 0   | log(101) |
+    | `cap_left`        | k        | ``1 - epochs / max_epochs``: the cap still unused (needs ``max_epochs``) | 0 | 1 |
+
     ``env.observation_spec`` (:class:`ObservationSpec`) names the layout and serialises it.
 
     ## Rewards
@@ -143,7 +166,8 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Starting State
 
     ``reset`` builds a fresh model (seeded from the reset seed) and runs the *first interval
-    with uniform weights*, returning its observation: every observation is then a real
+    with uniform weights* (the residual action: with the prior, what a zero action gives;
+    either within the caps), returning its observation: every observation is then a real
     measurement (no made-up zeros), and the first action already sees per-domain losses and
     alignment. Those K steps count against the budget.
 
@@ -170,6 +194,8 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
     env = gym.make("acodm/DataMixing-v0")                      # built-in store and config
     env = gym.make("acodm/DataMixing-v0", store="runs/store", config="cpu_small",
                    overrides={"steps": 200}, interval=4, beta=1.0, eps=0.15)
+    env = gym.make("acodm/DataMixing-v0", action="residual", max_epochs=4,
+                   features=acodm.envs.V1_FEATURES)  # around UniMax, capped at 4 epochs
     ```
 
     * ``store``: path of a token store (``acodm prepare``). Default: the config's store, else a
@@ -180,9 +206,15 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
     * ``overrides``: TrainConfig fields to replace, e.g. ``{"steps": 200, "device": "cpu"}``.
     * ``interval``: K, optimizer steps per env step (default: the config's ``interval``; 4 in
       the built-in config).
-    * ``beta`` (1.0), ``eps`` (0.15): the action mapping. eps = 0.15 matches the paper's one
-      forced micro-batch per domain (about 15% uniform); beta = 1 lets the actor's [-1, 1]
-      range span a weight ratio of up to e^2 between domains.
+    * ``action``: ``"softmax"`` (default) or ``"residual"`` (see Action Space).
+    * ``beta``, ``eps``: the action mapping. Softmax: beta 1.0, eps 0.15 (eps = 0.15 matches
+      the paper's one forced micro-batch per domain, about 15% uniform; beta = 1 lets the
+      actor's [-1, 1] range span a weight ratio of up to e^2 between domains). Residual:
+      beta ln 4 (a domain's prior share scaled by 1/4 to 4), no eps.
+    * ``prior``: the residual action's prior rule (``auto``, ``uniform``, ``natural``,
+      ``temperature:T``, ``unimax:N``), computed from each run's own context.
+    * ``max_epochs``: the epoch cap of every domain (default: the config's ``max_epochs``,
+      None: no cap); given here, it replaces the config's.
     * ``features``: observation groups (default all of the table above).
     * ``reward_terms``: extra :class:`RewardTerm` s (total weight <= 0.3).
 
@@ -200,7 +232,9 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
 
     * v0: initial version (gradient-alignment reward, uniform first interval, per-group
       z-scored observation); the console's optional features and reward terms were added
-      without changing the defaults.
+      without changing the defaults, and so were the residual action around a prior
+      (``action="residual"``), the epoch cap (``max_epochs``) and the raw repetition
+      features (``log_epochs``, ``cap_left``).
     """
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012  (gymnasium's convention)
@@ -212,9 +246,12 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
         *,
         overrides: Mapping[str, Any] | None = None,
         interval: int | None = None,
-        beta: float = DEFAULT_BETA,
-        eps: float = DEFAULT_EPS,
+        beta: float | None = None,
+        eps: float | None = None,
         features: Sequence[str] = DEFAULT_FEATURES,
+        action: str = "softmax",
+        prior: str | None = None,
+        max_epochs: float | None = None,
         reward_terms: Sequence[RewardTerm] = (),
         render_mode: str | None = None,
     ) -> None:
@@ -228,6 +265,8 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
         self.config = cfg = resolve_config(
             config, store, overrides=overrides, interval=interval, default=default_config
         )
+        if max_epochs is not None:
+            self.config = cfg = cfg.replace(max_epochs=max_epochs)
         if not cfg.dynamics:
             raise EnvError("the env needs config.dynamics=True: the reward is gradient alignment")
         self.total_steps = cfg.total_steps()
@@ -238,10 +277,20 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
             )
         self.domains: tuple[str, ...] = tuple(open_store(cfg.store).domains)
         self.k = len(self.domains)
-        self.beta, self.eps = float(beta), float(eps)
-        action_to_weights(np.zeros(self.k), self.beta, self.eps)  # validates beta, eps, k
+        # a SpaceError names a bad kind, beta, eps or prior
+        self.action_mapping = ActionMapping.make(
+            action, beta=beta, eps=eps, prior=prior, max_epochs=cfg.max_epochs
+        )
+        self.beta, self.eps = self.action_mapping.beta, self.action_mapping.eps
+        self.max_epochs: float | None = cfg.max_epochs
         self.reward_terms = check_reward_terms(reward_terms)
-        self.observation_spec = ObservationSpec(tuple(features), self.k, _count_monitored(cfg))
+        capped = any(FEATURES[f].needs_cap for f in features if f in FEATURES)
+        self.observation_spec = ObservationSpec(
+            tuple(features),
+            self.k,
+            _count_monitored(cfg),
+            max_epochs=cfg.max_epochs if capped else None,
+        )
         low, high = self.observation_spec.bounds()
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, (self.k,), dtype=np.float32)
@@ -251,6 +300,8 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
         #: through ``reset``: a vectorised env resets right after an episode's last step,
         #: before its callbacks read that step.
         self.last_report: IntervalReport | None = None
+        #: The residual action's prior for the current run (None for the softmax mapping).
+        self.prior: np.ndarray | None = None
 
     @property
     def num_intervals(self) -> int:
@@ -265,10 +316,31 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
         self._close_trainer()
         # One seed source: the run (model init, sampler, projections) is seeded from np_random.
         run_seed = int(self.np_random.integers(0, 2**31 - 1))
-        self.trainer = Trainer(self.config.replace(seed=run_seed))
-        uniform = np.full(self.k, 1.0 / self.k)
-        report = self.trainer.train_interval(uniform)  # start state: one uniform interval
+        self._start(Trainer(self.config.replace(seed=run_seed)))
+        assert self.trainer is not None
+        # start state: one uniform interval (the residual action: the prior's)
+        first = self.action_mapping.initial_weights(self.trainer.mixer_context(), self.prior)
+        report = self.trainer.train_interval(first)
         return build_observation(report.dynamics, self.observation_spec), self._info(report)
+
+    def _start(self, trainer: Trainer) -> None:
+        """Make ``trainer`` the current run and compute its prior from its own context."""
+        self.trainer = trainer
+        mapping = self.action_mapping
+        self.prior = mapping.prior_weights(trainer.mixer_context()) if mapping.residual else None
+
+    def action_weights(self, action: np.ndarray) -> np.ndarray:
+        """The weights that ``action`` (clipped to [-1, 1]) gives in the current run: the
+        action mapping with the run's prior and its live caps (what ``step`` trains with)."""
+        tr = self.trainer
+        if tr is None:
+            raise EnvError("no episode is running: call reset() first")
+        a = np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0)
+        mapping = self.action_mapping
+        caps = None
+        if mapping.max_epochs is not None:  # the epochs are an all-reduce: only when needed
+            caps = mapping.caps(tr.mixer_context(), tr.epochs(), tr.step)
+        return mapping.weights(a, self.prior, caps)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         tr = self.trainer
@@ -277,11 +349,11 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
         a = np.asarray(action, dtype=np.float64).reshape(-1)
         if a.shape != (self.k,):
             raise EnvError(f"the action must have shape ({self.k},), got {np.shape(action)}")
-        weights = action_to_weights(np.clip(a, -1.0, 1.0), self.beta, self.eps)  # (k,)
+        weights = self.action_weights(a)  # (k,)
         report = tr.train_interval(weights)  # K optimizer steps with these weights
         self.last_report = report
         obs, reward, terms = transition(
-            weights, report.dynamics, self.observation_spec, self.reward_terms
+            report.weights, report.dynamics, self.observation_spec, self.reward_terms
         )
         info = self._info(report)
         info["reward_terms"] = terms
@@ -347,12 +419,13 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
                 raise EnvError(f"{folder} has an env state but no trainer checkpoint")
             trainer = Trainer(self.config.replace(seed=int(state["run_seed"])))
             trainer.load_checkpoint(load_checkpoint(ckpt))
-            self.trainer = trainer
+            self._start(trainer)
 
     def _close_trainer(self) -> None:
         if self.trainer is not None:
             self.trainer.close()  # removes the alignment hooks
             self.trainer = None
+            self.prior = None
 
     def close(self) -> None:
         """Release the current run (model, optimizer, hooks); safe to call twice."""

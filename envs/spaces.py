@@ -13,14 +13,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from acodm.agents.console import AGENT_FEATURES
+from acodm.data.weights import feasible_caps, project_capped
 from acodm.dynamics.features import Dynamics
 from acodm.dynamics.standardize import zscore
 from acodm.errors import AcodmError
+
+if TYPE_CHECKING:
+    from acodm.mixers.base import MixerContext
 
 # ---------------------------------------------------------------------------------------
 # Action -> weights
@@ -102,6 +106,310 @@ def weights_to_action(
 
 
 # ---------------------------------------------------------------------------------------
+# The residual action: a multiplicative change of a prior mixture, within the epoch caps
+# (METHOD.md, "Action around a prior, with caps")
+# ---------------------------------------------------------------------------------------
+
+#: The action mappings: ``softmax`` (acodm/DataMixing-v0, around uniform) and ``residual``.
+ACTION_KINDS = ("softmax", "residual")
+#: Default beta of the residual action: ``exp(beta * a)`` with ``a`` in [-1, 1] scales a
+#: domain's prior share by 1/4 to 4 before renormalising (a ratio of up to 16 between two
+#: domains). Wide enough to reach the static rules from one another in a data-constrained
+#: regime (UniMax halves or quarters a small domain's uniform share; from a uniform prior
+#: over 5 domains one domain can reach 80% or fall to 1.5%), narrow enough that the
+#: exploration noise (sigma 0.1) moves a share by about 15%.
+DEFAULT_RESIDUAL_BETA = math.log(4.0)
+#: The default prior rule, resolved by :func:`resolve_prior`.
+AUTO_PRIOR = "auto"
+#: UniMax's epoch cap N of the ``auto`` prior when the run sets no ``max_epochs``.
+DEFAULT_PRIOR_EPOCHS = 4.0
+
+
+def _action_vector(action: np.ndarray | Sequence[float]) -> np.ndarray:
+    a = np.asarray(action, dtype=np.float64)
+    if a.ndim != 1 or a.shape[0] < 1:
+        raise SpaceError(f"the action must be a vector of domain scores, got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise SpaceError(f"the action has NaN/inf entries: {a.tolist()}")
+    return a
+
+
+def _prior_vector(prior: np.ndarray | Sequence[float], k: int) -> np.ndarray:
+    p = np.asarray(prior, dtype=np.float64)
+    if p.shape != (k,) or not np.all(np.isfinite(p)) or np.any(p < 0) or p.sum() <= 0:
+        raise SpaceError(
+            f"the prior must be a mixture of the {k} domains (finite, >= 0, not all zero), "
+            f"got {p.tolist()}"
+        )
+    return p
+
+
+def residual_weights(
+    action: np.ndarray | Sequence[float],
+    prior: np.ndarray | Sequence[float],
+    beta: float = DEFAULT_RESIDUAL_BETA,
+    caps: np.ndarray | Sequence[float] | None = None,
+) -> np.ndarray:
+    """Map an action ``a`` (k,) to weights around ``prior``, float64 (k,).
+
+    ``w = project(normalise(prior * exp(beta * a)), caps)``: a multiplicative change of the
+    prior mixture, projected onto the capped simplex (:func:`acodm.data.weights.project_capped`,
+    the KL projection) when ``caps`` are given (:func:`acodm.data.weights.feasible_caps`).
+    ``a = 0`` gives the (projected) prior bit for bit, so a policy whose output is zero, such
+    as an actor with a zero-initialised last layer, *is* the prior. A domain with prior 0
+    stays at 0. Permuting ``a``, ``prior`` and ``caps`` alike permutes ``w``. Not clipped.
+    """
+    a = _action_vector(action)
+    p = _prior_vector(prior, a.shape[0])
+    check_mapping(beta, 0.0)
+    if np.any(a):
+        z = beta * a
+        e = p * np.exp(z - z.max())  # shift for stability; the normalisation removes it
+        w = e / e.sum()
+    elif abs(p.sum() - 1.0) <= 1e-12:
+        w = p.copy()  # the prior itself, bits included (no renormalising round trip)
+    else:
+        w = p / p.sum()
+    return w if caps is None else project_capped(w, caps)
+
+
+def residual_action(
+    weights: np.ndarray,
+    prior: np.ndarray | Sequence[float],
+    beta: float = DEFAULT_RESIDUAL_BETA,
+) -> np.ndarray:
+    """Inverse of :func:`residual_weights` (without caps), clipped to [-1, 1]; float32.
+
+    ``a = log(w / prior) / beta + c``, with the free constant ``c`` centring the action on
+    the mid-range of ``log(w / prior) / beta``, so every ``w`` whose ratios to the prior
+    span at most ``exp(2 beta)`` (16 at the default beta) round-trips exactly. **Lossy beyond
+    that range** (such weights are clipped to the nearest reachable mixture), for weights the
+    caps moved (the projection is not inverted), and where ``w`` or the prior is 0 (treated
+    as a tiny positive share). Turns an expert's weights (the ODM bandit of the warm-up) into
+    residual actions for the replay buffer. ``weights``: ``(k,)`` or a batch ``(n, k)``.
+    """
+    check_mapping(beta, 0.0)
+    w = np.asarray(weights, dtype=np.float64)
+    p = _prior_vector(prior, w.shape[-1])
+    logits = np.log(np.clip(w, 1e-12, None) / np.clip(p / p.sum(), 1e-12, None)) / beta
+    centre = 0.5 * (logits.max(axis=-1, keepdims=True) + logits.min(axis=-1, keepdims=True))
+    return np.clip(logits - centre, -1.0, 1.0).astype(np.float32)
+
+
+def resolve_prior(rule: str | None, max_epochs: float | None = None) -> str:
+    """The prior rule as a static mixer spec that each run computes from its own context.
+
+    ``None`` or ``"auto"`` (the default): ``unimax:N`` with ``N = max_epochs``, or
+    ``DEFAULT_PRIOR_EPOCHS`` (4) without a cap. Why UniMax: it is the strongest static rule
+    measured under data constraints (BENCHMARKS.md; Chung et al. 2023), it *is* uniform
+    whenever no domain would repeat beyond N epochs under uniform weights (so the rule picks
+    between UniMax and uniform by itself, from the run's own budget and store), and with
+    ``N = max_epochs`` it lies within the epoch caps at the start of the run, so the
+    untrained policy needs no projection there. Any other static rule computed from the run
+    alone may be given: ``uniform``, ``natural``, ``temperature:T``, ``unimax:N`` (not
+    ``file:PATH``, whose path need not exist on a target).
+    """
+    from acodm.mixers import make_mixer
+    from acodm.mixers.base import format_number
+    from acodm.mixers.static import StaticMixer
+
+    if rule is None or rule.strip() == AUTO_PRIOR:
+        n = DEFAULT_PRIOR_EPOCHS if max_epochs is None else float(max_epochs)
+        return f"unimax:{format_number(n)}"
+    try:
+        mixer = make_mixer(rule)
+    except AcodmError as e:
+        raise SpaceError(f"bad prior {rule!r}: {e}") from e
+    if not isinstance(mixer, StaticMixer) or mixer.name == "file":
+        raise SpaceError(
+            f"the prior {rule!r} is not a static rule computed from the run itself; use "
+            "auto, uniform, natural, temperature:T or unimax:N"
+        )
+    return mixer.describe()
+
+
+def prior_weights(rule: str, ctx: MixerContext) -> np.ndarray:
+    """The weights of the prior ``rule`` (:func:`resolve_prior`) for the run ``ctx``."""
+    from acodm.mixers import make_mixer
+
+    mixer = make_mixer(resolve_prior(rule))
+    mixer.setup(ctx)
+    return mixer.weights()
+
+
+def run_caps(
+    ctx: MixerContext, epochs: np.ndarray | Sequence[float], step: int, max_epochs: float
+) -> np.ndarray:
+    """The epoch caps of run ``ctx`` after ``step`` optimizer steps with ``epochs`` used:
+    :func:`~acodm.data.weights.feasible_caps` over the tokens still in the budget, as
+    acodm's trainer computes them for ``TrainConfig.max_epochs``."""
+    remaining = max(ctx.total_steps - int(step), 0) * ctx.tokens_per_step
+    caps, _ = feasible_caps(epochs, ctx.domain_tokens, remaining, max_epochs)
+    return caps
+
+
+@dataclass(frozen=True)
+class ActionMapping:
+    """How an action in [-1, 1]^k becomes weights: the env's, the exported policy's, the
+    online mixer's (one serialisable description; :meth:`to_dict` goes into policy.json).
+
+    ``kind="softmax"`` (acodm/DataMixing-v0): ``w = (1 - eps) softmax(beta a) + eps / k``
+    (:func:`action_to_weights`). ``kind="residual"``: ``w = project(normalise(prior *
+    exp(beta a)), caps)`` (:func:`residual_weights`) around ``prior``, a static rule
+    (:func:`resolve_prior`, stored resolved) that each run computes from its own
+    :class:`~acodm.mixers.MixerContext`; ``eps`` is unused (0). ``max_epochs``: the epoch
+    cap; either kind then projects its weights onto the run's live caps (:func:`run_caps`).
+    """
+
+    kind: str = "softmax"
+    beta: float = DEFAULT_BETA
+    eps: float = DEFAULT_EPS
+    prior: str | None = None
+    max_epochs: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ACTION_KINDS:
+            raise SpaceError(
+                f"action mapping kind must be one of {ACTION_KINDS}, got {self.kind!r}"
+            )
+        m = self.max_epochs
+        if m is not None and (isinstance(m, bool) or not (math.isfinite(m) and m > 0)):
+            raise SpaceError(f"max_epochs must be a finite number > 0 or None, got {m!r}")
+        if self.kind == "softmax":
+            if self.prior is not None:
+                raise SpaceError(
+                    "a prior belongs to the residual action; the softmax mapping is centred "
+                    "on uniform (use action='residual')"
+                )
+        else:
+            object.__setattr__(self, "eps", 0.0)
+            object.__setattr__(self, "prior", resolve_prior(self.prior, m))
+        object.__setattr__(self, "beta", float(self.beta))
+        object.__setattr__(self, "eps", float(self.eps))
+        if m is not None:
+            object.__setattr__(self, "max_epochs", float(m))
+        check_mapping(self.beta, self.eps)
+
+    @classmethod
+    def make(
+        cls,
+        kind: str = "softmax",
+        *,
+        beta: float | None = None,
+        eps: float | None = None,
+        prior: str | None = None,
+        max_epochs: float | None = None,
+    ) -> ActionMapping:
+        """A mapping with the defaults of its kind (beta 1 and eps 0.15 for ``softmax``;
+        beta ln 4 and the ``auto`` prior for ``residual``)."""
+        if kind == "residual":
+            if eps is not None:
+                raise SpaceError(
+                    "eps is the softmax mapping's uniform floor; the residual action has none "
+                    "(its floor is the prior's own share times exp(-beta))"
+                )
+            beta = DEFAULT_RESIDUAL_BETA if beta is None else beta
+            return cls("residual", beta, 0.0, prior, max_epochs)
+        beta = DEFAULT_BETA if beta is None else beta
+        eps = DEFAULT_EPS if eps is None else eps
+        return cls(kind, beta, eps, prior, max_epochs)
+
+    @property
+    def residual(self) -> bool:
+        return self.kind == "residual"
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.residual:
+            d: dict[str, Any] = {
+                "kind": "residual",
+                "formula": "w = project(normalise(prior * exp(beta * a)), caps)",
+                "beta": self.beta,
+                "prior": self.prior,
+                "projection": "kl",
+            }
+        else:
+            d = {
+                "kind": "softmax",
+                "formula": "w = (1 - eps) * softmax(beta * a) + eps / k",
+                "beta": self.beta,
+                "eps": self.eps,
+            }
+        d["max_epochs"] = self.max_epochs
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, legacy: bool = False) -> ActionMapping:
+        """Read :meth:`to_dict` output; ``legacy``: a policy.json of format version 2, whose
+        mapping (``beta``, ``eps``, no ``kind``) is the softmax one."""
+        try:
+            if legacy or "kind" not in d:
+                if not legacy:
+                    raise SpaceError("the action mapping names no kind (softmax or residual)")
+                return cls("softmax", float(d["beta"]), float(d["eps"]))
+            kind = str(d["kind"])
+            m = d.get("max_epochs")
+            max_epochs = None if m is None else float(m)
+            if kind == "residual":
+                return cls(kind, float(d["beta"]), 0.0, str(d["prior"]), max_epochs)
+            return cls(kind, float(d["beta"]), float(d["eps"]), None, max_epochs)
+        except (KeyError, TypeError, ValueError) as e:
+            raise SpaceError(f"malformed action mapping {dict(d)!r} ({e!r})") from None
+
+    # -- the run's side: prior and caps from its own context --------------------------------
+    def prior_weights(self, ctx: MixerContext) -> np.ndarray:
+        """The prior for run ``ctx`` (uniform for the softmax mapping, its centre)."""
+        if not self.residual:
+            return np.full(ctx.k, 1.0 / ctx.k)
+        assert self.prior is not None  # resolved in __post_init__
+        return prior_weights(self.prior, ctx)
+
+    def caps(
+        self, ctx: MixerContext, epochs: np.ndarray | Sequence[float], step: int
+    ) -> np.ndarray | None:
+        """The live caps (:func:`run_caps`), or None without ``max_epochs``."""
+        if self.max_epochs is None:
+            return None
+        return run_caps(ctx, epochs, step, self.max_epochs)
+
+    def initial_weights(self, ctx: MixerContext, prior: np.ndarray | None = None) -> np.ndarray:
+        """The weights of a run's first interval, before anything was observed: uniform for
+        the softmax mapping (the env's v0 start), the prior for the residual one (what a zero
+        action gives), each within the caps at step 0."""
+        if self.residual:
+            w = self.prior_weights(ctx) if prior is None else np.asarray(prior, np.float64)
+        else:
+            w = np.full(ctx.k, 1.0 / ctx.k)
+        caps = self.caps(ctx, np.zeros(ctx.k), 0)
+        return w if caps is None else project_capped(w, caps)
+
+    # -- action <-> weights -------------------------------------------------------------------
+    def weights(
+        self,
+        action: np.ndarray | Sequence[float],
+        prior: np.ndarray | Sequence[float] | None = None,
+        caps: np.ndarray | Sequence[float] | None = None,
+    ) -> np.ndarray:
+        """The weights of ``action``; ``prior`` is required by the residual mapping."""
+        if self.residual:
+            if prior is None:
+                raise SpaceError("the residual action needs the run's prior weights")
+            return residual_weights(action, prior, self.beta, caps)
+        w = action_to_weights(action, self.beta, self.eps)
+        return w if caps is None else project_capped(w, caps)
+
+    def action(
+        self, weights: np.ndarray, prior: np.ndarray | Sequence[float] | None = None
+    ) -> np.ndarray:
+        """The action closest to ``weights`` (lossy, see :func:`weights_to_action` and
+        :func:`residual_action`); for an expert's weights in the warm-up."""
+        if self.residual:
+            if prior is None:
+                raise SpaceError("the residual action needs the run's prior weights")
+            return residual_action(weights, prior, self.beta)
+        return weights_to_action(weights, self.beta, self.eps)
+
+
+# ---------------------------------------------------------------------------------------
 # Observation
 # ---------------------------------------------------------------------------------------
 
@@ -113,12 +421,49 @@ Kind = Literal["domain", "layer", "scalar"]
 
 @dataclass(frozen=True)
 class FeatureGroup:
-    """One named group of the observation: where it comes from and how long it is."""
+    """One named group of the observation: where it comes from and how long it is.
+
+    ``read`` takes the group's source field out of the interval's :class:`Dynamics` (the
+    field named ``source``, by default the group's own name); ``transform`` (optional)
+    derives the group from it with the :class:`ObservationSpec`'s parameters (e.g. the epoch
+    cap). ``scale``: ``"zscore"`` (z-scored within the group, clipped to [-3, 3]) or
+    ``"raw"`` (the value itself, clipped to ``[low, high]``: absolute levels that a z-score
+    would erase). Scalar groups are raw in [0, 1]. ``needs_cap``: the group reads the spec's
+    ``max_epochs``.
+    """
 
     name: str
     kind: Kind  # "domain": length k; "layer": length n_layers; "scalar": length 1, in [0, 1]
     read: Callable[[Dynamics], np.ndarray | float]
     doc: str
+    source: str | None = None
+    transform: Callable[[np.ndarray, ObservationSpec], np.ndarray] | None = None
+    scale: Literal["zscore", "raw"] = "zscore"
+    low: float = -CLIP
+    high: float = CLIP
+    needs_cap: bool = False
+
+    @property
+    def raw(self) -> bool:
+        """Whether the group's values are kept as they are (clipped), not z-scored."""
+        return self.kind == "scalar" or self.scale == "raw"
+
+    def bounds(self) -> tuple[float, float]:
+        return (0.0, 1.0) if self.kind == "scalar" else (self.low, self.high)
+
+
+#: Where ``log_epochs`` saturates: ``log(1 + 100)``, i.e. 100 epochs of a domain.
+LOG_EPOCHS_MAX = math.log1p(100.0)
+
+
+def _log_epochs(epochs: np.ndarray, spec: ObservationSpec) -> np.ndarray:
+    return np.log1p(np.maximum(epochs, 0.0))
+
+
+def _cap_left(epochs: np.ndarray, spec: ObservationSpec) -> np.ndarray:
+    if spec.max_epochs is None:  # the spec checks it; a hand-made call may not
+        raise SpaceError("the cap_left feature needs the observation spec's max_epochs")
+    return np.clip(1.0 - epochs / spec.max_epochs, 0.0, 1.0)
 
 
 def _agent_feature(name: str) -> Callable[[Dynamics], np.ndarray]:
@@ -203,6 +548,30 @@ FEATURES: dict[str, FeatureGroup] = {
             "fraction of the domain's windows drawn that were seen before (console runs only)",
         ),
         FeatureGroup(
+            "log_epochs",
+            "domain",
+            lambda d: d.epochs,
+            "log(1 + epochs of the domain consumed so far), raw (not z-scored), at most log(101)",
+            source="epochs",
+            transform=_log_epochs,
+            scale="raw",
+            low=0.0,
+            high=LOG_EPOCHS_MAX,
+        ),
+        FeatureGroup(
+            "cap_left",
+            "domain",
+            lambda d: d.epochs,
+            "fraction of the domain's epoch cap still unused, 1 - epochs / max_epochs, in "
+            "[0, 1] (needs max_epochs)",
+            source="epochs",
+            transform=_cap_left,
+            scale="raw",
+            low=0.0,
+            high=1.0,
+            needs_cap=True,
+        ),
+        FeatureGroup(
             "progress",
             "scalar",
             lambda d: d.progress,
@@ -227,6 +596,13 @@ DEFAULT_FEATURES: tuple[str, ...] = (
 #: The default features plus the console's, before ``progress``.
 CONSOLE_FEATURES: tuple[str, ...] = DEFAULT_FEATURES[:-1] + AGENT_FEATURES + ("progress",)
 
+#: Feature groups that carry repetition in absolute terms (issue 11): raw, not z-scored.
+REPETITION_FEATURES: tuple[str, ...] = ("log_epochs", "cap_left")
+
+#: The observation of the next env version (acodm/DataMixing-v1): the default groups plus
+#: the repetition ones, before ``progress``. ``cap_left`` needs an epoch cap (``max_epochs``).
+V1_FEATURES: tuple[str, ...] = DEFAULT_FEATURES[:-1] + REPETITION_FEATURES + ("progress",)
+
 SPEC_FORMAT = "acodm-observation"
 SPEC_VERSION = 1
 
@@ -236,12 +612,14 @@ class ObservationSpec:
     """Which feature groups, in which order, for ``k`` domains and ``n_layers`` layers.
 
     Goes into the exported policy's JSON so that a target run computes the same vector.
-    The layout is the concatenation of the groups in ``features`` order.
+    The layout is the concatenation of the groups in ``features`` order. ``max_epochs``: the
+    epoch cap that ``cap_left`` is measured against (required by it, recorded only when set).
     """
 
     features: tuple[str, ...]
     k: int
     n_layers: int
+    max_epochs: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
@@ -260,6 +638,17 @@ class ObservationSpec:
             or self.n_layers < 0
         ):
             raise SpaceError(f"n_layers must be an int >= 0, got {self.n_layers!r}")
+        m = self.max_epochs
+        if m is not None:
+            if isinstance(m, bool) or not (math.isfinite(m) and m > 0):
+                raise SpaceError(f"max_epochs must be a finite number > 0, got {m!r}")
+            object.__setattr__(self, "max_epochs", float(m))
+        capped = [f for f in self.features if FEATURES[f].needs_cap]
+        if capped and m is None:
+            raise SpaceError(
+                f"observation features {capped} are measured against an epoch cap: give "
+                "max_epochs (the env's max_epochs, TrainConfig.max_epochs)"
+            )
 
     def group_size(self, name: str) -> int:
         kind = FEATURES[name].kind
@@ -274,9 +663,9 @@ class ObservationSpec:
         low, high = [], []
         for f in self.features:
             n = self.group_size(f)
-            scalar = FEATURES[f].kind == "scalar"
-            low.append(np.full(n, 0.0 if scalar else -CLIP, dtype=np.float32))
-            high.append(np.full(n, 1.0 if scalar else CLIP, dtype=np.float32))
+            lo, hi = FEATURES[f].bounds()
+            low.append(np.full(n, lo, dtype=np.float32))
+            high.append(np.full(n, hi, dtype=np.float32))
         return np.concatenate(low), np.concatenate(high)
 
     def names(self) -> list[str]:
@@ -284,15 +673,22 @@ class ObservationSpec:
         return [f"{f}[{i}]" for f in self.features for i in range(self.group_size(f))]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        normalisation = "per-group z-score (population std), clipped; scalars raw"
+        raw = [f for f in self.features if FEATURES[f].raw and FEATURES[f].kind != "scalar"]
+        if raw:  # named only where present: earlier specs stay byte for byte what they were
+            normalisation += f"; {', '.join(raw)} raw, clipped to their bounds"
+        d: dict[str, Any] = {
             "format": SPEC_FORMAT,
             "version": SPEC_VERSION,
             "features": list(self.features),
             "k": self.k,
             "n_layers": self.n_layers,
             "clip": CLIP,
-            "normalisation": "per-group z-score (population std), clipped; scalars raw",
+            "normalisation": normalisation,
         }
+        if self.max_epochs is not None:
+            d["max_epochs"] = self.max_epochs
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ObservationSpec:
@@ -307,7 +703,13 @@ class ObservationSpec:
         if d.get("clip", CLIP) != CLIP:
             raise SpaceError(f"the spec clips at {d.get('clip')}, this acodm at {CLIP}")
         try:
-            return cls(features=tuple(d["features"]), k=int(d["k"]), n_layers=int(d["n_layers"]))
+            m = d.get("max_epochs")
+            return cls(
+                features=tuple(d["features"]),
+                k=int(d["k"]),
+                n_layers=int(d["n_layers"]),
+                max_epochs=None if m is None else float(m),
+            )
         except KeyError as e:
             raise SpaceError(f"observation spec lacks the key {e}") from None
 
@@ -332,7 +734,8 @@ def build_observation(dynamics: Dynamics, spec: ObservationSpec) -> np.ndarray:
 
     Each per-domain / per-layer group is z-scored within itself and clipped to [-3, 3]
     (METHOD.md, "Observation"), so the vector does not depend on the model's loss scale or
-    size; ``progress`` stays in [0, 1].
+    size; ``progress`` stays in [0, 1], and the raw groups (``log_epochs``, ``cap_left``)
+    keep their absolute values, clipped to their bounds.
     """
     parts = []
     for name in spec.features:
@@ -344,8 +747,11 @@ def build_observation(dynamics: Dynamics, spec: ObservationSpec) -> np.ndarray:
                 f"feature {name!r} has shape {raw.shape}, the spec expects ({want},) "
                 f"(k={spec.k}, n_layers={spec.n_layers}); does the run match the policy?"
             )
-        if g.kind == "scalar":
-            parts.append(np.clip(np.nan_to_num(raw, nan=0.0), 0.0, 1.0))
+        if g.transform is not None:
+            raw = np.asarray(g.transform(raw, spec), dtype=np.float64)
+        if g.raw:
+            lo, hi = g.bounds()
+            parts.append(np.clip(np.nan_to_num(raw, nan=lo), lo, hi))
         else:
             parts.append(zscore_clip(raw))
     return np.concatenate(parts).astype(np.float32)

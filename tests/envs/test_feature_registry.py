@@ -14,7 +14,7 @@ import numpy as np
 
 from acodm.dynamics.features import Dynamics
 from acodm.envs import DataMixingEnv
-from acodm.envs.spaces import AGENT_FEATURES, DEFAULT_FEATURES, FEATURES
+from acodm.envs.spaces import AGENT_FEATURES, DEFAULT_FEATURES, FEATURES, REPETITION_FEATURES
 
 LENGTH = {"domain": "k", "layer": "n_layers", "scalar": "1"}
 ROW = re.compile(r"^\s*\|\s*`(\w+)`\s*\|\s*(\w+)\s*\|", re.MULTILINE)
@@ -28,17 +28,19 @@ def tables() -> list[list[tuple[str, str]]]:
 
 
 def test_every_feature_has_one_docstring_row_with_its_length():
-    default, console = tables()
+    default, console, repetition = tables()
     assert [name for name, _ in default] == list(DEFAULT_FEATURES)
     assert [name for name, _ in console] == list(AGENT_FEATURES)
-    rows = dict(default + console)
+    assert [name for name, _ in repetition] == list(REPETITION_FEATURES)
+    rows = dict(default + console + repetition)
     assert sorted(rows) == sorted(FEATURES)
     for name, length in rows.items():
         assert LENGTH[FEATURES[name].kind] == length, name
 
 
 def misread(features: dict) -> list[str]:
-    """The entries of ``features`` that do not read the field (or agent feature) they name."""
+    """The entries of ``features`` that do not read the field (or agent feature) they name
+    (a derived group, e.g. ``log_epochs``, names its source field in ``source``)."""
     rng = np.random.default_rng(0)
     k, n = 3, 2
     d = Dynamics(
@@ -52,7 +54,7 @@ def misread(features: dict) -> list[str]:
     )
     wrong = []
     for name, group in features.items():
-        want = d.agents[name] if name in AGENT_FEATURES else getattr(d, name)
+        want = d.agents[name] if name in AGENT_FEATURES else getattr(d, group.source or name)
         if not np.array_equal(np.asarray(group.read(d)), want):
             wrong.append(name)
     return wrong
