@@ -188,6 +188,25 @@ def project_capped(
             break
         free &= ~over
     x[~free] = c[~free]
+    return _unit_sum(x, c)
+
+
+def _unit_sum(x: np.ndarray, caps: np.ndarray) -> np.ndarray:
+    """``x`` with its float sum exactly 1.0 where a few ulps on an entry below its cap do it.
+
+    Then :func:`normalize_weights` (which every mixer's weights and the sampler go through)
+    leaves the projection's result bit for bit as it is, so a mixer that projects onto the
+    caps itself and the trainer's projection of the same mixture agree exactly.
+    """
+    for _ in range(4):
+        err = 1.0 - x.sum()
+        if err == 0.0:
+            break
+        room = np.where(x + err <= caps, x, -np.inf)
+        j = int(np.argmax(room))
+        if not np.isfinite(room[j]) or x[j] + err < 0.0:
+            break
+        x[j] += err
     return x
 
 
