@@ -67,6 +67,7 @@ __all__ = [
     "warmup",
     "warmup_count",
     "weights_to_action",
+    "zero_last_layer",
 ]
 
 Agent = DDPG | TD3
@@ -98,6 +99,13 @@ class AgentConfig:
     env step costs LM steps and :func:`warmup` replaces them with an expert's transitions.
     ``frozen_actor``: the actor stays at its random initialisation (the critic still trains):
     what the published AC-ODM code effectively ran (METHOD.md, "The agent").
+    ``zero_init_actor``: the actor's output layer (the Linear before the tanh) starts with
+    zero weights and bias, so the untrained actor outputs ``a = 0`` everywhere: with the
+    residual action that *is* the prior mixture. DDPG still learns: the output layer's
+    gradient is the critic's action gradient times the hidden activations (non-zero), and the
+    hidden layers get gradient once the output layer has moved (after the first update).
+    ``None`` (the default): on for the residual action (``train_policy`` and the ``ddpg``
+    mixer decide), off otherwise; :func:`make_agent` reads None as off.
     """
 
     algorithm: str = "ddpg"
@@ -115,6 +123,7 @@ class AgentConfig:
     learning_starts: int = 0
     seed: int | None = 0
     frozen_actor: bool = False
+    zero_init_actor: bool | None = None
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -232,7 +241,26 @@ def make_agent(env: Any, config: AgentConfig | None = None) -> Agent:
         device=config.device,
         policy_kwargs={"net_arch": net_arch, "activation_fn": _ACTIVATIONS[config.activation]},
     )
+    if config.zero_init_actor:
+        zero_last_layer(agent)
     return agent
+
+
+def zero_last_layer(agent: Agent) -> None:
+    """Zero the weights and bias of the actor's output layer (``actor.mu[-2]``, the Linear
+    before the tanh), in the actor and its target: the untrained policy then outputs 0.
+
+    SB3 copies the actor into ``actor_target`` when it builds the policy, i.e. before this
+    runs, so the target is synced here again (else the first TD targets would use the
+    random output layer).
+    """
+    last = agent.actor.mu[-2]
+    if not isinstance(last, torch.nn.Linear):
+        raise AgentError(f"the actor's output layer is {type(last).__name__}, not a Linear")
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+    agent.actor_target.load_state_dict(agent.actor.state_dict())
 
 
 # ----------------------------------------------------------------------------- warm-up
