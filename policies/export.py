@@ -7,7 +7,7 @@ STYLE.md: artifacts a user may share are safetensors + JSON, never pickle. Loadi
 reads JSON and safetensors only, verifies hashes, and rebuilds a plain ``torch.nn.Module``
 (:class:`MixingPolicy`); stable-baselines3 is not imported here.
 
-Hashes (format version 2). ``actor_sha256`` is the sha256 of ``actor.safetensors``.
+Hashes (format versions 2 and 3). ``actor_sha256`` is the sha256 of ``actor.safetensors``.
 ``spec_sha256`` covers everything that changes what the policy does, together with the
 weights: the sha256 of the canonical JSON (``json.dumps(obj, sort_keys=True,
 separators=(",", ":"))``) of the keys in :data:`HASHED_KEYS` (format, domains and their order,
@@ -22,6 +22,12 @@ a foreign policy can at worst choose bad mixtures. Version-1 exports (``actor_sh
 are refused, not accepted with a warning: a v2 file edited back to ``"format_version": 1``
 would otherwise skip the check; re-export with ``acodm export RUN``.
 
+Format version 3 names the action mapping's kind (:class:`acodm.envs.spaces.ActionMapping`):
+``softmax`` (``beta``, ``eps``) or ``residual`` (``beta``, the ``prior`` rule, which the target
+computes from its own run, and the projection), with the epoch cap ``max_epochs`` (or null);
+all of it is inside the hashed ``action_mapping``. Version-2 files (no kind) still load, as the
+softmax mapping they were trained with.
+
 The writer (:func:`write_policy`) takes :class:`ActorParts` (the actor's MLP tensors, network
 shape, spaces): from a live SB3 agent (:func:`actor_parts`, used by :func:`export_actor`) or
 from the pickle-free copy that every agent checkpoint holds (:func:`write_checkpoint_actor`,
@@ -30,7 +36,9 @@ from the pickle-free copy that every agent checkpoint holds (:func:`write_checkp
 The loaded policy maps its actions to weights with the env's own mapping (METHOD.md, "The
 environment", Action): ``w = (1 - eps) * softmax(beta * a) + eps / k``,
 :func:`acodm.envs.spaces.action_to_weights` (its inverse :func:`~acodm.envs.spaces.weights_to_action`
-beside it); both are importable from here too.
+beside it; both are importable from here too), or the residual one around the target's own
+prior, :func:`acodm.envs.spaces.residual_weights` (:class:`~acodm.policies.transfer.MixingController`
+computes the prior and the caps of the run it drives).
 """
 
 from __future__ import annotations
@@ -47,13 +55,16 @@ import torch
 from torch import nn
 
 # the one mapping and its inverse, shared with the env (re-exported here: their old home)
-from acodm.envs.spaces import SpaceError, action_to_weights, check_mapping
+from acodm.envs.spaces import ActionMapping, SpaceError, action_to_weights, check_mapping
 from acodm.envs.spaces import weights_to_action as weights_to_action
 from acodm.errors import AcodmError
 from acodm.io import atomic_directory, member_path, sha256_bytes
 
 FORMAT = "acodm-policy"
-FORMAT_VERSION = 2  # 2: spec_sha256 over the spec and the weights (1: actor_sha256 only)
+# 3: the action mapping names its kind (softmax or residual) and the epoch cap;
+# 2: spec_sha256 over the spec and the weights (1: actor_sha256 only)
+FORMAT_VERSION = 3
+READ_VERSIONS = (2, 3)  # a version-2 policy is the softmax mapping
 ACTOR_FILE = "actor.safetensors"
 SPEC_FILE = "policy.json"
 # policy.json keys covered by spec_sha256 (with the weights), and those that are not
@@ -121,13 +132,25 @@ def _build_mlp(
     return nn.Sequential(*mods)
 
 
+def _mapping(spec: Mapping[str, Any]) -> ActionMapping:
+    """The spec's action mapping (version 2: the softmax one), as a :class:`PolicyError`."""
+    try:
+        return ActionMapping.from_dict(
+            spec["action_mapping"], legacy=spec.get("format_version") == 2
+        )
+    except (SpaceError, TypeError, AttributeError) as e:
+        raise PolicyError(f"the policy's action mapping is invalid: {e}") from e
+
+
 class MixingPolicy(nn.Module):
     """The exported deterministic actor: observation -> action in [-1, 1]^k -> domain weights.
 
     Rebuilt from ``policy.json`` + ``actor.safetensors`` by :meth:`load`. ``act`` gives the
     tanh-squashed action exactly as SB3's ``actor(obs)``; ``weights`` maps it to the simplex
-    with the exported ``beta``/``eps``. The observation must be built by the same feature spec
-    (``spec["observation"]``) and in the domain order ``domains`` (see :func:`check_domains`).
+    with the exported mapping (``mapping``: softmax with ``beta``/``eps``, or residual around a
+    prior, which needs the run's prior weights and caps). The observation must be built by the
+    same feature spec (``spec["observation"]``) and in the domain order ``domains`` (see
+    :func:`check_domains`).
     """
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
@@ -135,8 +158,9 @@ class MixingPolicy(nn.Module):
         net = spec["network"]
         self.spec: dict[str, Any] = dict(spec)
         self.domains: tuple[str, ...] = tuple(spec["domains"])
-        self.beta = float(spec["action_mapping"]["beta"])
-        self.eps = float(spec["action_mapping"]["eps"])
+        self.mapping: ActionMapping = _mapping(spec)
+        self.beta = self.mapping.beta
+        self.eps = self.mapping.eps
         self.interval = int(spec["interval"])
         self.obs_dim = int(net["input_dim"])
         self.mu = _build_mlp(
@@ -166,12 +190,32 @@ class MixingPolicy(nn.Module):
         a = self.forward(x).numpy()
         return a[0] if single else a
 
-    def weights(self, observation: np.ndarray) -> np.ndarray:
-        """Domain weights (float64, on the simplex), shape (k,) or (batch, k), ``domains`` order."""
+    def weights(
+        self,
+        observation: np.ndarray,
+        *,
+        prior: np.ndarray | None = None,
+        caps: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Domain weights (float64, on the simplex), shape (k,) or (batch, k), ``domains`` order.
+
+        ``prior``: the run's prior weights (the residual mapping needs them); ``caps``: its
+        live epoch caps (:func:`acodm.envs.spaces.run_caps`), if any. Both in ``domains``
+        order; :class:`~acodm.policies.transfer.MixingController` computes them for a run.
+        """
         a = self.act(observation)
-        if a.ndim == 1:
-            return action_to_weights(a, self.beta, self.eps)
-        return np.stack([action_to_weights(row, self.beta, self.eps) for row in a])
+        if self.mapping.residual and prior is None:
+            raise PolicyError(
+                f"this policy's action is a residual around the prior {self.mapping.prior!r}: "
+                "give the run's prior weights (MixingController computes them from the run)"
+            )
+        if not self.mapping.residual and caps is None:  # the v2 path, exactly
+            if a.ndim == 1:
+                return action_to_weights(a, self.beta, self.eps)
+            return np.stack([action_to_weights(row, self.beta, self.eps) for row in a])
+        rows = [a] if a.ndim == 1 else list(a)
+        out = np.stack([self.mapping.weights(row, prior, caps) for row in rows])
+        return out[0] if a.ndim == 1 else out
 
     @classmethod
     def load(cls, path: str | Path) -> MixingPolicy:
@@ -274,21 +318,24 @@ def write_policy(
     *,
     domains: Sequence[str],
     observation: Mapping[str, Any],
-    beta: float,
-    eps: float,
+    beta: float | None = None,
+    eps: float | None = None,
     interval: int,
+    action: ActionMapping | None = None,
     extra: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``out_dir/actor.safetensors`` + ``out_dir/policy.json`` (atomically); return out_dir.
 
     The one writer of exported policies. ``observation``: the env's feature spec (opaque JSON,
-    stored verbatim). The spec and tensors are checked as :func:`load_policy` checks them
-    before anything is written, so an export that would not load is never written.
+    stored verbatim). ``action``: the env's action mapping (``env.action_mapping``); without
+    it, the softmax mapping of ``beta``/``eps`` (give one or the other). The spec and tensors
+    are checked as :func:`load_policy` checks them before anything is written, so an export
+    that would not load is never written.
     """
     from safetensors.torch import save as st_save
 
-    _check_mapping(beta, eps)
+    mapping = _export_mapping(action, beta, eps)
     domains = [str(d) for d in domains]
     if len(set(domains)) != len(domains):
         raise PolicyError(f"domain names must be unique, got {domains}")
@@ -302,11 +349,7 @@ def write_policy(
             "format_version": FORMAT_VERSION,
             "domains": domains,
             "observation": dict(observation),  # must be plain JSON
-            "action_mapping": {
-                "formula": "w = (1 - eps) * softmax(beta * a) + eps / k",
-                "beta": float(beta),
-                "eps": float(eps),
-            },
+            "action_mapping": mapping.to_dict(),
             "interval": int(interval),
             "network": dict(parts.network),
             "observation_space": dict(parts.observation_space),
@@ -326,15 +369,31 @@ def write_policy(
     return Path(out_dir)
 
 
+def _export_mapping(
+    action: ActionMapping | None, beta: float | None, eps: float | None
+) -> ActionMapping:
+    if action is not None:
+        if (beta is not None and beta != action.beta) or (eps is not None and eps != action.eps):
+            raise PolicyError(
+                f"beta={beta}, eps={eps} disagree with the action mapping {action}; give one"
+            )
+        return action
+    if beta is None or eps is None:
+        raise PolicyError("give the action mapping (action=env.action_mapping) or beta and eps")
+    _check_mapping(beta, eps)
+    return ActionMapping("softmax", float(beta), float(eps))
+
+
 def export_actor(
     agent: Any,
     out_dir: str | Path,
     *,
     domains: Sequence[str],
     observation: Mapping[str, Any],
-    beta: float,
-    eps: float,
+    beta: float | None = None,
+    eps: float | None = None,
     interval: int,
+    action: ActionMapping | None = None,
     extra: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
@@ -351,6 +410,7 @@ def export_actor(
         beta=beta,
         eps=eps,
         interval=interval,
+        action=action,
         extra=extra,
         overwrite=overwrite,
     )
@@ -430,9 +490,10 @@ def _read_spec(spec_path: Path) -> dict[str, Any]:
             f"{spec_path} has format_version 1, whose spec is not covered by a hash; "
             "re-export it with `acodm export RUN` (RUN: the train-policy run folder)"
         )
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise PolicyError(
-            f"{spec_path} has format_version {version!r}; this acodm reads version {FORMAT_VERSION}"
+            f"{spec_path} has format_version {version!r}; this acodm reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))} (a newer acodm wrote it? upgrade acodm)"
         )
     unknown = sorted(set(spec) - set(HASHED_KEYS) - set(FREE_KEYS) - set(DIGEST_KEYS))
     if unknown:
@@ -461,7 +522,7 @@ def _validate_spec(spec: dict[str, Any], where: Path) -> None:
             and list(spec["action_space"]["shape"]) == [k]
         )
         act = net["activation"]
-        _check_mapping(float(spec["action_mapping"]["beta"]), float(spec["action_mapping"]["eps"]))
+        _mapping(spec)  # a PolicyError naming what is wrong
     except (KeyError, TypeError, ValueError) as e:
         raise PolicyError(f"{where}: malformed network/action_mapping entry ({e!r})") from e
     if not ok:

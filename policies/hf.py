@@ -188,8 +188,12 @@ class MixingCallback(TrainerCallback):
 
     ``policy``: a :class:`MixingController` (an exported actor; ``interval`` defaults to its
     K) or any acodm :class:`Mixer` (set up here at train begin if it is not yet; give
-    ``interval``). The first interval uses the policy's initial weights (uniform for an
-    actor). ``history`` holds ``(step, weights)`` of every decision.
+    ``interval``). The first interval uses the policy's initial weights (uniform for a softmax
+    actor, the run's prior for a residual one). ``history`` holds ``(step, weights)`` of every
+    decision. At train begin the callback gives both kinds the run's :class:`MixerContext`
+    (the dataset's domains and tokens, ``max_steps``, the tokens of one optimizer step), so a
+    residual actor computes this run's prior and a capped one its caps from the dataset's live
+    epochs and the remaining budget at every decision.
     """
 
     def __init__(
@@ -210,22 +214,24 @@ class MixingCallback(TrainerCallback):
         self.interval = int(interval)
         self.history: list[tuple[int, np.ndarray]] = []
 
+    def _context(self, args: TrainingArguments, state: TrainerState) -> MixerContext:
+        """The run as acodm's mixers see it: domains, tokens, budget, interval, seed."""
+        store = self.dataset.store
+        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        return MixerContext(
+            domains=tuple(self.dataset.domains),
+            domain_tokens=np.array([store.num_tokens(d) for d in self.dataset.domains]),
+            total_steps=max(int(state.max_steps), 1),
+            tokens_per_step=self.dataset.sampler.seq_len * batch * args.world_size,
+            interval=self.interval,
+            seed=int(args.seed),
+        )
+
     def _setup_mixer(self, mixer: Mixer, args: TrainingArguments, state: TrainerState) -> None:
         with contextlib.suppress(MixerError):
             mixer.ctx  # noqa: B018 (set up already: keep its context)
             return
-        store = self.dataset.store
-        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps
-        mixer.setup(
-            MixerContext(
-                domains=tuple(self.dataset.domains),
-                domain_tokens=np.array([store.num_tokens(d) for d in self.dataset.domains]),
-                total_steps=max(int(state.max_steps), 1),
-                tokens_per_step=self.dataset.sampler.seq_len * batch * args.world_size,
-                interval=self.interval,
-                seed=int(args.seed),
-            )
-        )
+        mixer.setup(self._context(args, state))
 
     def _set(self, step: int, weights: np.ndarray) -> None:
         self.dataset.set_weights(weights)
@@ -238,6 +244,8 @@ class MixingCallback(TrainerCallback):
             self._setup_mixer(self.policy, args, state)
             self._set(state.global_step, self.policy.weights())
         else:
+            if self.policy.context is None:  # its prior and caps are this run's
+                self.policy.setup(self._context(args, state))
             self._set(state.global_step, self.policy.weights)
 
     def on_step_end(

@@ -5,7 +5,14 @@ The actor learned on a proxy run is loaded from ``actor.safetensors`` + ``policy
 measures its *own* dynamics, builds the *same* observation as the proxy's env
 (:func:`acodm.envs.spaces.build_observation` with the exported :class:`ObservationSpec`) and
 the actor gives the next weights. No reward, no critic, no replay buffer. As in the env's
-``reset``, the first interval runs with uniform weights.
+``reset``, the first interval runs with uniform weights (a residual policy: with its prior).
+
+A residual policy (``policy.mapping.kind == "residual"``) acts around a prior that the target
+computes from *its own* run (its budget and store, :class:`~acodm.mixers.MixerContext`: the
+target's UniMax, not the proxy's), and a policy with an epoch cap projects every decision onto
+the target's live caps (its epochs so far and its remaining budget). The controller needs the
+run's context for both (``MixingController(..., context=ctx)`` or :meth:`MixingController.setup`;
+:class:`ActorMixer` and the Hugging Face callback give it).
 
 Three ways in:
 
@@ -16,8 +23,9 @@ Three ways in:
   (the meter acodm's own trainer uses, so the loop observes what the proxy observed)::
 
     ctl = MixingController.load("runs/policy", domains=sampler.domains)
+    ctl.setup(MixerContext(sampler.domains, tokens, total_steps, tokens_per_step))
     probe = DynamicsProbe(model, sampler.domains)           # hooks on 3 monitored layers
-    sampler.set_weights(ctl.weights)                         # uniform first interval
+    sampler.set_weights(ctl.weights)                         # uniform (or prior) first interval
     for step in range(1, total_steps + 1):
         batch = sampler.next_batch()
         probe.set_domains(batch.domains)                     # before the forward
@@ -43,9 +51,10 @@ from typing import Any
 
 import numpy as np
 
+from acodm.data.weights import normalize_weights
 from acodm.dynamics.features import Dynamics, permute_domains
 from acodm.dynamics.probe import DynamicsProbe  # its home before the trainer shared it
-from acodm.envs.spaces import ObservationSpec, SpaceError, build_observation
+from acodm.envs.spaces import ActionMapping, ObservationSpec, SpaceError, build_observation
 from acodm.mixers.base import IntervalFeedback, Mixer, MixerContext, MixerError
 from acodm.mixers.spec import register_mixer, require_arg
 from acodm.policies.export import MixingPolicy, PolicyError, check_domains
@@ -82,6 +91,11 @@ class MixingController:
     ``allow_reorder``: the run may list the policy's domains in another order; the controller
     then reads the dynamics in the policy's order (:func:`permute_domains`) and returns the
     weights in the run's order, so the caller never permutes anything.
+
+    ``context``: the run's :class:`MixerContext` (domains in the run's order, training tokens,
+    budget), or later :meth:`setup`. A residual policy needs it for its prior (computed from
+    the run, ``prior``) and a capped one for its caps, recomputed at every decision from the
+    interval's ``epochs`` and ``step``; ``weights`` then starts at the (capped) prior.
     """
 
     def __init__(
@@ -91,6 +105,7 @@ class MixingController:
         *,
         n_layers: int | None = None,
         allow_reorder: bool = False,
+        context: MixerContext | None = None,
     ) -> None:
         self.policy = policy
         self.spec = _observation_spec(policy)
@@ -102,6 +117,35 @@ class MixingController:
             self._check_layers(n_layers)
         self.weights: np.ndarray = np.full(self.k, 1.0 / self.k)
         self.last_observation: np.ndarray | None = None
+        self.context: MixerContext | None = None
+        #: The run's prior weights (run order; None for the softmax mapping).
+        self.prior: np.ndarray | None = None
+        if context is not None:
+            self.setup(context)
+
+    @property
+    def mapping(self) -> ActionMapping:
+        """The policy's action mapping (softmax or residual, with its epoch cap)."""
+        return self.policy.mapping
+
+    @property
+    def needs_context(self) -> bool:
+        """Whether the policy needs the run's context: a residual or a capped mapping."""
+        return self.mapping.residual or self.mapping.max_epochs is not None
+
+    def setup(self, context: MixerContext) -> np.ndarray:
+        """Tie the controller to a run: its prior from the run's own context, and the first
+        interval's weights (uniform, or the prior; within the caps at step 0). Returns them."""
+        if tuple(context.domains) != self.domains:
+            raise PolicyError(
+                f"the context's domains {list(context.domains)} are not the run's "
+                f"{list(self.domains)}"
+            )
+        self.context = context
+        mapping = self.mapping
+        self.prior = mapping.prior_weights(context) if mapping.residual else None
+        self.weights = mapping.initial_weights(context, self.prior)
+        return self.weights.copy()
 
     @classmethod
     def load(
@@ -111,9 +155,16 @@ class MixingController:
         *,
         n_layers: int | None = None,
         allow_reorder: bool = False,
+        context: MixerContext | None = None,
     ) -> MixingController:
         """Load ``path`` (export folder or ``policy.json``; never unpickles) for ``domains``."""
-        return cls(MixingPolicy.load(path), domains, n_layers=n_layers, allow_reorder=allow_reorder)
+        return cls(
+            MixingPolicy.load(path),
+            domains,
+            n_layers=n_layers,
+            allow_reorder=allow_reorder,
+            context=context,
+        )
 
     @property
     def k(self) -> int:
@@ -139,9 +190,16 @@ class MixingController:
         return build_observation(dynamics, self.spec)
 
     def observe(self, dynamics: Dynamics) -> np.ndarray:
-        """Weights for the next interval (run order) from the interval that just ended; kept."""
+        """Weights for the next interval (run order) from the interval that just ended; kept.
+
+        A residual or capped policy maps its action with the run's prior and the caps of the
+        run's live epochs and remaining budget (``dynamics.epochs``, ``dynamics.step``).
+        """
         obs = self.observation(dynamics)
         self.last_observation = obs
+        if self.needs_context:
+            self.weights = self._mapped(obs, dynamics)
+            return self.weights.copy()
         w = np.asarray(self.policy.weights(obs), dtype=np.float64)  # the policy's order
         if self._order is not None:
             w_run = np.empty_like(w)
@@ -149,6 +207,23 @@ class MixingController:
             w = w_run
         self.weights = w
         return self.weights.copy()
+
+    def _mapped(self, obs: np.ndarray, dynamics: Dynamics) -> np.ndarray:
+        """The residual / capped mapping in the run's order (it is order-equivariant)."""
+        ctx = self.context
+        if ctx is None:
+            raise PolicyError(
+                f"this policy's action mapping ({self.mapping.kind}, max_epochs="
+                f"{self.mapping.max_epochs}) needs the run's context: pass "
+                "MixingController(..., context=MixerContext(...)) or call setup(ctx) first"
+            )
+        a = np.asarray(self.policy.act(obs), dtype=np.float64)  # the policy's order
+        if self._order is not None:
+            a_run = np.empty_like(a)
+            a_run[list(self._order)] = a
+            a = a_run
+        caps = self.mapping.caps(ctx, dynamics.epochs, int(dynamics.step))
+        return self.mapping.weights(a, self.prior, caps)
 
     def weight_dict(self) -> dict[str, float]:
         """The current weights by domain name."""
@@ -164,7 +239,8 @@ class ActorMixer(Mixer):
     The policy is loaded at construction (a bad path fails before the model is built);
     :meth:`setup` checks the domains; the observation length (the monitored layer count) is
     checked at the first update, the first place the run's layers are seen. Needs the
-    trainer's dynamics (``TrainConfig.dynamics=True``, the default).
+    trainer's dynamics (``TrainConfig.dynamics=True``, the default). A residual policy acts
+    around the prior of *this* run's context, and a capped one within this run's live caps.
     """
 
     name = "actor"
@@ -185,8 +261,11 @@ class ActorMixer(Mixer):
 
     def _prepare(self, ctx: MixerContext) -> None:
         try:
-            self.controller = MixingController(self.policy, ctx.domains, allow_reorder=self.reorder)
-        except PolicyError as e:
+            # the run's own prior and caps (a residual or capped policy)
+            self.controller = MixingController(
+                self.policy, ctx.domains, allow_reorder=self.reorder, context=ctx
+            )
+        except (PolicyError, SpaceError) as e:
             raise MixerError(str(e)) from e
         if ctx.interval != self.policy.interval:
             warnings.warn(
@@ -202,6 +281,15 @@ class ActorMixer(Mixer):
 
     def _weights(self) -> np.ndarray:
         return self._ctl().weights.copy()
+
+    def weights(self) -> np.ndarray:
+        """The controller's mixture, checked but not renormalised (it is one already): so a
+        zero residual actor gives its prior's weights bit for bit, as the prior's own mixer
+        does (renormalising a mixture moves its last bits about one time in four)."""
+        ctx = self.ctx
+        w = self._weights()
+        normalize_weights(w, what=f"weights of mixer {self.describe()!r}", domains=ctx.domains)
+        return w
 
     def _update(self, feedback: IntervalFeedback) -> None:
         dynamics = feedback.need_dynamics("the actor mixer")

@@ -295,7 +295,7 @@ def test_the_spec_hash_is_canonical(exported):
     hashed = {key: spec[key] for key in HASHED_KEYS}
     text = json.dumps(hashed, sort_keys=True, separators=(",", ":")).encode()
     want = hashlib.sha256(text + (exported / ACTOR_FILE).read_bytes()).hexdigest()
-    assert spec["spec_sha256"] == want and spec["format_version"] == 2
+    assert spec["spec_sha256"] == want and spec["format_version"] == 3
 
 
 def test_observation_shape_is_checked(exported):
