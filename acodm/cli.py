@@ -157,6 +157,14 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--alignment-rank", "alignment_rank", int, "projection rank of the gradient alignment"),
     ("--max-bad-steps", "max_bad_steps", int, "stop after this many NaN/inf steps in a row"),
     (
+        "--max-epochs",
+        "max_epochs",
+        float,
+        "cap every domain at this many epochs of its training tokens, whatever the mixer "
+        "(the weights are projected onto the caps of the run's live epochs and remaining "
+        "budget; default: no cap)",
+    ),
+    (
         "--console-temperature",
         "console_temperature",
         float,
@@ -312,6 +320,27 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--episodes", type=int, default=1)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--action",
+        choices=("softmax", "residual"),
+        default="softmax",
+        help="the action mapping: softmax around uniform (the paper's), or residual around a "
+        "prior mixture that each run computes from its own budget and store (the actor starts "
+        "at zero, i.e. at the prior)",
+    )
+    t.add_argument(
+        "--prior",
+        default=None,
+        help="with --action residual: the prior rule, auto (UniMax at --max-epochs, or at 4 "
+        "epochs), uniform, natural, temperature:T or unimax:N",
+    )
+    t.add_argument(
+        "--max-epochs",
+        type=float,
+        default=None,
+        help="cap every domain at this many epochs of its tokens in the proxy runs; the "
+        "exported policy keeps to the same cap on the target (default: no cap)",
+    )
     t.add_argument(
         "--frozen-actor",
         action="store_true",
@@ -486,6 +515,9 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         console=args.console,
         trust_pickle=args.trust_pickle,
+        action=args.action,
+        prior=args.prior,
+        max_epochs=args.max_epochs,
     )
     print(f"policy exported to {out}")
     return 0

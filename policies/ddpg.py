@@ -22,14 +22,13 @@ from stable_baselines3.common.logger import Logger
 from acodm.envs.spaces import (
     CONSOLE_FEATURES,
     DEFAULT_FEATURES,
+    ActionMapping,
     ObservationSpec,
     RewardTerm,
-    action_to_weights,
+    SpaceError,
     build_observation,
-    check_mapping,
     console_reward_terms,
     transition,
-    weights_to_action,
 )
 from acodm.mixers import IntervalFeedback, Mixer, MixerContext, MixerError, make_mixer
 from acodm.mixers.base import format_number
@@ -73,8 +72,14 @@ class _SpacesOnlyEnv(gym.Env[np.ndarray, np.ndarray]):
 
 
 class OnlineDDPGMixer(Mixer):
-    """``ddpg[:warmup=F,seed=N,beta=B,eps=E]``: non-proxy mode (METHOD.md), the agent learns on
-    the target run itself.
+    """``ddpg[:warmup=F,seed=N,beta=B,eps=E,action=A,prior=P,max_epochs=M]``: non-proxy mode
+    (METHOD.md), the agent learns on the target run itself.
+
+    ``action``: ``softmax`` (default; ``beta`` 1, ``eps`` 0.15) or ``residual`` (around the
+    run's ``prior``, default ``auto``: UniMax at ``max_epochs``; ``beta`` ln 4; the actor's
+    output layer zero-initialised, so the mixer starts at the prior); ``max_epochs``: the
+    epoch cap its weights are projected onto (from the run's live epochs and remaining
+    budget), as :class:`~acodm.envs.spaces.ActionMapping` does in the env.
 
     After every interval: observation and reward of the weights just used from the run's own
     dynamics by :func:`~acodm.envs.spaces.transition` (the env's feature spec and reward),
@@ -92,37 +97,58 @@ class OnlineDDPGMixer(Mixer):
     """
 
     name = "ddpg"
-    OPTIONS = ("warmup", "seed", "beta", "eps")
+    OPTIONS = ("warmup", "seed", "beta", "eps", "action", "prior", "max_epochs")
+    TEXT_OPTIONS = ("action", "prior")
 
     def __init__(
         self,
         warmup: float = 0.02,
         seed: int = 0,
-        beta: float = 1.0,
-        eps: float = 0.15,
+        beta: float | None = None,
+        eps: float | None = None,
         agent: AgentConfig | None = None,
+        *,
+        action: str = "softmax",
+        prior: str | None = None,
+        max_epochs: float | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= warmup <= 1.0:
             raise MixerError(f"ddpg warmup must be in [0, 1], got {warmup}")
-        check_mapping(beta, eps)
-        self.warmup, self.seed, self.beta, self.eps = float(warmup), int(seed), beta, eps
-        self.agent_config = replace(agent or small(), seed=int(seed))
+        try:
+            self.mapping = ActionMapping.make(
+                action, beta=beta, eps=eps, prior=prior, max_epochs=max_epochs
+            )
+        except SpaceError as e:
+            raise MixerError(f"ddpg: {e}") from e
+        self.warmup, self.seed = float(warmup), int(seed)
+        self.beta, self.eps = self.mapping.beta, self.mapping.eps
+        config = replace(agent or small(), seed=int(seed))
+        if config.zero_init_actor is None:  # the residual action starts at its prior
+            config = replace(config, zero_init_actor=self.mapping.residual)
+        self.agent_config = config
         self.model: Agent | None = None
 
     @classmethod
     def from_spec_arg(cls, arg: str | None) -> Mixer:
         opts = parse_options(arg, cls.OPTIONS)
-        kw: dict[str, Any] = {k: parse_number(v, f"ddpg {k}") for k, v in opts.items()}
+        kw: dict[str, Any] = {
+            k: v if k in cls.TEXT_OPTIONS else parse_number(v, f"ddpg {k}") for k, v in opts.items()
+        }
         if "seed" in kw:
             kw["seed"] = int(kw["seed"])
         return cls(**kw)
 
     def describe(self) -> str:
-        return (
-            f"ddpg:warmup={format_number(self.warmup)},seed={self.seed},"
-            f"beta={format_number(self.beta)},eps={format_number(self.eps)}"
-        )
+        m = self.mapping
+        head = f"ddpg:warmup={format_number(self.warmup)},seed={self.seed},"
+        if m.residual:
+            text = f"{head}action=residual,beta={format_number(m.beta)},prior={m.prior}"
+        else:
+            text = f"{head}beta={format_number(m.beta)},eps={format_number(m.eps)}"
+        if m.max_epochs is not None:
+            text += f",max_epochs={format_number(m.max_epochs)}"
+        return text
 
     def _prepare(self, ctx: MixerContext) -> None:
         self.odm = make_mixer(ODM_EXPERT)
@@ -136,10 +162,19 @@ class OnlineDDPGMixer(Mixer):
         self._pending_agent: dict[str, Any] | None = None
         self._obs: np.ndarray | None = None
         self._action = np.zeros(ctx.k, dtype=np.float32)
-        self._w = action_to_weights(self._action, self.beta, self.eps)
+        self.prior = self.mapping.prior_weights(ctx) if self.mapping.residual else None
+        self._w = self._map(self._action, np.zeros(ctx.k), 0, ctx)
 
     def _weights(self) -> np.ndarray:
         return np.asarray(self._w, dtype=np.float64)
+
+    def _map(
+        self, action: np.ndarray, epochs: np.ndarray, step: int, ctx: MixerContext | None = None
+    ) -> np.ndarray:
+        """The action's weights with the run's prior and its live caps (none without a cap)."""
+        ctx = ctx or self.ctx
+        caps = self.mapping.caps(ctx, epochs, step)
+        return self.mapping.weights(action, self.prior, caps)
 
     def _agent(self, dyn: Dynamics) -> Agent:
         if self.model is None:
@@ -176,7 +211,7 @@ class OnlineDDPGMixer(Mixer):
         self.odm.update(feedback)
         self._obs = obs
         self._action = self._next_action(model, obs)
-        self._w = action_to_weights(self._action, self.beta, self.eps)
+        self._w = self._map(self._action, feedback.epochs, feedback.step)
 
     def _learn(self, model: Agent, t: Transition) -> None:
         fill_replay_buffer(model, [t])
@@ -193,7 +228,7 @@ class OnlineDDPGMixer(Mixer):
 
     def _next_action(self, model: Agent, obs: np.ndarray) -> np.ndarray:
         if self.updates < self.warmup_updates:
-            return weights_to_action(self.odm.weights(), self.beta, self.eps)
+            return self.mapping.action(self.odm.weights(), self.prior)
         action, _ = model.predict(obs, deterministic=True)
         noise = model.action_noise() if model.action_noise is not None else 0.0
         return np.clip(np.asarray(action, np.float32) + noise, -1.0, 1.0).astype(np.float32)

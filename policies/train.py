@@ -64,7 +64,7 @@ from acodm import trust
 from acodm.config import TrainConfig, resolve_config
 from acodm.data.store import open_store
 from acodm.envs import DataMixingEnv
-from acodm.envs.spaces import CONSOLE_FEATURES, console_reward_terms, weights_to_action
+from acodm.envs.spaces import CONSOLE_FEATURES, ActionMapping, console_reward_terms
 from acodm.errors import AcodmError
 from acodm.io import atomic_write_json, atomic_write_text
 from acodm.metrics import MetricsLogger, read_metrics
@@ -200,15 +200,28 @@ def _signal_interval(cfg: TrainConfig, k: int, explicit: bool) -> TrainConfig:
     return cfg.replace(interval=interval)
 
 
-def _make_env(cfg: TrainConfig, beta: float | None, eps: float | None) -> DataMixingEnv:
+def _make_env(
+    cfg: TrainConfig,
+    beta: float | None,
+    eps: float | None,
+    action: str = "softmax",
+    prior: str | None = None,
+) -> DataMixingEnv:
     kwargs: dict[str, Any] = {}
     if beta is not None:
         kwargs["beta"] = beta
     if eps is not None:
         kwargs["eps"] = eps
+    if action != "softmax" or prior is not None:
+        kwargs.update(action=action, prior=prior)
     if cfg.console:  # the agent also observes the console's features and is rewarded by them
         kwargs.update(features=CONSOLE_FEATURES, reward_terms=console_reward_terms())
     return DataMixingEnv(cfg.store, cfg, **kwargs)
+
+
+def _is_v0_mapping(mapping: ActionMapping) -> bool:
+    """The mapping of runs before the residual action (run configs then had no "action")."""
+    return not mapping.residual and mapping.max_epochs is None
 
 
 def _run_config(
@@ -230,6 +243,8 @@ def _run_config(
     }
     if env.reward_terms:  # only then: runs without extra terms keep their earlier config
         run["env"]["reward_terms"] = {t.name: t.weight for t in env.reward_terms}
+    if not _is_v0_mapping(env.action_mapping):  # likewise: earlier runs stay resumable
+        run["env"]["action"] = env.action_mapping.to_dict()
     return run
 
 
@@ -250,6 +265,10 @@ def _check_resumable(old: dict[str, Any], new: dict[str, Any], run_dir: Path) ->
     """Refuse to resume with settings that change the run (episodes may grow)."""
     new = json.loads(json.dumps(new))  # tuples -> lists, as stored
     old = {**old, "proxy": absolute_store(old.get("proxy"))}  # older runs: relative to the cwd
+    for key in ("proxy", "agent"):  # settings added since the run started, left off
+        if isinstance(old.get(key), dict) and isinstance(new.get(key), dict):
+            added = {k: v for k, v in new[key].items() if k not in old[key] and v in (None, False)}
+            old[key] = {**old[key], **added}
     diffs = [key for key in ("proxy", "agent", "env") if old.get(key) != new.get(key)]
     old_s, new_s = old.get("schedule", {}), new.get("schedule", {})
     if old_s.get("warmup_steps") != new_s.get("warmup_steps"):
@@ -297,7 +316,10 @@ class _TrainCallback(MixingCallback):
 
     def _metrics(self) -> dict[str, Any]:
         out = super()._metrics()
-        out.update(_report_metrics(self.env, self.locals["infos"][0]))
+        info = self.locals["infos"][0]
+        if not _is_v0_mapping(self.env.action_mapping):  # the weights the interval ran with
+            out.update({f"mix/weight/{n}": float(w) for n, w in info["weights"].items()})
+        out.update(_report_metrics(self.env, info))
         out["rl/warmup"] = 0
         return out
 
@@ -322,7 +344,8 @@ class _OdmExpert:
             self.mixer = make_mixer(ODM_EXPERT)
             self.mixer.setup(tr.mixer_context())
             self._trainer = tr
-        return weights_to_action(self.mixer.weights(), self.env.beta, self.env.eps)
+        # the expert's weights as the env's action (lossy beyond the action's range)
+        return self.env.action_mapping.action(self.mixer.weights(), self.env.prior)
 
     def on_step(self, t: Transition, info: dict[str, Any]) -> None:
         report = self.env.last_report
@@ -359,6 +382,9 @@ def train_policy(
     wandb: bool = False,
     console: bool = False,
     trust_pickle: bool = False,
+    action: str = "softmax",
+    prior: str | None = None,
+    max_epochs: float | None = None,
 ) -> Path:
     """Train the mixing agent on ``episodes`` proxy runs; return ``out/policy`` (exported actor).
 
@@ -368,7 +394,14 @@ def train_policy(
     ``seed`` (which also seeds the LM runs through the env's reset); ``frozen_actor=True`` is
     the frozen-random-actor ablation. ``checkpoint_every``: env steps between agent
     checkpoints (default: one episode); one is also written after the warm-up and at the end.
-    ``beta``/``eps``: the action mapping (default: the env's). ``console=True`` (or a proxy
+    ``beta``/``eps``: the action mapping (default: the env's). ``action="residual"``: the
+    residual action around ``prior`` (default ``auto``: UniMax at ``max_epochs``), with the
+    actor's output layer zero-initialised (unless ``agent.zero_init_actor`` says otherwise),
+    so the untrained policy is the prior; exported with the policy, whose target computes its
+    own prior. ``max_epochs``: the proxy run's epoch cap (``TrainConfig.max_epochs``; the
+    action is projected onto it, and the exported policy caps the target's weights too; the
+    ODM warm-up's weights are capped by the trainer, but its actions are not inverted through
+    the projection). ``console=True`` (or a proxy
     config with ``console=True``): the proxy run has the agent console (the store must be
     annotated), the observation is ``CONSOLE_FEATURES`` and the reward adds
     :func:`~acodm.envs.spaces.console_reward_terms`; the exported policy then needs
@@ -388,8 +421,12 @@ def train_policy(
     cfg = _resolve_proxy(store, proxy, overrides, interval)
     if console:
         cfg = cfg.replace(console=True)
+    if max_epochs is not None:
+        cfg = cfg.replace(max_epochs=max_epochs)
     agent_cfg = replace(agent or small(), seed=int(seed))
-    env = _make_env(cfg, beta, eps)
+    env = _make_env(cfg, beta, eps, action, prior)
+    if agent_cfg.zero_init_actor is None:  # the residual action starts at its prior
+        agent_cfg = replace(agent_cfg, zero_init_actor=env.action_mapping.residual)
     per_episode = env.num_intervals - 1
     total = episodes * per_episode
     schedule = {
@@ -556,9 +593,8 @@ def _export(model: Agent, env: DataMixingEnv, run_dir: Path, run_config: dict[st
         run_dir / POLICY_DIR,
         domains=list(env.domains),
         observation=env.observation_spec.to_dict(),
-        beta=env.beta,
-        eps=env.eps,
         interval=env.config.interval,
+        action=env.action_mapping,
         extra=extra,
         overwrite=True,
     )
@@ -607,6 +643,11 @@ def export_from_checkpoint(
             "SB3 agent.zip (pickle: it can run code), or re-run train-policy"
         )
     env_spec = run["env"]
+    mapping = (
+        ActionMapping.from_dict(env_spec["action"])
+        if "action" in env_spec
+        else ActionMapping("softmax", float(env_spec["beta"]), float(env_spec["eps"]))
+    )
     extra = {
         "proxy_model": run["proxy"]["model"],
         "episodes": run["schedule"]["episodes"],
@@ -620,9 +661,8 @@ def export_from_checkpoint(
         out,
         domains=env_spec["domains"],
         observation=env_spec["observation"],
-        beta=float(env_spec["beta"]),
-        eps=float(env_spec["eps"]),
         interval=int(env_spec["interval"]),
+        action=mapping,
         extra=extra,
         overwrite=overwrite,
     )

@@ -17,11 +17,13 @@ from tests.fixtures import make_position_store
 L = 16  # seq_len
 SIZES = {"small": 12 * L, "mid": 60 * L, "big": 600 * L}  # training windows: 12, 60, 600
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("cap") / "store"
-    make_position_store(path, SIZES, val_tokens=4 * L, vocab_size=1 << 14)
+    make_position_store(path, SIZES, val_tokens=4 * L, vocab_size=256)
     return str(path)
 
 
