@@ -79,7 +79,10 @@ class OnlineDDPGMixer(Mixer):
     run's ``prior``, default ``auto``: UniMax at ``max_epochs``; ``beta`` ln 4; the actor's
     output layer zero-initialised, so the mixer starts at the prior); ``max_epochs``: the
     epoch cap its weights are projected onto (from the run's live epochs and remaining
-    budget), as :class:`~acodm.envs.spaces.ActionMapping` does in the env.
+    budget), as :class:`~acodm.envs.spaces.ActionMapping` does in the env. A mixer does not
+    see ``TrainConfig.max_epochs``: with a capped run, give the mixer the same ``max_epochs``,
+    so that its reward is of the weights the trainer runs (the trainer's own projection of
+    weights already within the caps is then the identity).
 
     After every interval: observation and reward of the weights just used from the run's own
     dynamics by :func:`~acodm.envs.spaces.transition` (the env's feature spec and reward),
