@@ -117,7 +117,22 @@ def _add_prepare_command(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="at least this many validation tokens per domain",
     )
-    prep.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    prep.add_argument(
+        "--reward-fraction",
+        type=float,
+        default=None,
+        help="share of each domain's tokens held out for the probe reward, disjoint from "
+        "train and val (default 0.01; 0: no reward split)",
+    )
+    prep.add_argument(
+        "--min-reward-tokens",
+        type=int,
+        default=None,
+        help="at least this many reward tokens per domain (default 4096)",
+    )
+    prep.add_argument(
+        "--seed", type=int, default=0, help="seed of the validation and reward splits"
+    )
     prep.add_argument("--num-proc", type=int, default=None, help="tokenizer processes/threads")
     prep.add_argument("--overwrite", action="store_true", help="replace an existing store")
     prep.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -599,6 +614,10 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     kwargs = {}
     if args.min_val_tokens is not None:
         kwargs["min_val_tokens"] = args.min_val_tokens
+    if args.reward_fraction is not None:
+        kwargs["reward_fraction"] = args.reward_fraction
+    if args.min_reward_tokens is not None:
+        kwargs["min_reward_tokens"] = args.min_reward_tokens
     out = prepare_store(
         args.corpus,
         args.out,
@@ -647,7 +666,7 @@ def describe_corpus(corpus: Corpus) -> str:
 
 
 def describe_store(store: TokenStore) -> str:
-    """A per-domain table of a store: train/val documents and tokens."""
+    """A per-domain table of a store: train/val/reward documents and tokens."""
     rows = [
         [
             d,
@@ -655,6 +674,8 @@ def describe_store(store: TokenStore) -> str:
             store.num_tokens(d, "train"),
             store.num_documents(d, "val"),
             store.num_tokens(d, "val"),
+            store.num_documents(d, "reward"),
+            store.num_tokens(d, "reward"),
         ]
         for d in store.domains
     ]
@@ -665,7 +686,19 @@ def describe_store(store: TokenStore) -> str:
     return (
         head
         + "\n"
-        + format_table(["domain", "train docs", "train tokens", "val docs", "val tokens"], rows)
+        + format_table(
+            [
+                "domain",
+                "train docs",
+                "train tokens",
+                "val docs",
+                "val tokens",
+                "reward docs",
+                "reward tokens",
+            ],
+            rows,
+        )
+        + ("" if store.schema_version >= 3 else "\n(schema 2: no reward split)")
     )
 
 
