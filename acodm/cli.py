@@ -357,6 +357,14 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
         "exported policy keeps to the same cap on the target (default: no cap)",
     )
     t.add_argument(
+        "--reward",
+        choices=("alignment", "probe"),
+        default="alignment",
+        help="the env's reward: the paper's gradient alignment, or probe: the decrease of "
+        "the loss on fixed windows of the store's reward split against a running baseline "
+        "(the store needs a reward split: `acodm prepare --reward-fraction`)",
+    )
+    t.add_argument(
         "--frozen-actor",
         action="store_true",
         help="ablation: keep the actor at its random initialisation",
@@ -533,6 +541,7 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
         action=args.action,
         prior=args.prior,
         max_epochs=args.max_epochs,
+        reward=args.reward,
     )
     print(f"policy exported to {out}")
     return 0
