@@ -117,7 +117,22 @@ def _add_prepare_command(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="at least this many validation tokens per domain",
     )
-    prep.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    prep.add_argument(
+        "--reward-fraction",
+        type=float,
+        default=None,
+        help="share of each domain's tokens held out for the probe reward, disjoint from "
+        "train and val (default 0.01; 0: no reward split)",
+    )
+    prep.add_argument(
+        "--min-reward-tokens",
+        type=int,
+        default=None,
+        help="at least this many reward tokens per domain (default 4096)",
+    )
+    prep.add_argument(
+        "--seed", type=int, default=0, help="seed of the validation and reward splits"
+    )
     prep.add_argument("--num-proc", type=int, default=None, help="tokenizer processes/threads")
     prep.add_argument("--overwrite", action="store_true", help="replace an existing store")
     prep.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -342,6 +357,14 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
         "exported policy keeps to the same cap on the target (default: no cap)",
     )
     t.add_argument(
+        "--reward",
+        choices=("alignment", "probe"),
+        default="alignment",
+        help="the env's reward: the paper's gradient alignment, or probe: the decrease of "
+        "the loss on fixed windows of the store's reward split against a running baseline "
+        "(the store needs a reward split: `acodm prepare --reward-fraction`)",
+    )
+    t.add_argument(
         "--frozen-actor",
         action="store_true",
         help="ablation: keep the actor at its random initialisation",
@@ -518,6 +541,7 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
         action=args.action,
         prior=args.prior,
         max_epochs=args.max_epochs,
+        reward=args.reward,
     )
     print(f"policy exported to {out}")
     return 0
@@ -599,6 +623,10 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     kwargs = {}
     if args.min_val_tokens is not None:
         kwargs["min_val_tokens"] = args.min_val_tokens
+    if args.reward_fraction is not None:
+        kwargs["reward_fraction"] = args.reward_fraction
+    if args.min_reward_tokens is not None:
+        kwargs["min_reward_tokens"] = args.min_reward_tokens
     out = prepare_store(
         args.corpus,
         args.out,
@@ -647,7 +675,7 @@ def describe_corpus(corpus: Corpus) -> str:
 
 
 def describe_store(store: TokenStore) -> str:
-    """A per-domain table of a store: train/val documents and tokens."""
+    """A per-domain table of a store: train/val/reward documents and tokens."""
     rows = [
         [
             d,
@@ -655,6 +683,8 @@ def describe_store(store: TokenStore) -> str:
             store.num_tokens(d, "train"),
             store.num_documents(d, "val"),
             store.num_tokens(d, "val"),
+            store.num_documents(d, "reward"),
+            store.num_tokens(d, "reward"),
         ]
         for d in store.domains
     ]
@@ -665,7 +695,19 @@ def describe_store(store: TokenStore) -> str:
     return (
         head
         + "\n"
-        + format_table(["domain", "train docs", "train tokens", "val docs", "val tokens"], rows)
+        + format_table(
+            [
+                "domain",
+                "train docs",
+                "train tokens",
+                "val docs",
+                "val tokens",
+                "reward docs",
+                "reward tokens",
+            ],
+            rows,
+        )
+        + ("" if store.schema_version >= 3 else "\n(schema 2: no reward split)")
     )
 
 

@@ -149,11 +149,13 @@ def read_checked_manifest(
     create: str,
     rebuild: str,
     error: type[AcodmError],
+    also: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """Read ``folder/name`` and check its format and schema version, with clear errors.
 
     ``what`` names the artifact ("corpus", "token store"), ``create`` says how to make one,
-    ``rebuild`` how to redo it with this version of acodm.
+    ``rebuild`` how to redo it with this version of acodm. ``also``: older schema versions
+    that this acodm still reads (the caller handles their differences).
     """
     path = folder / name
     if not path.is_file():
@@ -164,9 +166,13 @@ def read_checked_manifest(
         raise error(f"{e}; {rebuild}") from e
     if not isinstance(m, dict) or m.get("format") != fmt:
         raise error(f"{path} is not an acodm {what} manifest; {create}")
-    if m.get("schema_version") != version:
+    if m.get("schema_version") != version and m.get("schema_version") not in also:
         raise error(
             f"{folder} has {what} schema version {m.get('schema_version')!r}, but this acodm "
-            f"reads version {version}: {rebuild}"
+            f"reads version {version}{_older(also)}: {rebuild}"
         )
     return m
+
+
+def _older(versions: tuple[int, ...]) -> str:
+    return f" (and {', '.join(str(v) for v in versions)})" if versions else ""

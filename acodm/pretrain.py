@@ -12,6 +12,7 @@ A run directory::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from acodm.config import RESUMABLE_CHANGES, ConfigError, TrainConfig
 from acodm.errors import AcodmError
 from acodm.io import atomic_write_json, atomic_write_text, read_json
 from acodm.metrics import MetricsLogger, read_metrics
-from acodm.mixers import Mixer, make_mixer
+from acodm.mixers import IntervalFeedback, Mixer, make_mixer
 from acodm.models import model_summary
 from acodm.runfolder import PRETRAIN, RunFolder
 from acodm.trainer import Trainer
@@ -212,7 +213,7 @@ def _loop(
         before = trainer.step
         weights = trainer.broadcast_weights(mixer.weights())
         report = trainer.train_interval(weights)
-        mixer.update(report.feedback)
+        mixer.update(_probed(trainer, mixer, report.feedback))
         logger.log(report.metrics, step=trainer.step)
         bar.update(report.steps)
         bar.set_postfix(
@@ -235,3 +236,13 @@ def _loop(
     if trainer.dist.is_main:
         atomic_write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def _probed(trainer: Trainer, mixer: Mixer, feedback: IntervalFeedback) -> IntervalFeedback:
+    """``feedback`` with the probe of the reward split when the mixer asks for it
+    (:attr:`Mixer.probe_windows`): per-domain losses on its fixed windows, forward only."""
+    if not mixer.probe_windows:
+        return feedback
+    dyn = feedback.need_dynamics("the probe")
+    losses = trainer.reward_losses(mixer.probe_windows)
+    return dataclasses.replace(feedback, dynamics=dataclasses.replace(dyn, probe_loss=losses))

@@ -169,6 +169,7 @@ class Trainer:
         self.bad_total = 0
         self.progress = progress and self.dist.is_main
         self._val_cache: list[torch.Tensor] | None = None
+        self._reward_cache: tuple[int, list[torch.Tensor]] | None = None
         self._cap_raised = False  # warned that max_epochs had to be raised
 
     def _make_sampler(self, cfg: TrainConfig) -> DomainSampler:
@@ -415,20 +416,43 @@ class Trainer:
         return self._val_cache
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Per-domain validation loss and perplexity on the store's fixed windows."""
+    def window_losses(self, windows: list[torch.Tensor]) -> np.ndarray:
+        """Mean loss per domain ``(k,)`` float64 on fixed windows (one ``(n_i, seq_len + 1)``
+        tensor per domain, this rank's share), all ranks together.
+
+        Forward passes only, in eval mode, with the dynamics probe's hooks off: it measures
+        the model without touching the interval's statistics, the optimizer or the sampler.
+        Shared by :meth:`evaluate` (validation split) and :meth:`reward_losses` (reward split).
+        """
         self.model.eval()
         sums = torch.zeros(2, self.k, device=self.device, dtype=torch.float64)
         with self.probe.disabled():
-            for i, windows in enumerate(self._validation()):
-                for s in range(0, windows.shape[0], self.config.micro_batch_size):
-                    chunk = windows[s : s + self.config.micro_batch_size].to(self.device)
+            for i, win in enumerate(windows):
+                for s in range(0, win.shape[0], self.config.micro_batch_size):
+                    chunk = win[s : s + self.config.micro_batch_size].to(self.device)
                     seq_loss = self._forward_losses(self.model, chunk)
                     sums[0, i] += seq_loss.double().sum()
                     sums[1, i] += seq_loss.numel()
         self.model.train()
         total, n = dist.all_reduce_sum(sums).cpu().numpy()
-        loss = total / np.maximum(n, 1)
+        loss: np.ndarray = total / np.maximum(n, 1)
+        return loss
+
+    def reward_losses(self, windows_per_domain: int) -> np.ndarray:
+        """Mean loss per domain ``(k,)`` on the fixed probe windows of the reward split
+        (:meth:`DomainSampler.reward_windows`: ``windows_per_domain`` per domain, spread
+        evenly over the split, the same at every call): the env's probe reward."""
+        n = int(windows_per_domain)
+        if self._reward_cache is None or self._reward_cache[0] != n:
+            self._reward_cache = (
+                n,
+                [torch.from_numpy(self.sampler.reward_windows(d, n)) for d in self.domains],
+            )
+        return self.window_losses(self._reward_cache[1])
+
+    def evaluate(self) -> dict[str, float]:
+        """Per-domain validation loss and perplexity on the store's fixed windows."""
+        loss = self.window_losses(self._validation())
         ppl = np.exp(np.minimum(loss, 50.0))
         out = {
             "eval/loss_mean": float(loss.mean()),

@@ -9,6 +9,7 @@ interval into observation and reward) live in :mod:`acodm.envs.spaces`. The env 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,13 +27,18 @@ from acodm.trainer import IntervalReport, Trainer
 
 from .spaces import (
     DEFAULT_FEATURES,
+    DEFAULT_PROBE_WINDOWS,
     FEATURES,
+    PROBE_FEATURES,
+    REWARDS,
     ActionMapping,
     ObservationSpec,
+    ProbeTracker,
     RewardTerm,
     build_observation,
     check_reward_terms,
     transition,
+    with_probe,
 )
 
 #: ``env.json`` format of :meth:`DataMixingEnv.save_state`.
@@ -58,6 +64,26 @@ def default_config(store: str) -> TrainConfig:
     return debug_cpu(store).replace(
         steps=40, warmup_steps=4, interval=DEFAULT_INTERVAL, device="cpu"
     )
+
+
+def check_reward_split(store: str | Path, seq_len: int, what: str = "reward='probe'") -> None:
+    """An :class:`EnvError` unless every domain of ``store`` has a reward split of at least
+    one probe window (``seq_len + 1`` tokens): the probe reward and features read it."""
+    s = open_store(store)
+    short = {d: s.num_tokens(d, "reward") for d in s.domains}
+    short = {d: n for d, n in short.items() if n < seq_len + 1}
+    if short:
+        why = (
+            "it is a schema-2 store (no reward split)"
+            if s.schema_version < 3
+            else f"their reward splits hold {short} tokens, fewer than one window of {seq_len + 1}"
+        )
+        raise EnvError(
+            f"{what} measures the loss on the reward split of store {s.path}, but domains "
+            f"{sorted(short)} have none to speak of ({why}); rebuild it with `acodm prepare "
+            "CORPUS --out STORE --reward-fraction 0.01 --min-reward-tokens 4096` (or use "
+            "reward='alignment')"
+        )
 
 
 def _count_monitored(cfg: TrainConfig) -> int:
@@ -152,13 +178,34 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
     | `log_epochs`      | k        | ``log(1 + epochs)`` of the domain so far            | 0   | log(101) |
     | `cap_left`        | k        | ``1 - epochs / max_epochs``: the cap still unused (needs ``max_epochs``) | 0 | 1 |
 
+    Two per-domain groups read the probe of the reward split (``acodm.envs.PROBE_FEATURES``;
+    listing either makes the env measure the probe after every interval, as ``reward="probe"``
+    does; the store needs a reward split):
+
+    | Group             | Length   | Meaning (raw, before normalisation)                 | Min | Max |
+    |-------------------|----------|-----------------------------------------------------|-----|-----|
+    | `probe_loss`      | k        | loss on the domain's fixed probe windows after the interval | -3 | 3 |
+    | `probe_delta`     | k        | its decrease over the interval (0 at the first)     | -3  | 3   |
+
     ``env.observation_spec`` (:class:`ObservationSpec`) names the layout and serialises it.
 
     ## Rewards
 
-    ``r = sum_i w_i s_i`` (METHOD.md, "Reward: gradient alignment"): ``s`` is the interval's
-    per-domain gradient-alignment score (z-scored across domains, clipped to [-3, 3]), so
-    ``r`` is in [-3, 3]. Optional extra terms (``reward_terms``) add ``weight * value`` with a
+    ``reward="alignment"`` (the default of v0, the paper's): ``r = sum_i w_i s_i`` (METHOD.md,
+    "Reward: gradient alignment"): ``s`` is the interval's per-domain gradient-alignment score
+    (z-scored across domains, clipped to [-3, 3]), so ``r`` is in [-3, 3].
+
+    ``reward="probe"`` (issue 11: a reward that measures the objective): after every interval
+    the model's loss on ``probe_windows`` (default 4) fixed windows per domain of the store's
+    *reward split* (held-out documents, disjoint from training and validation; forward passes
+    only, no hooks), averaged over domains: ``L_t``. ``L_0`` is measured at ``reset``.
+    ``r_t = 100 (d_t - b_{t-1}) / L_{t-1}`` with ``d_t = L_{t-1} - L_t`` and ``b`` an EMA
+    baseline of ``d`` (rate 0.3, starting at the first ``d``, so ``r_1 = 0``):
+    :func:`acodm.envs.spaces.probe_reward`. The baseline cancels the early-training trend;
+    the reward is in percent of the probe loss. A store without a reward split (schema 2, or
+    ``--reward-fraction 0``) is refused with an :class:`EnvError`.
+
+    Optional extra terms (``reward_terms``) add ``weight * value`` with a
     total weight of at most 0.3, e.g. ``acodm.envs.console_reward_terms()``: the console-weighted
     quality and diversity terms of a console run. A scalar reward (the paper's code uses a
     k-dim critic).
@@ -182,8 +229,10 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ``info`` from ``reset`` and ``step``: ``weights`` ({domain: weight} of the interval just
     run), ``step`` (optimizer steps so far), ``progress``, ``train_loss`` (the interval's mean
-    training loss); from ``step`` also ``reward_terms`` ({"alignment": ..., extra name:
-    weight * value}; they sum to the reward). ``env.last_report`` holds the whole
+    training loss); from ``step`` also ``reward_terms`` ({"alignment" or "probe": ..., extra
+    name: weight * value}; they sum to the reward) and, where the probe is measured, ``probe``
+    ({"loss": L_t, "decrease": d_t, "baseline": b_{t-1}, "reward": r_t, "losses": {domain:
+    loss}, "seconds": the probe's time}). ``env.last_report`` holds the whole
     :class:`~acodm.trainer.IntervalReport` of the last ``step`` (per-domain losses, metrics).
 
     ## Arguments
@@ -217,6 +266,8 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
       None: no cap); given here, it replaces the config's.
     * ``features``: observation groups (default all of the table above).
     * ``reward_terms``: extra :class:`RewardTerm` s (total weight <= 0.3).
+    * ``reward``: ``"alignment"`` (default) or ``"probe"`` (see Rewards).
+    * ``probe_windows``: probe windows per domain of the reward split (default 4).
 
     Determinism: on CPU, the same reset seed and actions give bitwise identical observations
     and rewards. On CUDA (bf16, atomics) runs are close but not bitwise equal.
@@ -233,8 +284,9 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
     * v0: initial version (gradient-alignment reward, uniform first interval, per-group
       z-scored observation); the console's optional features and reward terms were added
       without changing the defaults, and so were the residual action around a prior
-      (``action="residual"``), the epoch cap (``max_epochs``) and the raw repetition
-      features (``log_epochs``, ``cap_left``).
+      (``action="residual"``), the epoch cap (``max_epochs``), the raw repetition
+      features (``log_epochs``, ``cap_left``), the probe reward (``reward="probe"``) and the
+      probe features (``probe_loss``, ``probe_delta``).
     """
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012  (gymnasium's convention)
@@ -253,6 +305,8 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
         prior: str | None = None,
         max_epochs: float | None = None,
         reward_terms: Sequence[RewardTerm] = (),
+        reward: str = "alignment",
+        probe_windows: int = DEFAULT_PROBE_WINDOWS,
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None:
@@ -268,7 +322,9 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
         if max_epochs is not None:
             self.config = cfg = cfg.replace(max_epochs=max_epochs)
         if not cfg.dynamics:
-            raise EnvError("the env needs config.dynamics=True: the reward is gradient alignment")
+            raise EnvError(
+                "the env needs config.dynamics=True: the observation holds the gradient alignment"
+            )
         self.total_steps = cfg.total_steps()
         if self.total_steps <= cfg.interval:
             raise EnvError(
@@ -284,6 +340,26 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
         self.beta, self.eps = self.action_mapping.beta, self.action_mapping.eps
         self.max_epochs: float | None = cfg.max_epochs
         self.reward_terms = check_reward_terms(reward_terms)
+        if reward not in REWARDS:
+            raise EnvError(f"reward must be one of {REWARDS}, got {reward!r}")
+        if (
+            isinstance(probe_windows, bool)
+            or not isinstance(probe_windows, int)
+            or probe_windows < 1
+        ):
+            raise EnvError(f"probe_windows must be an int >= 1, got {probe_windows!r}")
+        self.reward: str = reward
+        self.probe_windows = probe_windows
+        #: Whether each interval ends with a probe of the reward split (the probe reward or
+        #: a probe feature needs it): forward passes only, ``env.probe_seconds`` of them.
+        self.measures_probe = reward == "probe" or any(f in PROBE_FEATURES for f in features)
+        if self.measures_probe:
+            check_reward_split(
+                cfg.store, cfg.seq_len, "reward='probe'" if reward == "probe" else "a probe feature"
+            )
+        self.probe = ProbeTracker()
+        #: Seconds spent on the probe's forward passes in the last reset/step.
+        self.probe_seconds = 0.0
         capped = any(FEATURES[f].needs_cap for f in features if f in FEATURES)
         self.observation_spec = ObservationSpec(
             tuple(features),
@@ -321,7 +397,20 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
         # start state: one uniform interval (the residual action: the prior's)
         first = self.action_mapping.initial_weights(self.trainer.mixer_context(), self.prior)
         report = self.trainer.train_interval(first)
-        return build_observation(report.dynamics, self.observation_spec), self._info(report)
+        dynamics = report.dynamics
+        if self.measures_probe:  # L_0: the probe after the first interval
+            losses = self._probe_losses()
+            self.probe.start(losses)
+            dynamics = with_probe(dynamics, losses, None)
+        return build_observation(dynamics, self.observation_spec), self._info(report)
+
+    def _probe_losses(self) -> np.ndarray:
+        """Per-domain loss on the fixed probe windows of the reward split (forward only)."""
+        assert self.trainer is not None
+        start = time.perf_counter()
+        losses = self.trainer.reward_losses(self.probe_windows)
+        self.probe_seconds = time.perf_counter() - start
+        return losses
 
     def _start(self, trainer: Trainer) -> None:
         """Make ``trainer`` the current run and compute its prior from its own context."""
@@ -351,12 +440,29 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
             raise EnvError(f"the action must have shape ({self.k},), got {np.shape(action)}")
         weights = self.action_weights(a)  # (k,)
         report = tr.train_interval(weights)  # K optimizer steps with these weights
+        dynamics, probe, probe_info = report.dynamics, None, None
+        if self.measures_probe:
+            previous = self.probe.losses
+            losses = self._probe_losses()
+            ps = self.probe.step(losses)
+            dynamics = with_probe(dynamics, losses, previous)
+            probe = ps.reward if self.reward == "probe" else None
+            probe_info = {
+                "loss": ps.loss,
+                "decrease": ps.decrease,
+                "baseline": ps.baseline,
+                "reward": ps.reward,
+                "losses": {d: float(x) for d, x in zip(self.domains, losses, strict=True)},
+                "seconds": self.probe_seconds,
+            }
         self.last_report = report
         obs, reward, terms = transition(
-            report.weights, report.dynamics, self.observation_spec, self.reward_terms
+            report.weights, dynamics, self.observation_spec, self.reward_terms, probe
         )
         info = self._info(report)
         info["reward_terms"] = terms
+        if probe_info is not None:
+            info["probe"] = probe_info
         return obs, reward, tr.done, False, info
 
     def _info(self, report: IntervalReport) -> dict[str, Any]:
@@ -389,6 +495,12 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
             "np_random_seed": self._np_random_seed,
             "run_seed": tr.config.seed if tr is not None else None,
         }
+        if self.measures_probe:  # the probe's last losses and baseline, exactly
+            state["probe"] = {
+                "reward": self.reward,
+                "windows": self.probe_windows,
+                **self.probe.to_dict(),
+            }
         atomic_write_json(folder / ENV_STATE_FILE, state)
         return folder
 
@@ -407,7 +519,21 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
                 f"the env state in {folder} was saved with another config or store; "
                 "build the env with the same arguments"
             )
+        probe = state.get("probe")
+        if self.measures_probe and (
+            probe is None
+            or probe.get("reward") != self.reward
+            or probe.get("windows") != self.probe_windows
+        ):
+            raise EnvError(
+                f"the env state in {folder} was saved without this env's probe (reward="
+                f"{self.reward!r}, probe_windows={self.probe_windows}); build the env with the "
+                "arguments it was saved with"
+            )
         self._close_trainer()
+        if self.measures_probe:
+            assert probe is not None
+            self.probe = ProbeTracker.from_dict(probe)
         if state["np_random"] is not None:
             rng = np.random.Generator(getattr(np.random, state["np_random"]["bit_generator"])())
             rng.bit_generator.state = state["np_random"]

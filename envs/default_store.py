@@ -72,6 +72,9 @@ def default_store() -> Path:
             vocab_size=VOCAB_SIZE,
             val_fraction=0.1,
             min_val_tokens=512,
+            # probe-reward windows: 4 of 64 + 1 tokens per domain, the built-in seq_len
+            reward_fraction=0.05,
+            min_reward_tokens=512,
             progress=False,
         )
         try:

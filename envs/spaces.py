@@ -10,6 +10,7 @@ Shapes: ``k`` domains (any ``k >= 2``), ``n_layers`` monitored layers.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -466,6 +467,21 @@ def _cap_left(epochs: np.ndarray, spec: ObservationSpec) -> np.ndarray:
     return np.clip(1.0 - epochs / spec.max_epochs, 0.0, 1.0)
 
 
+def _probe_feature(name: str) -> Callable[[Dynamics], np.ndarray]:
+    def read(d: Dynamics) -> np.ndarray:
+        value = getattr(d, name)
+        if value is None:
+            raise SpaceError(
+                f"observation feature {name!r} is the probe of the reward split, which this "
+                "run does not measure: it is measured by the env (any probe feature or "
+                "reward='probe') on a store with a reward split (`acodm prepare "
+                "--reward-fraction`)"
+            )
+        return np.asarray(value, dtype=np.float64)
+
+    return read
+
+
 def _agent_feature(name: str) -> Callable[[Dynamics], np.ndarray]:
     def read(d: Dynamics) -> np.ndarray:
         if name not in d.agents:
@@ -572,6 +588,19 @@ FEATURES: dict[str, FeatureGroup] = {
             needs_cap=True,
         ),
         FeatureGroup(
+            "probe_loss",
+            "domain",
+            _probe_feature("probe_loss"),
+            "loss on the fixed probe windows of the reward split after the interval (needs "
+            "the probe: reward='probe' or a probe feature)",
+        ),
+        FeatureGroup(
+            "probe_delta",
+            "domain",
+            _probe_feature("probe_delta"),
+            "decrease of the probe loss over the interval (0 at an episode's first interval)",
+        ),
+        FeatureGroup(
             "progress",
             "scalar",
             lambda d: d.progress,
@@ -595,6 +624,9 @@ DEFAULT_FEATURES: tuple[str, ...] = (
 # is imported from acodm.agents.console, which computes them.
 #: The default features plus the console's, before ``progress``.
 CONSOLE_FEATURES: tuple[str, ...] = DEFAULT_FEATURES[:-1] + AGENT_FEATURES + ("progress",)
+
+#: Feature groups of the probe of the reward split (issue 11): measured by the env when listed.
+PROBE_FEATURES: tuple[str, ...] = ("probe_loss", "probe_delta")
 
 #: Feature groups that carry repetition in absolute terms (issue 11): raw, not z-scored.
 REPETITION_FEATURES: tuple[str, ...] = ("log_epochs", "cap_left")
@@ -782,6 +814,137 @@ def alignment_reward(weights: np.ndarray, scores: np.ndarray) -> float:
     return float(w @ s)
 
 
+#: The main reward terms the env offers: ``alignment`` (the paper's, acodm/DataMixing-v0's
+#: default) and ``probe`` (the decrease of the probe loss on the reward split, issue 11).
+REWARDS = ("alignment", "probe")
+#: Probe windows per domain of the reward split (fixed, spread evenly over the split).
+DEFAULT_PROBE_WINDOWS = 4
+#: EMA rate of the probe reward's baseline: ``b_t = (1 - rate) b_{t-1} + rate d_t``. 0.3
+#: follows the early-training trend of the decrease with a lag of about
+#: ``(1 - rate) / rate`` ~ 2 intervals while averaging out much of one interval's noise
+#: (the baseline's variance is ``rate / (2 - rate)`` ~ 0.18 of the decrease's).
+PROBE_BASELINE_RATE = 0.3
+#: The probe reward is in percent of the probe loss before the interval (an O(1) scale).
+PROBE_SCALE = 100.0
+
+
+@dataclass(frozen=True)
+class ProbeStep:
+    """One interval of the probe reward (:func:`probe_reward`); every value a float.
+
+    ``loss``: ``L_t``, the mean over domains of the probe loss after the interval;
+    ``decrease``: ``d_t = L_{t-1} - L_t``; ``baseline``: ``b_{t-1}``, the running baseline
+    the reward subtracts; ``next_baseline``: ``b_t``; ``reward``: ``r_t``.
+    """
+
+    loss: float
+    decrease: float
+    baseline: float
+    next_baseline: float
+    reward: float
+
+
+def probe_reward(
+    previous: float,
+    loss: float,
+    baseline: float | None,
+    rate: float = PROBE_BASELINE_RATE,
+) -> ProbeStep:
+    """The probe reward of one interval (issue 11: a reward that measures the objective).
+
+    ``previous`` = ``L_{t-1}`` and ``loss`` = ``L_t``: the mean over domains of the loss on
+    fixed probe windows of the reward split (held-out documents, disjoint from training and
+    validation) before and after the interval. Then::
+
+        d_t = L_{t-1} - L_t                        raw decrease
+        r_t = 100 * (d_t - b_{t-1}) / L_{t-1}      in percent of the probe loss: O(1)
+        b_t = (1 - rate) * b_{t-1} + rate * d_t    EMA baseline of d
+
+    The baseline cancels the trend of early training (every mixture decreases the loss a lot
+    then), so the reward says whether this interval's mixture did better than the recent
+    ones. It starts at the first decrease (``baseline=None``: ``b_0 = d_1``, so ``r_1 = 0``):
+    starting at 0 would reward the first few intervals for the trend alone. Ranking
+    mixtures from one state does not depend on ``b`` (it is the same for all).
+    """
+    for name, v in (("previous", previous), ("loss", loss)):
+        if not (math.isfinite(v) and v > 0):
+            raise SpaceError(f"the probe loss ({name}) must be finite and > 0, got {v}")
+    if not 0.0 < rate <= 1.0:
+        raise SpaceError(f"the probe baseline rate must be in (0, 1], got {rate}")
+    d = float(previous) - float(loss)
+    b = d if baseline is None else float(baseline)
+    return ProbeStep(
+        loss=float(loss),
+        decrease=d,
+        baseline=b,
+        next_baseline=(1.0 - rate) * b + rate * d,
+        reward=PROBE_SCALE * (d - b) / float(previous),
+    )
+
+
+def mean_probe_loss(losses: np.ndarray | Sequence[float]) -> float:
+    """``L``: the unweighted mean over domains of the per-domain probe losses (every domain
+    counts alike, as in the mean validation loss a study reports)."""
+    x = np.asarray(losses, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0 or not np.all(np.isfinite(x)):
+        raise SpaceError(f"probe losses must be a finite vector (one per domain), got {x}")
+    return float(x.mean())
+
+
+@dataclass
+class ProbeTracker:
+    """The probe reward's running state across an episode: ``losses`` (the per-domain probe
+    losses of the last interval, ``L_{t-1}``'s parts) and ``baseline`` (``b_{t-1}``; None
+    before the first decrease). The env and the online ``ddpg`` mixer each hold one;
+    :meth:`to_dict` / :meth:`from_dict` keep it exactly (JSON floats round-trip)."""
+
+    losses: np.ndarray | None = None
+    baseline: float | None = None
+    rate: float = PROBE_BASELINE_RATE
+
+    def start(self, losses: np.ndarray) -> None:
+        """A new episode: ``losses`` measured after its first interval (``L_0``)."""
+        mean_probe_loss(losses)  # checks them
+        self.losses = np.asarray(losses, dtype=np.float64).copy()
+        self.baseline = None
+
+    def step(self, losses: np.ndarray) -> ProbeStep:
+        """The reward of the interval that ended with ``losses``; advances the state."""
+        if self.losses is None:
+            raise SpaceError("the probe tracker was not started (no L_0): call start() first")
+        out = probe_reward(
+            mean_probe_loss(self.losses), mean_probe_loss(losses), self.baseline, self.rate
+        )
+        self.losses = np.asarray(losses, dtype=np.float64).copy()
+        self.baseline = out.next_baseline
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "losses": None if self.losses is None else [float(x) for x in self.losses],
+            "baseline": self.baseline,
+            "rate": self.rate,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ProbeTracker:
+        losses = d.get("losses")
+        return cls(
+            None if losses is None else np.asarray(losses, dtype=np.float64),
+            None if d.get("baseline") is None else float(d["baseline"]),
+            float(d.get("rate", PROBE_BASELINE_RATE)),
+        )
+
+
+def with_probe(dynamics: Dynamics, losses: np.ndarray, previous: np.ndarray | None) -> Dynamics:
+    """``dynamics`` with the interval's probe measurement: ``probe_loss`` (per domain) and
+    ``probe_delta`` (its decrease since ``previous``; zeros at an episode's first interval),
+    which the observation features ``probe_loss`` / ``probe_delta`` read."""
+    cur = np.asarray(losses, dtype=np.float64)
+    delta = np.zeros_like(cur) if previous is None else np.asarray(previous, np.float64) - cur
+    return dataclasses.replace(dynamics, probe_loss=cur, probe_delta=delta)
+
+
 @dataclass(frozen=True)
 class RewardTerm:
     """An extra reward term: ``weight * fn(weights, dynamics)``, added to the alignment term.
@@ -795,7 +958,7 @@ class RewardTerm:
     fn: Callable[[np.ndarray, Dynamics], float]
 
     def __post_init__(self) -> None:
-        if not self.name or self.name == "alignment":
+        if not self.name or self.name in REWARDS:
             raise SpaceError(f"reward term name {self.name!r} is empty or reserved")
         if not (math.isfinite(self.weight) and self.weight >= 0):
             raise SpaceError(f"reward term {self.name!r}: weight must be >= 0, got {self.weight}")
@@ -817,14 +980,23 @@ def check_reward_terms(terms: Sequence[RewardTerm]) -> tuple[RewardTerm, ...]:
 
 
 def total_reward(
-    weights: np.ndarray, dynamics: Dynamics, terms: Sequence[RewardTerm] = ()
+    weights: np.ndarray,
+    dynamics: Dynamics,
+    terms: Sequence[RewardTerm] = (),
+    probe: float | None = None,
 ) -> tuple[float, dict[str, float]]:
-    """The scalar reward and its terms: ``alignment`` plus ``weight * term`` for each extra.
+    """The scalar reward and its terms: the main term plus ``weight * term`` for each extra.
 
-    Returns ``(reward, {"alignment": r_align, name: weight * value, ...})``; the reward is
-    the sum of the dict's values.
+    The main term is ``alignment`` (:func:`alignment_reward`), or, given ``probe`` (the
+    interval's :func:`probe_reward`), ``probe``. Returns ``(reward, {main: r_main, name:
+    weight * value, ...})``; the reward is the sum of the dict's values.
     """
-    parts = {"alignment": alignment_reward(weights, dynamics.alignment)}
+    if probe is None:
+        parts = {"alignment": alignment_reward(weights, dynamics.alignment)}
+    else:
+        if not math.isfinite(probe):
+            raise SpaceError(f"the probe reward must be finite, got {probe}")
+        parts = {"probe": float(probe)}
     for t in check_reward_terms(terms):
         value = float(t.fn(np.asarray(weights, dtype=np.float64), dynamics))
         if not math.isfinite(value):
@@ -838,15 +1010,17 @@ def transition(
     dynamics: Dynamics,
     spec: ObservationSpec,
     terms: Sequence[RewardTerm] = (),
+    probe: float | None = None,
 ) -> tuple[np.ndarray, float, dict[str, float]]:
     """One MDP step after the interval that ran with ``weights`` and measured ``dynamics``.
 
     Returns ``(observation, reward, reward terms)``: :func:`build_observation` and
-    :func:`total_reward`. The env's ``step`` and the online ``ddpg`` mixer's replay
+    :func:`total_reward` (``probe``: the probe reward of the interval, which then replaces
+    the alignment term). The env's ``step`` and the online ``ddpg`` mixer's replay
     transitions both come from here, so the two cannot drift apart.
     """
     observation = build_observation(dynamics, spec)
-    reward, parts = total_reward(weights, dynamics, terms)
+    reward, parts = total_reward(weights, dynamics, terms, probe)
     return observation, reward, parts
 
 

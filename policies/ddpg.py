@@ -22,13 +22,17 @@ from stable_baselines3.common.logger import Logger
 from acodm.envs.spaces import (
     CONSOLE_FEATURES,
     DEFAULT_FEATURES,
+    DEFAULT_PROBE_WINDOWS,
+    REWARDS,
     ActionMapping,
     ObservationSpec,
+    ProbeTracker,
     RewardTerm,
     SpaceError,
     build_observation,
     console_reward_terms,
     transition,
+    with_probe,
 )
 from acodm.mixers import IntervalFeedback, Mixer, MixerContext, MixerError, make_mixer
 from acodm.mixers.base import format_number
@@ -72,8 +76,14 @@ class _SpacesOnlyEnv(gym.Env[np.ndarray, np.ndarray]):
 
 
 class OnlineDDPGMixer(Mixer):
-    """``ddpg[:warmup=F,seed=N,beta=B,eps=E,action=A,prior=P,max_epochs=M]``: non-proxy mode
-    (METHOD.md), the agent learns on the target run itself.
+    """``ddpg[:warmup=F,seed=N,beta=B,eps=E,action=A,prior=P,max_epochs=M,reward=R,
+    probe_windows=N]``: non-proxy mode (METHOD.md), the agent learns on the target run itself.
+
+    ``reward``: ``alignment`` (default, the paper's) or ``probe``: the env's probe reward
+    (:func:`~acodm.envs.spaces.probe_reward`) on ``probe_windows`` (default 4) fixed windows
+    per domain of the store's reward split, which :func:`acodm.pretrain.pretrain` measures
+    after every interval for this mixer (:attr:`Mixer.probe_windows`); the store needs a
+    reward split (``acodm prepare --reward-fraction``).
 
     ``action``: ``softmax`` (default; ``beta`` 1, ``eps`` 0.15) or ``residual`` (around the
     run's ``prior``, default ``auto``: UniMax at ``max_epochs``; ``beta`` ln 4; the actor's
@@ -100,8 +110,18 @@ class OnlineDDPGMixer(Mixer):
     """
 
     name = "ddpg"
-    OPTIONS = ("warmup", "seed", "beta", "eps", "action", "prior", "max_epochs")
-    TEXT_OPTIONS = ("action", "prior")
+    OPTIONS = (
+        "warmup",
+        "seed",
+        "beta",
+        "eps",
+        "action",
+        "prior",
+        "max_epochs",
+        "reward",
+        "probe_windows",
+    )
+    TEXT_OPTIONS = ("action", "prior", "reward")
 
     def __init__(
         self,
@@ -114,10 +134,19 @@ class OnlineDDPGMixer(Mixer):
         action: str = "softmax",
         prior: str | None = None,
         max_epochs: float | None = None,
+        reward: str = "alignment",
+        probe_windows: int = DEFAULT_PROBE_WINDOWS,
     ) -> None:
         super().__init__()
         if not 0.0 <= warmup <= 1.0:
             raise MixerError(f"ddpg warmup must be in [0, 1], got {warmup}")
+        if reward not in REWARDS:
+            raise MixerError(f"ddpg reward must be one of {REWARDS}, got {reward!r}")
+        if int(probe_windows) != probe_windows or probe_windows < 1:
+            raise MixerError(f"ddpg probe_windows must be an integer >= 1, got {probe_windows}")
+        self.reward = reward
+        self.probe_windows = int(probe_windows) if reward == "probe" else 0
+        self.probe = ProbeTracker()
         try:
             self.mapping = ActionMapping.make(
                 action, beta=beta, eps=eps, prior=prior, max_epochs=max_epochs
@@ -151,6 +180,8 @@ class OnlineDDPGMixer(Mixer):
             text = f"{head}beta={format_number(m.beta)},eps={format_number(m.eps)}"
         if m.max_epochs is not None:
             text += f",max_epochs={format_number(m.max_epochs)}"
+        if self.reward != "alignment":
+            text += f",reward={self.reward},probe_windows={self.probe_windows}"
         return text
 
     def _prepare(self, ctx: MixerContext) -> None:
@@ -165,6 +196,7 @@ class OnlineDDPGMixer(Mixer):
         self._pending_agent: dict[str, Any] | None = None
         self._obs: np.ndarray | None = None
         self._action = np.zeros(ctx.k, dtype=np.float32)
+        self.probe = ProbeTracker()
         self.prior = self.mapping.prior_weights(ctx) if self.mapping.residual else None
         self._w = self._map(self._action, np.zeros(ctx.k), 0, ctx)
 
@@ -206,15 +238,35 @@ class OnlineDDPGMixer(Mixer):
         dyn = feedback.need_dynamics("the ddpg mixer")
         model = self._agent(dyn)
         assert self.spec is not None
+        probe = None
+        if self.reward == "probe":
+            dyn, probe = self._probe(dyn)
         if self._obs is None:  # the first interval: nothing was chosen yet, so no reward
             obs = build_observation(dyn, self.spec)
         else:
-            obs, reward, _ = transition(self._w, dyn, self.spec, self._reward_terms())
+            obs, reward, _ = transition(self._w, dyn, self.spec, self._reward_terms(), probe)
             self._learn(model, Transition(self._obs, self._action, float(reward), obs))
         self.odm.update(feedback)
         self._obs = obs
         self._action = self._next_action(model, obs)
         self._w = self._map(self._action, feedback.epochs, feedback.step)
+
+    def _probe(self, dyn: Dynamics) -> tuple[Dynamics, float | None]:
+        """The interval's probe reward (None at the first interval, which starts the tracker:
+        ``L_0``) and ``dyn`` with the probe's features."""
+        losses = dyn.probe_loss
+        if losses is None:
+            raise MixerError(
+                "ddpg:reward=probe needs the probe of the reward split after every interval: "
+                "run the mixer through acodm pretrain (which measures it for "
+                "Mixer.probe_windows), or use reward=alignment"
+            )
+        if self._obs is None:
+            self.probe.start(losses)
+            return with_probe(dyn, losses, None), None
+        previous = self.probe.losses
+        step = self.probe.step(losses)
+        return with_probe(dyn, losses, previous), step.reward
 
     def _learn(self, model: Agent, t: Transition) -> None:
         fill_replay_buffer(model, [t])
@@ -247,6 +299,8 @@ class OnlineDDPGMixer(Mixer):
             "odm": self.odm.state_dict(),
             "agent": None,
         }
+        if self.reward == "probe":  # the tracker's last losses and baseline, exactly
+            state["probe"] = self.probe.to_dict()
         if model is not None and self.spec is not None:
             rb = model.replay_buffer
             assert rb is not None
@@ -271,6 +325,13 @@ class OnlineDDPGMixer(Mixer):
         self._obs = None if state["obs"] is None else np.asarray(state["obs"], np.float32)
         self.updates = int(state["updates"])
         self.odm.load_state_dict(state["odm"])
+        if self.reward == "probe":
+            if "probe" not in state:
+                raise MixerError(
+                    "the ddpg mixer's saved state has no probe reward state: it was saved "
+                    "with reward=alignment; resume with the same mixer spec"
+                )
+            self.probe = ProbeTracker.from_dict(state["probe"])
         self._pending_agent = state["agent"]  # built by load_tensor_state, from its tensors
 
     def tensor_state(self) -> dict[str, torch.Tensor]:

@@ -206,8 +206,11 @@ def _make_env(
     eps: float | None,
     action: str = "softmax",
     prior: str | None = None,
+    reward: str = "alignment",
 ) -> DataMixingEnv:
     kwargs: dict[str, Any] = {}
+    if reward != "alignment":
+        kwargs["reward"] = reward
     if beta is not None:
         kwargs["beta"] = beta
     if eps is not None:
@@ -245,7 +248,22 @@ def _run_config(
         run["env"]["reward_terms"] = {t.name: t.weight for t in env.reward_terms}
     if not _is_v0_mapping(env.action_mapping):  # likewise: earlier runs stay resumable
         run["env"]["action"] = env.action_mapping.to_dict()
+    if env.reward != "alignment":  # likewise
+        run["env"]["reward"] = reward_spec(env)
     return run
+
+
+def reward_spec(env: DataMixingEnv) -> dict[str, Any]:
+    """The reward a policy was trained with, as recorded in its run config and policy.json's
+    ``extra`` (information: the reward does not change what the exported actor does)."""
+    if env.reward == "alignment":
+        return {"kind": "alignment", "formula": "r = sum_i w_i s_i"}
+    return {
+        "kind": "probe",
+        "formula": "r_t = 100 (d_t - b_{t-1}) / L_{t-1}, d_t = L_{t-1} - L_t",
+        "windows_per_domain": env.probe_windows,
+        "baseline_rate": env.probe.rate,
+    }
 
 
 def _read_run_config(path: Path) -> dict[str, Any]:
@@ -301,6 +319,10 @@ def _report_metrics(env: DataMixingEnv, info: Mapping[str, Any]) -> dict[str, An
     """Per-step extras: reward terms, train loss (overall and per domain)."""
     out: dict[str, Any] = {f"rl/reward/{n}": float(v) for n, v in info["reward_terms"].items()}
     out["train/loss"] = float(info["train_loss"])
+    probe = info.get("probe")
+    if probe is not None:  # the probe of the reward split (wall time under perf/)
+        out.update({f"rl/probe/{k}": float(probe[k]) for k in ("loss", "decrease", "baseline")})
+        out["perf/probe_s"] = float(probe["seconds"])
     report = env.last_report
     if report is not None:
         out.update({k: v for k, v in report.metrics.items() if k.startswith("train/loss/")})
@@ -385,6 +407,7 @@ def train_policy(
     action: str = "softmax",
     prior: str | None = None,
     max_epochs: float | None = None,
+    reward: str = "alignment",
 ) -> Path:
     """Train the mixing agent on ``episodes`` proxy runs; return ``out/policy`` (exported actor).
 
@@ -405,7 +428,10 @@ def train_policy(
     config with ``console=True``): the proxy run has the agent console (the store must be
     annotated), the observation is ``CONSOLE_FEATURES`` and the reward adds
     :func:`~acodm.envs.spaces.console_reward_terms`; the exported policy then needs
-    ``--console`` on the target run too. See the module docstring for the run folder and for
+    ``--console`` on the target run too. ``reward``: the env's reward, ``"alignment"`` (the
+    paper's) or ``"probe"`` (the decrease of the loss on the store's reward split; the store
+    needs one), recorded in the run config and in the exported policy's ``extra["reward_signal"]``.
+    See the module docstring for the run folder and for
     what ``resume`` can and cannot restore.
 
     ``resume`` unpickles the run's SB3 checkpoint, so it refuses (:class:`~acodm.trust.
@@ -424,7 +450,7 @@ def train_policy(
     if max_epochs is not None:
         cfg = cfg.replace(max_epochs=max_epochs)
     agent_cfg = replace(agent or small(), seed=int(seed))
-    env = _make_env(cfg, beta, eps, action, prior)
+    env = _make_env(cfg, beta, eps, action, prior, reward)
     if agent_cfg.zero_init_actor is None:  # the residual action starts at its prior
         agent_cfg = replace(agent_cfg, zero_init_actor=env.action_mapping.residual)
     per_episode = env.num_intervals - 1
@@ -587,6 +613,7 @@ def _export(model: Agent, env: DataMixingEnv, run_dir: Path, run_config: dict[st
         "frozen_actor": run_config["agent"]["frozen_actor"],
         "algorithm": run_config["agent"]["algorithm"],
         "reward": _reward_stats(run_dir),
+        "reward_signal": reward_spec(env),
     }
     return export_actor(
         model,
@@ -655,6 +682,10 @@ def export_from_checkpoint(
         "frozen_actor": run["agent"]["frozen_actor"],
         "algorithm": run["agent"]["algorithm"],
         "source": "export_from_checkpoint",
+        # runs of the alignment reward record none (their config predates the choice)
+        "reward_signal": env_spec.get(
+            "reward", {"kind": "alignment", "formula": "r = sum_i w_i s_i"}
+        ),
     }
     return write_policy(
         parts,

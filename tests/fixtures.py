@@ -63,7 +63,14 @@ def make_text_store(path: Path, *, vocab_size: int = 512, seed: int = 0) -> Toke
 
     corpus = synthetic_corpus(path.parent / f"{path.name}-corpus", seed=seed)
     prepare_store(
-        corpus, path, vocab_size=vocab_size, val_fraction=0.1, min_val_tokens=512, progress=False
+        corpus,
+        path,
+        vocab_size=vocab_size,
+        val_fraction=0.1,
+        min_val_tokens=512,
+        reward_fraction=0.05,
+        min_reward_tokens=512,
+        progress=False,
     )
     return TokenStore(path)
 

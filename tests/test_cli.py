@@ -61,6 +61,8 @@ def test_import_prepare_info_pretrain_resume(corpus_jsonl, tmp_path, capsys):
                 "300",
                 "--val-fraction",
                 "0.1",
+                "--min-reward-tokens",
+                "300",
                 "--quiet",
             ]
         )

@@ -16,6 +16,17 @@ Validation split, by documents (never by cutting a document):
 even a rare domain gets a per-domain loss that is not one window's noise. ``val_fraction = 0``
 turns validation off (every val split is empty).
 
+Reward split, by documents too (the env's probe reward, issue 11): the same rule with its own
+seeded ranking (``blake2b`` keyed by the seed, personalised ``acodm-reward``, so it is
+independent of the validation ranking) over the documents validation did *not* take, until
+it holds ``need = max(reward_fraction * T, min_reward_tokens)`` tokens; a document that would
+leave training with less than half of the domain (``T / 2``, validation included in what is
+held out) is skipped. So the three splits are disjoint by construction, and the validation
+split is exactly what it would be without a reward split. Too small a domain: a
+:class:`StoreError` that names it and the largest ``--min-reward-tokens`` that works.
+Defaults: ``reward_fraction = 0.01``, ``min_reward_tokens = 4096`` (4 probe windows of
+1024 + 1 tokens per domain); ``reward_fraction = 0`` turns the reward split off.
+
 Tokenization uses ``encode_batch_fast``. By default (``num_proc=None``) one feeder thread
 hands it batches and the tokenizers' own Rayon pool spreads each batch over all cores (unless
 the user set ``TOKENIZERS_PARALLELISM=false``) while the main thread reads and writes. With
@@ -53,6 +64,8 @@ from acodm.data.tokenizer import TokenizerSpec, check_vocab_size, load_tokenizer
 from acodm.errors import StoreError
 
 DEFAULT_MIN_VAL_TOKENS = 16384
+DEFAULT_REWARD_FRACTION = 0.01
+DEFAULT_MIN_REWARD_TOKENS = 4096
 MAX_VAL_FRACTION = 0.5
 _BATCH_CHARS = 2 << 20  # text per encode call: enough documents for Rayon to spread
 _BATCH_DOCS = 512
@@ -69,6 +82,8 @@ def prepare_store(
     vocab_size: int = 32768,
     val_fraction: float = 0.01,
     min_val_tokens: int = DEFAULT_MIN_VAL_TOKENS,
+    reward_fraction: float = DEFAULT_REWARD_FRACTION,
+    min_reward_tokens: int = DEFAULT_MIN_REWARD_TOKENS,
     seed: int = 0,
     num_proc: int | None = None,
     overwrite: bool = False,
@@ -80,9 +95,11 @@ def prepare_store(
     With ``tokenizer`` (a ``tokenizer.json`` or a Hugging Face tokenizer folder) that
     tokenizer is used and ``vocab_size`` is ignored; otherwise a byte-level BPE of
     ``vocab_size`` is trained on the corpus (cached). The store is written atomically: an
-    interrupted run leaves nothing at ``out``.
+    interrupted run leaves nothing at ``out``. ``reward_fraction`` / ``min_reward_tokens``:
+    the reward split (module docstring; ``reward_fraction=0``: none).
     """
     _check_args(val_fraction, min_val_tokens, num_proc, tokenizer, eos_token)
+    _check_reward_args(reward_fraction, min_reward_tokens)
     out = Path(out)
     if out.exists() and not overwrite:
         raise StoreError(f"{out} already exists; choose another --out or pass --overwrite")
@@ -99,10 +116,12 @@ def prepare_store(
         "vocab_source": vocab_source,
         "val_fraction": val_fraction,
         "min_val_tokens": min_val_tokens,
+        "reward_fraction": reward_fraction,
+        "min_reward_tokens": min_reward_tokens,
         "seed": seed,
         "acodm_version": acodm.__version__,
     }
-    split = _SplitRule(val_fraction, min_val_tokens, seed)
+    split = _SplitRule(val_fraction, min_val_tokens, seed, reward_fraction, min_reward_tokens)
     with (
         StoreWriter(
             out,
@@ -146,6 +165,15 @@ def _check_args(
             "--eos-token applies to a tokenizer given with --tokenizer; the trained BPE "
             "always uses <|endoftext|>"
         )
+
+
+def _check_reward_args(reward_fraction: float, min_reward_tokens: int) -> None:
+    if not 0.0 <= reward_fraction <= MAX_VAL_FRACTION:
+        raise StoreError(
+            f"reward_fraction must be in [0, {MAX_VAL_FRACTION}], got {reward_fraction}"
+        )
+    if min_reward_tokens < 0:
+        raise StoreError(f"min_reward_tokens must be >= 0, got {min_reward_tokens}")
 
 
 # -- tokenization ---------------------------------------------------------------------------
@@ -230,6 +258,7 @@ class _Spill:
     ids: Path
     lengths: np.ndarray  # (n_docs,) int64: tokens per document, EOS not included
     keys: np.ndarray  # (n_docs,) uint64: the document's validation rank key
+    reward_keys: np.ndarray  # (n_docs,) uint64: its reward rank key (independent of keys)
     dtype: np.dtype[Any]
 
     def documents(self, keep: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
@@ -256,6 +285,7 @@ def _tokenize_domain(
     tok_path, ids_path = base.with_suffix(".bin"), base.with_suffix(".ids")
     lengths = array("q")  # 8 bytes per document, not a Python int object each
     keys = array("Q")
+    reward_keys = array("Q")
 
     def encode(batch: list[Document]) -> tuple[list[Document], list[np.ndarray]]:
         return batch, encoder([d.text for d in batch])
@@ -267,12 +297,14 @@ def _tokenize_domain(
                 fids.write(json.dumps(doc.doc_id, ensure_ascii=False) + "\n")
                 lengths.append(arr.size)
                 keys.append(rule.key(doc.doc_id))
+                reward_keys.append(rule.reward_key(doc.doc_id))
             advance(sum(len(d.text) for d in docs))
     return _Spill(
         tok_path,
         ids_path,
         np.frombuffer(lengths, np.int64),
         np.frombuffer(keys, np.uint64),
+        np.frombuffer(reward_keys, np.uint64),
         encoder.dtype,
     )
 
@@ -285,16 +317,50 @@ class _SplitRule:
     val_fraction: float
     min_val_tokens: int
     seed: int
+    reward_fraction: float = 0.0
+    min_reward_tokens: int = 0
 
     def key(self, doc_id: str) -> int:
         """Rank key of a document: a keyed hash of (seed, doc_id), i.e. a seeded shuffle."""
+        return self._hash(doc_id, b"acodm-val")
+
+    def reward_key(self, doc_id: str) -> int:
+        """The reward split's rank key: the same hash with another person, so the reward
+        ranking is independent of the validation one."""
+        return self._hash(doc_id, b"acodm-reward")
+
+    def _hash(self, doc_id: str, person: bytes) -> int:
         h = hashlib.blake2b(
             doc_id.encode(),
             digest_size=8,
             key=self.seed.to_bytes(16, "little", signed=True),
-            person=b"acodm-val",
+            person=person,
         )
         return int.from_bytes(h.digest(), "little")
+
+    def reward_mask(
+        self, domain: str, keys: np.ndarray, lengths: np.ndarray, val: np.ndarray
+    ) -> np.ndarray:
+        """Boolean mask of the reward documents: from those outside ``val`` (the validation
+        mask), in reward-key order, until ``max(reward_fraction * T, min_reward_tokens)``
+        tokens, training keeping at least half of the domain (module docstring)."""
+        sizes = lengths + 1
+        total = int(sizes.sum())
+        mask = np.zeros(len(sizes), dtype=bool)
+        if self.reward_fraction == 0.0:
+            return mask
+        need = max(self.reward_fraction * total, float(self.min_reward_tokens))
+        held = int(sizes[val].sum())  # validation's share of what training gives up
+        got = 0
+        for i in np.argsort(keys, kind="stable"):
+            if got >= need:
+                break
+            if not val[i] and 2 * (held + got + sizes[i]) <= total:
+                mask[i] = True
+                got += int(sizes[i])
+        if got < need:
+            raise StoreError(_reward_too_small(domain, total, held, need, got, self))
+        return mask
 
     def val_mask(self, domain: str, keys: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Boolean mask of the documents held out for validation (see the module docstring)."""
@@ -327,10 +393,26 @@ def _too_small(domain: str, total: int, docs: int, need: float, got: int, rule: 
     )
 
 
+def _reward_too_small(
+    domain: str, total: int, held: int, need: float, got: int, rule: _SplitRule
+) -> str:
+    return (
+        f"domain {domain!r} is too small to hold out {int(need)} reward tokens "
+        f"(max(reward_fraction={rule.reward_fraction} x {total} tokens, min_reward_tokens="
+        f"{rule.min_reward_tokens})) besides its {held} validation tokens while training keeps "
+        f"at least half of it: whole documents make at most {got} tokens. Lower "
+        f"--min-reward-tokens to {got} or less (and --reward-fraction to at most "
+        f"{got / total:.4f}), pass --reward-fraction 0 for no reward split, or add text to "
+        "the domain"
+    )
+
+
 def _write_domain(writer: StoreWriter, domain: str, spill: _Spill, rule: _SplitRule) -> None:
     val = rule.val_mask(domain, spill.keys, spill.lengths)
-    writer.write_split(domain, "train", spill.documents(~val))
+    reward = rule.reward_mask(domain, spill.reward_keys, spill.lengths, val)
+    writer.write_split(domain, "train", spill.documents(~(val | reward)))
     writer.write_split(domain, "val", spill.documents(val))
+    writer.write_split(domain, "reward", spill.documents(reward))
     spill.tokens.unlink()
     spill.ids.unlink()
 

@@ -18,6 +18,9 @@ How a batch is drawn (deterministic from ``(seed, rank, step)`` and the sampler'
 ``state_dict()`` / ``load_state_dict()`` hold the step and each domain's (epoch, cursor), so a
 restarted run continues with exactly the same stream. Validation windows are fixed: the
 first non-overlapping windows of each domain's held-out split, the same at every evaluation.
+Reward windows (the env's probe reward) are fixed too: ``n`` non-overlapping windows of the
+reward split spread evenly over it (window ``floor(j * N / n)`` of its ``N``), so a few
+windows still see the whole split's documents.
 """
 
 from __future__ import annotations
@@ -265,6 +268,34 @@ class DomainSampler:
         for row, s in enumerate(starts.tolist()):
             out[row] = arr[s : s + width]
         self._check_ids(out, np.full(len(out), self.domains.index(name)), "val")
+        return out
+
+    def reward_windows(self, domain: str | int, n: int) -> np.ndarray:
+        """``n`` fixed probe windows ``(m, seq_len + 1)`` of one domain's reward split (this
+        rank's share), spread evenly over the split; fewer where it holds fewer than ``n``.
+
+        Of the split's ``N`` non-overlapping windows, window ``floor(j * N / n)`` for
+        ``j < n``: the same windows at every call, covering the split end to end.
+        """
+        if n < 1:
+            raise SamplerError(f"reward windows per domain must be >= 1, got {n}")
+        name = self.domains[domain] if isinstance(domain, int) else domain
+        arr = self.store.tokens(name, "reward")
+        total = (arr.size - 1) // self.seq_len
+        if total < 1:
+            raise SamplerError(
+                f"domain {name!r} has {arr.size} reward tokens, fewer than one window of "
+                f"{self.seq_len + 1}; re-run `acodm prepare` with --reward-fraction (and a "
+                "large enough --min-reward-tokens) to hold out a reward split"
+            )
+        m = min(int(n), total)
+        index = (np.arange(m, dtype=np.int64) * total) // m  # distinct, evenly spread
+        starts = index[self.rank :: self.world_size] * self.seq_len
+        width = self.seq_len + 1
+        out = np.empty((starts.size, width), dtype=np.int64)
+        for row, st in enumerate(starts.tolist()):
+            out[row] = arr[st : st + width]
+        self._check_ids(out, np.full(len(out), self.domains.index(name)), "reward")
         return out
 
     def validation_batches(self, max_windows_per_domain: int | None = None) -> list[Batch]:

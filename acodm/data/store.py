@@ -12,11 +12,18 @@ Layout of a store folder (written by ``acodm prepare``)::
       train/000-books.idx.npy       int64 offsets of each document's first token, plus the end
       train/000-books.ids.json      the corpus doc_id of each document, in order
       val/...                       the same for the held-out validation documents
+      reward/...                    the same for the reward split: held-out documents,
+                                    disjoint from train and val, whose loss the env's probe
+                                    reward measures (``acodm prepare --reward-fraction``)
 
 The folder is built under a temporary name and renamed when complete. Opening a store
 checks the manifest against the files (see :class:`TokenStore`): a truncated array, a
 replaced tokenizer, ids outside the vocabulary, a file name leading out of the folder or an
 unknown schema version is a clear :class:`~acodm.errors.StoreError`, not a crash later.
+
+Schema versions: 3 adds the ``reward`` split. Stores of schema 2 (train and val only) still
+open: their reward split reads as empty (no documents, no files), so everything but the probe
+reward works on them; ``acodm prepare --reward-fraction F`` rebuilds one with a reward split.
 """
 
 from __future__ import annotations
@@ -42,10 +49,16 @@ from acodm.io import (
 
 STORE_FORMAT = "acodm-store"
 #: 2: each split records ``max_id``, its largest token id (checked against the vocabulary).
-STORE_SCHEMA_VERSION = 2
+#: 3: a third split, ``reward`` (held-out documents for the env's probe reward).
+STORE_SCHEMA_VERSION = 3
+#: Older schema versions that still open: 2 (no reward split; it reads as empty).
+READABLE_SCHEMA_VERSIONS = (2,)
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "reward")
+#: Splits a writer may leave out: each domain gets an empty one (a store without a reward
+#: split is still a valid store; only the probe reward needs it).
+OPTIONAL_SPLITS = ("reward",)
 
 
 def token_dtype(vocab_size: int) -> np.dtype[Any]:
@@ -150,6 +163,10 @@ class StoreWriter:
     ) -> None:
         if exc is None:
             assert self._tmp is not None
+            for d in list(self._domains):
+                for split in OPTIONAL_SPLITS:
+                    if split not in self._domains[d]:
+                        self.write_split(d, split, ())
             for d, entry in self._domains.items():
                 missing = [s for s in SPLITS if s not in entry]
                 if missing:
@@ -208,8 +225,11 @@ class TokenStore:
             rebuild="re-run `acodm prepare` with this version (stores of older versions do "
             "not record the largest token id that is checked against the vocabulary)",
             error=StoreError,
+            also=READABLE_SCHEMA_VERSIONS,
         )
         self.manifest: dict[str, Any] = m
+        #: (domain, split) pairs a schema-2 store does not have: read as empty, no files.
+        self._absent: set[tuple[str, str]] = set()
         self.dtype = self._check_header()
         self._entries = self._check_domains()
         self._paths = {
@@ -259,6 +279,10 @@ class TokenStore:
                 raise StoreError(f"{self.path / MANIFEST}: {err}") from None
             if name in entries or e.get("stem") in stems:
                 raise self._bad(f"domain {name!r} (or its stem {e.get('stem')!r}) appears twice")
+            e = dict(e)
+            if self.schema_version < 3 and "reward" not in e:
+                e["reward"] = {"tokens": 0, "documents": 0, "max_id": None}
+                self._absent.add((name, "reward"))
             for split in SPLITS:
                 self._check_split(name, split, e.get(split))
             entries[name] = e
@@ -321,6 +345,8 @@ class TokenStore:
     def _check_arrays(self) -> None:
         for name, entry in self._entries.items():
             for split in SPLITS:
+                if (name, split) in self._absent:
+                    continue
                 want = int(entry[split]["tokens"]) * self.dtype.itemsize
                 f = self._file(name, split, ".bin")
                 have = f.stat().st_size if f.is_file() else -1
@@ -352,6 +378,11 @@ class TokenStore:
     @property
     def vocab_size(self) -> int:
         return int(self.manifest["vocab_size"])
+
+    @property
+    def schema_version(self) -> int:
+        """The store's schema version (3; 2 for an older store without a reward split)."""
+        return int(self.manifest["schema_version"])
 
     @property
     def eos_id(self) -> int:
@@ -389,6 +420,8 @@ class TokenStore:
         """int64 start offset of each document in :meth:`tokens`, plus the total length."""
         key = (domain, _split(split))
         off = self._offsets.get(key)
+        if off is None and key in self._absent:
+            off = np.zeros(1, dtype=np.int64)
         if off is None:
             off = np.load(self._file(domain, split, ".idx.npy"), allow_pickle=False)
             n_docs = self.num_documents(domain, split)
@@ -401,6 +434,8 @@ class TokenStore:
         return off
 
     def doc_ids(self, domain: str, split: str = "train") -> list[str]:
+        if (domain, _split(split)) in self._absent:
+            return []
         with open(self._file(domain, split, ".ids.json"), encoding="utf-8") as f:
             ids: list[str] = json.load(f)
         return ids

@@ -36,7 +36,9 @@ class Dynamics:
     ``agents``: per-domain features of the agent console (``mean_quality``,
     ``topic_entropy``, ``topic_coverage``, ``repetition_rate``; length k each) and
     ``console_alpha`` its agent weights, when the run has a console (``TrainConfig.console``);
-    empty otherwise.
+    empty otherwise. ``probe_loss`` / ``probe_delta`` (length k): the loss on the fixed probe
+    windows of the reward split after the interval and its decrease over the interval, where
+    the env measures the probe (:func:`acodm.envs.spaces.with_probe`); None otherwise.
     """
 
     step: int
@@ -51,6 +53,8 @@ class Dynamics:
     weight_distance: np.ndarray
     agents: Mapping[str, np.ndarray] = field(default_factory=dict)
     console_alpha: Mapping[str, float] = field(default_factory=dict)
+    probe_loss: np.ndarray | None = None
+    probe_delta: np.ndarray | None = None
 
 
 def permute_domains(dynamics: Dynamics, order: Sequence[int]) -> Dynamics:
@@ -74,6 +78,8 @@ def permute_domains(dynamics: Dynamics, order: Sequence[int]) -> Dynamics:
         alignment=dynamics.alignment[idx],
         gram=dynamics.gram[np.ix_(idx, idx)],
         agents={name: np.asarray(v)[idx] for name, v in dynamics.agents.items()},
+        probe_loss=None if dynamics.probe_loss is None else dynamics.probe_loss[idx],
+        probe_delta=None if dynamics.probe_delta is None else dynamics.probe_delta[idx],
     )
 
 

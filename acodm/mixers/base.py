@@ -175,6 +175,10 @@ class Mixer(ABC):
     #: ``{weights}`` (a ``file:`` weights JSON), ``{ref}`` (a DoReMi reference file),
     #: ``{policy}`` (an exported policy folder).
     example: ClassVar[str] = ""
+    #: Probe windows per domain of the store's reward split that the trainer measures after
+    #: every interval for this mixer (``feedback.dynamics.probe_loss``; the ``ddpg`` mixer's
+    #: probe reward); 0: none (every mixer but that one).
+    probe_windows: int = 0
 
     def __init__(self) -> None:
         self._ctx: MixerContext | None = None

@@ -34,7 +34,11 @@ _EXAMPLE: dict[str, str] = {}  # NAME -> a spec that builds it (Mixer.example), 
 #: example).
 _PLUGINS: dict[str, tuple[str, str, str]] = {
     "actor": ("acodm.policies.transfer", "actor:PATH[,reorder=1]", "actor:{policy}"),
-    "ddpg": ("acodm.policies.ddpg", "ddpg[:warmup=F,seed=N,beta=B,eps=E]", "ddpg:seed=1"),
+    "ddpg": (
+        "acodm.policies.ddpg",
+        "ddpg[:warmup=F,seed=N,beta=B,eps=E,reward=R]",
+        "ddpg:seed=1",
+    ),
 }
 _NAME = re.compile(r"[a-z][a-z0-9_\-]*")
 

@@ -126,7 +126,12 @@ def test_all_pile_domains_survive_a_corpus_and_a_store(tmp_path: Path) -> None:
             for i in range(20):
                 w.add(Document(f"{d} text number {i} " * 20, d, "pile", f"{d}/{i}"))
     store = prepare_store(
-        tmp_path / "c", tmp_path / "s", vocab_size=300, min_val_tokens=10, progress=False
+        tmp_path / "c",
+        tmp_path / "s",
+        vocab_size=300,
+        min_val_tokens=10,
+        min_reward_tokens=10,
+        progress=False,
     )
     from acodm.data.store import TokenStore
 

@@ -67,8 +67,9 @@ def test_eos_only_between_documents(store: TokenStore) -> None:
 def test_split_is_by_documents_disjoint_and_complete(corpus: Corpus, store: TokenStore) -> None:
     for domain in store.domains:
         train, val = set(store.doc_ids(domain, "train")), set(store.doc_ids(domain, "val"))
-        assert not train & val
-        assert train | val == {d.doc_id for d in corpus.iter_documents(domain)}
+        reward = set(store.doc_ids(domain, "reward"))  # the default reward split
+        assert not train & val and not (train | val) & reward
+        assert train | val | reward == {d.doc_id for d in corpus.iter_documents(domain)}
 
 
 def test_min_val_tokens_and_val_fraction_are_honoured(corpus: Corpus, tmp_path: Path) -> None:
@@ -108,7 +109,7 @@ def test_a_huge_document_is_not_allowed_to_swallow_the_domain(tmp_path: Path) ->
     huge_id = next(f"prose/huge{k}" for k in range(10**4) if rule.key(f"prose/huge{k}") < first)
     docs.append(Document("river " * 30000, "prose", "synthetic", huge_id))
     corpus = write_corpus(tmp_path / "c", docs)
-    s = _prepare(corpus, tmp_path / "s", min_val_tokens=2000)
+    s = _prepare(corpus, tmp_path / "s", min_val_tokens=2000, reward_fraction=0.0)
     assert huge_id in s.doc_ids("prose", "train")
     assert s.num_tokens("prose", "train") > 30000
     assert 2000 <= s.num_tokens("prose", "val") < 4000
@@ -125,7 +126,14 @@ def test_too_small_domain_names_the_domain_and_the_fix(
     # The --min-val-tokens the message suggests works for that domain (same tokenizer).
     suggested = int(e.value.args[0].split("--min-val-tokens to ")[1].split()[0])
     prose = write_corpus(tmp_path / "c", [d for d in synthetic_documents() if d.domain == "prose"])
-    s = _prepare(prose, out, min_val_tokens=suggested, tokenizer=store.path / "tokenizer.json")
+    # (the largest val split leaves no room for a reward split: none here)
+    s = _prepare(
+        prose,
+        out,
+        min_val_tokens=suggested,
+        reward_fraction=0.0,
+        tokenizer=store.path / "tokenizer.json",
+    )
     assert s.num_tokens("prose", "val") >= suggested
 
 
@@ -227,7 +235,12 @@ def test_import_then_prepare_real_stdlib_source(tmp_path: Path) -> None:
     corpus = Corpus(import_corpus(tmp_path / "src", tmp_path / "corpus", progress=False))
     s = open_store(
         prepare_store(
-            corpus.path, tmp_path / "store", vocab_size=1024, min_val_tokens=1000, progress=True
+            corpus.path,
+            tmp_path / "store",
+            vocab_size=1024,
+            min_val_tokens=1000,
+            min_reward_tokens=1000,
+            progress=True,
         )
     )
     texts = _texts(corpus)

@@ -66,7 +66,7 @@ def _refused(store: Path, match: str, capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_a_good_store_opens_and_records_each_splits_largest_id(good: Path) -> None:
     s = TokenStore(good)
-    assert s.manifest["schema_version"] == STORE_SCHEMA_VERSION == 2
+    assert s.manifest["schema_version"] == STORE_SCHEMA_VERSION == 3
     for d in s.domains:
         for split in ("train", "val"):
             entry = next(e for e in s.manifest["domains"] if e["name"] == d)[split]
@@ -229,7 +229,9 @@ def test_a_store_of_the_previous_schema_asks_to_prepare_again(
 
     _edit(store, change)
     _refused(
-        store, r"schema version 1, but this acodm reads version 2: re-run `acodm prepare`", capsys
+        store,
+        r"schema version 1, but this acodm reads version 3 \(and 2\): re-run `acodm prepare`",
+        capsys,
     )
 
 

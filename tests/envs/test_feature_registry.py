@@ -14,7 +14,13 @@ import numpy as np
 
 from acodm.dynamics.features import Dynamics
 from acodm.envs import DataMixingEnv
-from acodm.envs.spaces import AGENT_FEATURES, DEFAULT_FEATURES, FEATURES, REPETITION_FEATURES
+from acodm.envs.spaces import (
+    AGENT_FEATURES,
+    DEFAULT_FEATURES,
+    FEATURES,
+    PROBE_FEATURES,
+    REPETITION_FEATURES,
+)
 
 LENGTH = {"domain": "k", "layer": "n_layers", "scalar": "1"}
 ROW = re.compile(r"^\s*\|\s*`(\w+)`\s*\|\s*(\w+)\s*\|", re.MULTILINE)
@@ -28,11 +34,12 @@ def tables() -> list[list[tuple[str, str]]]:
 
 
 def test_every_feature_has_one_docstring_row_with_its_length():
-    default, console, repetition = tables()
+    default, console, repetition, probe = tables()
     assert [name for name, _ in default] == list(DEFAULT_FEATURES)
     assert [name for name, _ in console] == list(AGENT_FEATURES)
     assert [name for name, _ in repetition] == list(REPETITION_FEATURES)
-    rows = dict(default + console + repetition)
+    assert [name for name, _ in probe] == list(PROBE_FEATURES)
+    rows = dict(default + console + repetition + probe)
     assert sorted(rows) == sorted(FEATURES)
     for name, length in rows.items():
         assert LENGTH[FEATURES[name].kind] == length, name
@@ -51,6 +58,8 @@ def misread(features: dict) -> list[str]:
         weight_norm=rng.normal(size=n),
         weight_distance=rng.normal(size=n),
         agents={f: rng.normal(size=k) for f in AGENT_FEATURES},
+        probe_loss=rng.normal(size=k),
+        probe_delta=rng.normal(size=k),
     )
     wrong = []
     for name, group in features.items():
