@@ -16,8 +16,9 @@ How a batch is drawn (deterministic from ``(seed, rank, step)`` and the sampler'
    epoch's permutation, so ranks read disjoint windows with the same weights.
 
 ``state_dict()`` / ``load_state_dict()`` hold the step and each domain's (epoch, cursor), so a
-restarted run continues with exactly the same stream. Validation windows are fixed: the
-first non-overlapping windows of each domain's held-out split, the same at every evaluation.
+restarted run continues with exactly the same stream. Validation windows are fixed: ``n``
+non-overlapping windows at evenly spaced starts over the whole of each domain's held-out
+split (so they cover many documents, not the first few), the same at every evaluation.
 """
 
 from __future__ import annotations
@@ -246,21 +247,24 @@ class DomainSampler:
     def validation_windows(self, domain: str | int, max_windows: int | None = None) -> np.ndarray:
         """Fixed validation windows ``(n, seq_len + 1)`` of one domain (this rank's share).
 
-        The first non-overlapping windows of the held-out split, so every evaluation sees
-        exactly the same tokens.
+        The held-out split holds ``N = (tokens - 1) // seq_len`` non-overlapping windows (window
+        ``w`` starts at token ``w * seq_len``). With ``max_windows = n < N`` the windows taken are
+        ``floor(j * N / n)`` for ``j = 0 .. n - 1``: evenly spaced over the whole split, so they
+        cover many documents rather than the first few, and every evaluation sees exactly the
+        same tokens. Ranks take every ``world_size``-th of them.
         """
         name = self.domains[domain] if isinstance(domain, int) else domain
         arr = self.store.tokens(name, "val")
-        n = (arr.size - 1) // self.seq_len
-        if n < 1:
+        n_all = (arr.size - 1) // self.seq_len
+        if n_all < 1:
             raise SamplerError(
                 f"domain {name!r} has {arr.size} validation tokens, fewer than one window of "
                 f"{self.seq_len + 1}; re-run `acodm prepare` with a larger --min-val-tokens"
             )
-        if max_windows is not None:
-            n = min(n, int(max_windows))
+        n = n_all if max_windows is None else min(n_all, int(max_windows))
+        chosen = (np.arange(n, dtype=np.int64) * n_all) // n
         width = self.seq_len + 1
-        starts = np.arange(self.rank, n, self.world_size) * self.seq_len
+        starts = chosen[self.rank :: self.world_size] * self.seq_len
         out = np.empty((starts.size, width), dtype=np.int64)
         for row, s in enumerate(starts.tolist()):
             out[row] = arr[s : s + width]
