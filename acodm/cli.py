@@ -118,6 +118,19 @@ def _add_prepare_command(sub: argparse._SubParsersAction) -> None:
         help="at least this many validation tokens per domain",
     )
     prep.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    prep.add_argument(
+        "--doc-chars",
+        type=int,
+        default=None,
+        help="cut documents into pieces of about N characters (ids doc#i) before the split",
+    )
+    prep.add_argument(
+        "--max-train-tokens",
+        default=None,
+        metavar="RULE",
+        help="cap training tokens per domain (val untouched): N for all, name=N,... or "
+        "geometric:MIN:MAX (sizes geometric from MIN to MAX by natural size)",
+    )
     prep.add_argument("--num-proc", type=int, default=None, help="tokenizer processes/threads")
     prep.add_argument("--overwrite", action="store_true", help="replace an existing store")
     prep.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -610,6 +623,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         eos_token=args.eos_token,
+        doc_chars=args.doc_chars,
+        max_train_tokens=args.max_train_tokens,
         **kwargs,
     )
     print(describe_store(open_store(out)))
