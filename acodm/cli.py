@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from acodm import __version__
+from acodm.config import PRESETS as RUN_PRESETS
 from acodm.errors import AcodmError
 from acodm.report import format_table
 
@@ -144,7 +145,7 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
         "--model",
         "model",
         str,
-        "model preset (tiny, 14m, 31m, 70m, 160m, 410m, 1b) or config folder",
+        "model preset (tiny, micro, 14m, 31m, 70m, 160m, 410m, 1b) or config folder",
     ),
     ("--mixer", "mixer", str, "MIXERS"),  # the help lists the registry (_flag_help)
     ("--steps", "steps", int, "optimizer steps (or --tokens)"),
@@ -203,9 +204,7 @@ def _add_pretrain_command(sub: argparse._SubParsersAction) -> None:
         "run's config.json with --resume).",
     )
     p.add_argument("--out", type=Path, required=True, help="run directory")
-    p.add_argument(
-        "--preset", default=None, help="run preset: debug_cpu, cpu_small, pythia_160m, pythia_410m"
-    )
+    p.add_argument("--preset", default=None, help=f"run preset: {', '.join(RUN_PRESETS)}")
     for flag, _, typ, text in _TRAIN_FLAGS:
         p.add_argument(flag, type=typ, default=None, help=_flag_help(text))
     p.add_argument(
