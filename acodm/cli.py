@@ -11,6 +11,7 @@ command                        Python API
 ``acodm export``               :func:`acodm.policies.train.export_from_checkpoint`
 ``acodm compare RUN...``       :mod:`acodm.report` and :mod:`acodm.plots`
 ``acodm quickstart``           :func:`acodm.policies.quickstart.quickstart`
+``acodm study``                :func:`acodm.study.study`
 ``acodm annotate STORE``       :func:`acodm.agents.annotate.annotate_store`
 ``acodm info PATH``            :class:`acodm.data.corpus.Corpus` / :class:`acodm.data.store.TokenStore`
 ``acodm doremi ...``           :func:`acodm.mixers.doremi.reference_losses` / :func:`~acodm.mixers.doremi.export_weights`
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from acodm import __version__
+from acodm.config import PRESETS as RUN_PRESETS
 from acodm.errors import AcodmError
 from acodm.report import format_table
 
@@ -133,6 +135,19 @@ def _add_prepare_command(sub: argparse._SubParsersAction) -> None:
     prep.add_argument(
         "--seed", type=int, default=0, help="seed of the validation and reward splits"
     )
+    prep.add_argument(
+        "--doc-chars",
+        type=int,
+        default=None,
+        help="cut documents into pieces of about N characters (ids doc#i) before the split",
+    )
+    prep.add_argument(
+        "--max-train-tokens",
+        default=None,
+        metavar="RULE",
+        help="cap training tokens per domain (val untouched): N for all, name=N,... or "
+        "geometric:MIN:MAX (sizes geometric from MIN to MAX by natural size)",
+    )
     prep.add_argument("--num-proc", type=int, default=None, help="tokenizer processes/threads")
     prep.add_argument("--overwrite", action="store_true", help="replace an existing store")
     prep.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -146,7 +161,7 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
         "--model",
         "model",
         str,
-        "model preset (tiny, 14m, 31m, 70m, 160m, 410m, 1b) or config folder",
+        "model preset (tiny, micro, 14m, 31m, 70m, 160m, 410m, 1b) or config folder",
     ),
     ("--mixer", "mixer", str, "MIXERS"),  # the help lists the registry (_flag_help)
     ("--steps", "steps", int, "optimizer steps (or --tokens)"),
@@ -205,9 +220,7 @@ def _add_pretrain_command(sub: argparse._SubParsersAction) -> None:
         "run's config.json with --resume).",
     )
     p.add_argument("--out", type=Path, required=True, help="run directory")
-    p.add_argument(
-        "--preset", default=None, help="run preset: debug_cpu, cpu_small, pythia_160m, pythia_410m"
-    )
+    p.add_argument("--preset", default=None, help=f"run preset: {', '.join(RUN_PRESETS)}")
     for flag, _, typ, text in _TRAIN_FLAGS:
         p.add_argument(flag, type=typ, default=None, help=_flag_help(text))
     p.add_argument(
@@ -638,6 +651,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         eos_token=args.eos_token,
+        doc_chars=args.doc_chars,
+        max_train_tokens=args.max_train_tokens,
         **kwargs,
     )
     print(describe_store(open_store(out)))
@@ -762,6 +777,98 @@ def _cmd_doremi_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_study_command(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser(
+        "study",
+        help="arms (mixers) x paired seeds on one store: paired differences, CIs, separation",
+        description="Every arm is a mixer spec (or LABEL=SPEC) run once per seed with the same "
+        "preset; the same seed gives every arm the same model init and data order. Runs go to "
+        "OUT/runs/ARM/seedK (finished ones reused, interrupted ones resumed); the report to "
+        "OUT/study.json and OUT/study.txt. A bare `doremi` arm runs DoReMi's reference and "
+        "proxy runs on --proxy-preset first.",
+    )
+    s.add_argument("--store", required=True, help="token store from `acodm prepare`")
+    s.add_argument("--out", type=Path, required=True, help="study folder")
+    s.add_argument(
+        "--preset", default="study_cpu_target", help=f"run preset: {', '.join(RUN_PRESETS)}"
+    )
+    s.add_argument(
+        "--proxy-preset",
+        default=None,
+        help="preset of DoReMi's reference and proxy runs (default: the preset's _proxy twin)",
+    )
+    s.add_argument(
+        "--arms",
+        action="append",
+        default=[],
+        help="comma-separated mixer specs, each SPEC or LABEL=SPEC, e.g. "
+        "uniform,natural,temperature:0.5,unimax:4,odm,doremi,policy=actor:runs/p/policy",
+    )
+    s.add_argument(
+        "--arm",
+        action="append",
+        default=[],
+        help="one arm whose spec has commas that read like arms (e.g. "
+        "ddpg:action=residual,prior=uniform); repeatable",
+    )
+    s.add_argument("--seeds", default="0-2", help="seeds: 0-4, 0,1,2 or 0-2,7 (default 0-2)")
+    s.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
+    s.add_argument(
+        "--reference",
+        default=None,
+        help="arm the others are compared with (default: UniMax if an arm, else the best static)",
+    )
+    s.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change a preset field for every run, e.g. --set steps=400 (fields of `acodm "
+        "pretrain`'s flags)",
+    )
+    s.add_argument("--quiet", action="store_true", help="no progress lines")
+    s.set_defaults(func=_cmd_study)
+
+
+def _study_overrides(items: Sequence[str]) -> dict[str, Any]:
+    types = {f: typ for _, f, typ, _ in _TRAIN_FLAGS}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in types:
+            raise AcodmError(f"--set {item!r}: write FIELD=VALUE with FIELD one of {sorted(types)}")
+        try:
+            out[key] = types[key](value.strip())
+        except ValueError:
+            raise AcodmError(f"--set {item!r}: {value!r} is not a valid {key}") from None
+    return out
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from acodm.study import study
+
+    result = study(
+        args.store,
+        args.out,
+        arms=args.arms,
+        whole_arms=args.arm,
+        seeds=args.seeds,
+        preset_name=args.preset,
+        proxy_preset=args.proxy_preset,
+        jobs=args.jobs,
+        reference=args.reference,
+        overrides=_study_overrides(args.set),
+        progress=not args.quiet,
+    )
+    print((args.out / "study.txt").read_text(encoding="utf-8"), end="")
+    if result["plot"] is None:
+        print("no plot: matplotlib is not installed (pip install 'acodm[plots]')")
+    else:
+        print(f"plot: {result['plot']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="acodm",
@@ -775,6 +882,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_agent_commands(sub)
     _add_annotate_command(sub)
     _add_doremi_commands(sub)
+    _add_study_command(sub)
     info = sub.add_parser("info", help="summarise a corpus or a token store")
     info.add_argument("path", type=Path)
     info.set_defaults(func=_cmd_info)

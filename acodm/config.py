@@ -287,11 +287,80 @@ def quickstart_gpu_target(store: str) -> TrainConfig:
     )
 
 
+# The study regime (``acodm study``, acodm.study): a data-constrained store (``acodm prepare
+# --doc-chars 3000 --max-train-tokens geometric:6000:789000``, BENCHMARKS.md "A CPU regime where
+# mixtures separate") where the smallest domains repeat >= 8 epochs under uniform weights, so
+# static mixtures separate by more than their seed spread. The target is the run every arm of a
+# study makes; the proxy trains a policy for the ``policy`` arm with the same sequence length,
+# batch and interval K (the policy's decision rate) at a fraction of the target's compute. The
+# target evaluates on 32 windows per domain (spread over the held-out split) every 10 steps, so
+# "steps to reach" a value is resolved to 10 steps.
+
+
+def study_cpu_target(store: str) -> TrainConfig:
+    """The CPU study's target runs: the ``micro`` model, 200 steps of 32 x 128 tokens (819k
+    tokens), eval on 32 windows per domain every 10 steps (1-2 minutes on 2 CPU cores)."""
+    return TrainConfig(
+        store=store,
+        model="micro",
+        seq_len=128,
+        micro_batch_size=32,
+        steps=200,
+        interval=5,
+        warmup_steps=20,
+        lr=3e-3,
+        eval_every=10,
+        eval_windows=32,
+        checkpoint_every=100,
+        keep_last=1,
+    )
+
+
+def study_cpu_proxy(store: str) -> TrainConfig:
+    """The CPU study's proxy (policy training): the ``micro`` model for 100 steps, half the
+    target's budget (so a proxy episode costs half a target run); final evaluation only."""
+    return study_cpu_target(store).replace(
+        steps=100, warmup_steps=10, eval_every=0, eval_windows=8, checkpoint_every=0
+    )
+
+
+def study_gpu_target(store: str) -> TrainConfig:
+    """The study protocol at GPU size: the 160m model, 2000 steps of 32 x 1024 tokens (65.5M
+    tokens), eval on 32 windows per domain every 50 steps. Use a store capped for that budget
+    (e.g. ``--max-train-tokens geometric:500000:60000000``)."""
+    return TrainConfig(
+        store=store,
+        model="160m",
+        seq_len=1024,
+        micro_batch_size=32,
+        steps=2000,
+        interval=10,
+        warmup_steps=100,
+        lr=6e-4,
+        eval_every=50,
+        eval_windows=32,
+        checkpoint_every=500,
+        keep_last=1,
+    )
+
+
+def study_gpu_proxy(store: str) -> TrainConfig:
+    """The GPU study's proxy: the 70m model for 1000 steps (same sequence, batch and K as the
+    target); final evaluation only."""
+    return study_gpu_target(store).replace(
+        model="70m", steps=1000, warmup_steps=50, lr=1e-3, eval_every=0, eval_windows=8
+    )
+
+
 PRESETS: dict[str, Callable[[str], TrainConfig]] = {
     "debug_cpu": debug_cpu,
     "cpu_small": cpu_small,
     "pythia_160m": pythia_160m,
     "pythia_410m": pythia_410m,
+    "study_cpu_proxy": study_cpu_proxy,
+    "study_cpu_target": study_cpu_target,
+    "study_gpu_proxy": study_gpu_proxy,
+    "study_gpu_target": study_gpu_target,
 }
 
 

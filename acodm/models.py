@@ -4,6 +4,7 @@
    ``14m`` ... ``1b``) are the Pythia suite's shapes (rotary on 25% of each head, parallel
    residual, untied input/output embeddings). With the Pythia vocabulary (50,277 tokens padded
    to 50,304) each preset has exactly the parameter count Pythia publishes.
+   ``micro`` (3 x 64) is the CPU study regime's model (not a Pythia shape).
 2. **Building.** :func:`build_model` makes a randomly initialised ``transformers`` causal LM from a
    preset name, a :class:`ModelSpec`, or a local ``config.json`` of any architecture (e.g. Llama).
    The vocabulary is always the store's tokenizer, padded to a multiple of 64 (faster matmuls;
@@ -38,6 +39,7 @@ __all__ = [
     "count_parameters",
     "get_preset",
     "gpt_neox_config",
+    "micro",
     "model_config",
     "model_summary",
     "padded_vocab_size",
@@ -139,6 +141,13 @@ def tiny() -> ModelSpec:
     return ModelSpec("tiny", layers=4, hidden=64, heads=4, intermediate=256, max_seq_len=512)
 
 
+def micro() -> ModelSpec:
+    """The study regime's CPU model: 3 blocks of width 64 (about 412k parameters with a 2k
+    vocabulary, most of them embeddings), the ``BENCHMARKS.md`` pilot where mixtures separate:
+    200 steps of 32 x 128 tokens take 1-2 minutes on 2 CPU cores."""
+    return ModelSpec("micro", layers=3, hidden=64, heads=4, intermediate=256, max_seq_len=512)
+
+
 def pythia_14m() -> ModelSpec:
     """Pythia-14M: 6 x 128, 4 heads."""
     return ModelSpec("14m", layers=6, hidden=128, heads=4, intermediate=512)
@@ -172,6 +181,7 @@ def pythia_1b() -> ModelSpec:
 PRESETS: Mapping[str, Callable[[], ModelSpec]] = MappingProxyType(
     {
         "tiny": tiny,
+        "micro": micro,
         "14m": pythia_14m,
         "31m": pythia_31m,
         "70m": pythia_70m,

@@ -6,7 +6,7 @@ files, so plots can be redrawn from any finished run.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,32 @@ def plot_validation(runs: Mapping[str, str | Path], out: str | Path) -> Path:
         ylabel="validation perplexity",
         yscale="log",
         title="validation perplexity",
+    )
+    ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def plot_study_curves(
+    curves: Mapping[str, Sequence[tuple[Sequence[int], Sequence[float]]]], out: str | Path
+) -> Path:
+    """Mean validation loss over seeds per arm (line) with a band of +- one seed sd.
+
+    ``curves``: arm -> one ``(steps, mean loss)`` curve per seed (the same steps in each).
+    """
+    import numpy as np
+
+    fig, ax = _axes((8, 4))
+    for name, runs in curves.items():
+        steps = list(runs[0][0])
+        values = np.array([list(v)[: len(steps)] for _, v in runs], dtype=np.float64)
+        mean = values.mean(axis=0)
+        sd = values.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros_like(mean)
+        (line,) = ax.plot(steps, mean, label=f"{name} ({len(runs)} seeds)")
+        ax.fill_between(steps, mean - sd, mean + sd, color=line.get_color(), alpha=0.2)
+    ax.set(
+        xlabel="optimizer step",
+        ylabel="mean validation loss (nats)",
+        title="validation loss, mean over domains (band: +- 1 sd over seeds)",
     )
     ax.legend(fontsize=8)
     return _save(fig, out)

@@ -603,6 +603,27 @@ def _reward_stats(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def proxy_compute(env: DataMixingEnv, episodes: int) -> dict[str, Any]:
+    """The proxy's training compute, for a study's "proxy compute as a multiple of one target run".
+
+    ``tokens``: every episode's full budget (``episodes x steps x tokens per step``);
+    ``flops_6nd``: the usual ``6 N D`` estimate of training FLOPs with ``N`` the model's total
+    parameters (embeddings included: at CPU sizes they are most of the model) and ``D`` those
+    tokens. The LM's evaluation and the agent's own updates are not counted.
+    """
+    import torch
+
+    from acodm.data.store import open_store
+    from acodm.models import build_model, count_parameters
+
+    cfg = env.config
+    tokens = int(episodes) * cfg.total_steps() * cfg.tokens_per_step()
+    with torch.device("meta"):  # shapes only: the proxy's model, nothing allocated
+        model = build_model(cfg.model, open_store(cfg.store).vocab_size, max_seq_len=cfg.seq_len)
+    params = count_parameters(model)
+    return {"tokens": tokens, "params": params, "flops_6nd": 6.0 * params * tokens}
+
+
 def _export(model: Agent, env: DataMixingEnv, run_dir: Path, run_config: dict[str, Any]) -> Path:
     proxy = run_config["proxy"]
     extra = {
@@ -614,6 +635,7 @@ def _export(model: Agent, env: DataMixingEnv, run_dir: Path, run_config: dict[st
         "algorithm": run_config["agent"]["algorithm"],
         "reward": _reward_stats(run_dir),
         "reward_signal": reward_spec(env),
+        "compute": proxy_compute(env, run_config["schedule"]["episodes"]),
     }
     return export_actor(
         model,

@@ -77,3 +77,16 @@ def test_unknown_preset_and_bad_keys():
         preset("nope", "s")
     with pytest.raises(ConfigError, match="unknown configuration keys"):
         TrainConfig.from_dict({"store": "s", "learning_rate": 1.0})
+
+
+def test_study_presets_share_the_protocol_and_the_proxy_is_cheaper():
+    for size in ("cpu", "gpu"):
+        proxy, target = preset(f"study_{size}_proxy", "s"), preset(f"study_{size}_target", "s")
+        same = ("seq_len", "micro_batch_size", "grad_accum", "interval", "monitored_layers")
+        assert all(getattr(proxy, f) == getattr(target, f) for f in same)
+        assert proxy.total_steps() < target.total_steps()
+        assert target.eval_windows >= 32 and 0 < target.eval_every <= target.total_steps() // 20
+        assert target.total_steps() % target.eval_every == 0
+        assert get_preset(proxy.model).layers >= proxy.monitored_layers
+    cpu = preset("study_cpu_target", "s")
+    assert (cpu.model, cpu.seq_len, cpu.micro_batch_size, cpu.steps) == ("micro", 128, 32, 200)

@@ -72,7 +72,7 @@ def llama_dir(tmp_path: Path) -> Path:
 
 # -- presets and parameter counts --------------------------------------------------------------
 def test_registry_holds_every_preset() -> None:
-    assert list(PRESETS) == ["tiny", "14m", "31m", "70m", "160m", "410m", "1b"]
+    assert list(PRESETS) == ["tiny", "micro", "14m", "31m", "70m", "160m", "410m", "1b"]
     for key, make in PRESETS.items():
         assert make().name == key
 
@@ -90,6 +90,15 @@ def test_preset_parameter_counts_match_pythia(name: str) -> None:
     assert (config.num_hidden_layers, config.hidden_size) == (spec.layers, spec.hidden)
     assert config.use_parallel_residual and not config.tie_word_embeddings
     assert config.rope_parameters["partial_rotary_factor"] == 0.25
+
+
+def test_micro_is_the_pilots_412k_model() -> None:
+    """BENCHMARKS.md's CPU pilot where mixtures separate: 3 x 64 GPT-NeoX, 2k BPE, 412k params."""
+    model = meta_model("micro", vocab=2048)
+    assert count_parameters(model) == 412_224
+    # 2 x 2048 x 64 embedding rows (untied), 3 blocks of 49,984, the final LayerNorm
+    assert count_parameters(model, non_embedding=True) == 3 * 49_984 + 128
+    assert model.config.num_hidden_layers == 3 and model.config.hidden_size == 64
 
 
 def test_preset_aliases() -> None:

@@ -12,6 +12,10 @@ Validation split, by documents (never by cutting a document):
   half; useful values are far below.) The split depends only on the seed, the doc ids and the
   token counts: the same inputs give the same split, and one domain never moves another.
 
+Data-constrained stores (:mod:`acodm.data.constrain`): ``doc_chars`` cuts documents into
+pieces before tokenizing, so the split above works on pieces; ``max_train_tokens`` then cuts
+each domain's *training* mask to a cap, so the validation split is the uncapped domain's.
+
 ``min_val_tokens`` defaults to 16384: 15 validation windows of 1024 + 1 tokens per domain, so
 even a rare domain gets a per-domain loss that is not one window's noise. ``val_fraction = 0``
 turns validation off (every val split is empty).
@@ -58,6 +62,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 import acodm
+from acodm.data.constrain import cap_train_mask, cut_documents, parse_train_caps
 from acodm.data.corpus import Corpus, Document
 from acodm.data.store import StoreWriter, token_dtype
 from acodm.data.tokenizer import TokenizerSpec, check_vocab_size, load_tokenizer, train_bpe
@@ -89,6 +94,8 @@ def prepare_store(
     overwrite: bool = False,
     progress: bool = True,
     eos_token: str | None = None,
+    doc_chars: int | None = None,
+    max_train_tokens: str | None = None,
 ) -> Path:
     """Tokenize ``corpus`` into a store at ``out``; returns ``out``.
 
@@ -97,14 +104,27 @@ def prepare_store(
     ``vocab_size`` is trained on the corpus (cached). The store is written atomically: an
     interrupted run leaves nothing at ``out``. ``reward_fraction`` / ``min_reward_tokens``:
     the reward split (module docstring; ``reward_fraction=0``: none).
+
+    Data-constrained stores (:mod:`acodm.data.constrain`): ``doc_chars`` cuts each document
+    into pieces of about that many characters before tokenizing (ids ``doc_id#i``);
+    ``max_train_tokens`` (``N``, ``name=N,...`` or ``geometric:MIN:MAX``) caps each domain's
+    training split after the validation and reward splits were decided. Both are recorded in
+    the meta.
     """
     _check_args(val_fraction, min_val_tokens, num_proc, tokenizer, eos_token)
     _check_reward_args(reward_fraction, min_reward_tokens)
+    if doc_chars is not None and doc_chars < 1:
+        raise StoreError(f"--doc-chars must be >= 1, got {doc_chars}")
+    caps_rule = parse_train_caps(max_train_tokens) if max_train_tokens is not None else None
     out = Path(out)
     if out.exists() and not overwrite:
         raise StoreError(f"{out} already exists; choose another --out or pass --overwrite")
     src = Corpus(corpus)
     src.verify()  # one read of the files: a modified corpus fails before any tokenizing
+    caps: dict[str, int] = {}
+    if caps_rule is not None:
+        natural = {d: src.num_characters(d) for d in src.domains}
+        caps = caps_rule.resolve(src.domains, natural)
     if tokenizer is None:
         check_vocab_size(vocab_size)
         spec = train_bpe(src, vocab_size, progress=progress)
@@ -120,6 +140,9 @@ def prepare_store(
         "min_reward_tokens": min_reward_tokens,
         "seed": seed,
         "acodm_version": acodm.__version__,
+        "doc_chars": doc_chars,
+        "max_train_tokens": None if caps_rule is None else caps_rule.spec,
+        "train_caps": {},  # per capped domain: cap, uncapped and kept training tokens
     }
     split = _SplitRule(val_fraction, min_val_tokens, seed, reward_fraction, min_reward_tokens)
     with (
@@ -141,9 +164,11 @@ def prepare_store(
         for domain in src.domains:
             bar.set_domain(domain)
             spill = _tokenize_domain(
-                src, domain, encoder, split, num_proc or 1, Path(spill_dir), bar.update
+                src, domain, encoder, split, num_proc or 1, Path(spill_dir), bar.update, doc_chars
             )
-            _write_domain(writer, domain, spill, split)
+            capped = _write_domain(writer, domain, spill, split, caps.get(domain))
+            if capped is not None:
+                writer.meta["train_caps"][domain] = capped
     return out
 
 
@@ -280,6 +305,7 @@ def _tokenize_domain(
     workers: int,
     spill_dir: Path,
     advance: Callable[[int], None],
+    doc_chars: int | None = None,
 ) -> _Spill:
     base = spill_dir / hashlib.sha256(domain.encode()).hexdigest()[:16]
     tok_path, ids_path = base.with_suffix(".bin"), base.with_suffix(".ids")
@@ -291,7 +317,9 @@ def _tokenize_domain(
         return batch, encoder([d.text for d in batch])
 
     with open(tok_path, "wb") as ftok, open(ids_path, "w", encoding="utf-8") as fids:
-        for docs, arrays in ordered_map(encode, _batches(corpus.iter_documents(domain)), workers):
+        for docs, arrays in ordered_map(
+            encode, _batches(cut_documents(corpus.iter_documents(domain), doc_chars)), workers
+        ):
             for doc, arr in zip(docs, arrays, strict=True):
                 ftok.write(arr.tobytes())
                 fids.write(json.dumps(doc.doc_id, ensure_ascii=False) + "\n")
@@ -407,14 +435,25 @@ def _reward_too_small(
     )
 
 
-def _write_domain(writer: StoreWriter, domain: str, spill: _Spill, rule: _SplitRule) -> None:
+def _write_domain(
+    writer: StoreWriter, domain: str, spill: _Spill, rule: _SplitRule, cap: int | None = None
+) -> dict[str, int] | None:
+    """Write the three splits; with ``cap``, the training mask cut to it (val and reward
+    decided first, on the uncapped domain)."""
     val = rule.val_mask(domain, spill.keys, spill.lengths)
     reward = rule.reward_mask(domain, spill.reward_keys, spill.lengths, val)
-    writer.write_split(domain, "train", spill.documents(~(val | reward)))
+    train = ~(val | reward)
+    capped = None
+    if cap is not None:
+        uncapped = int((spill.lengths[train] + 1).sum())
+        train, kept = cap_train_mask(train, spill.keys, spill.lengths, cap)
+        capped = {"cap": int(cap), "uncapped_tokens": uncapped, "tokens": kept}
+    writer.write_split(domain, "train", spill.documents(train))
     writer.write_split(domain, "val", spill.documents(val))
     writer.write_split(domain, "reward", spill.documents(reward))
     spill.tokens.unlink()
     spill.ids.unlink()
+    return capped
 
 
 # -- progress -------------------------------------------------------------------------------

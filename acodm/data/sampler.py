@@ -16,11 +16,10 @@ How a batch is drawn (deterministic from ``(seed, rank, step)`` and the sampler'
    epoch's permutation, so ranks read disjoint windows with the same weights.
 
 ``state_dict()`` / ``load_state_dict()`` hold the step and each domain's (epoch, cursor), so a
-restarted run continues with exactly the same stream. Validation windows are fixed: the
-first non-overlapping windows of each domain's held-out split, the same at every evaluation.
-Reward windows (the env's probe reward) are fixed too: ``n`` non-overlapping windows of the
-reward split spread evenly over it (window ``floor(j * N / n)`` of its ``N``), so a few
-windows still see the whole split's documents.
+restarted run continues with exactly the same stream. Validation windows are fixed: ``n``
+non-overlapping windows at evenly spaced starts over the whole of each domain's held-out
+split (so they cover many documents, not the first few), the same at every evaluation.
+Reward windows (the env's probe reward) are chosen the same way from the reward split.
 """
 
 from __future__ import annotations
@@ -249,53 +248,52 @@ class DomainSampler:
     def validation_windows(self, domain: str | int, max_windows: int | None = None) -> np.ndarray:
         """Fixed validation windows ``(n, seq_len + 1)`` of one domain (this rank's share).
 
-        The first non-overlapping windows of the held-out split, so every evaluation sees
-        exactly the same tokens.
+        The held-out split holds ``N = (tokens - 1) // seq_len`` non-overlapping windows (window
+        ``w`` starts at token ``w * seq_len``). With ``max_windows = n < N`` the windows taken are
+        ``floor(j * N / n)`` for ``j = 0 .. n - 1``: evenly spaced over the whole split, so they
+        cover many documents rather than the first few, and every evaluation sees exactly the
+        same tokens. Ranks take every ``world_size``-th of them.
         """
-        name = self.domains[domain] if isinstance(domain, int) else domain
-        arr = self.store.tokens(name, "val")
-        n = (arr.size - 1) // self.seq_len
-        if n < 1:
-            raise SamplerError(
-                f"domain {name!r} has {arr.size} validation tokens, fewer than one window of "
-                f"{self.seq_len + 1}; re-run `acodm prepare` with a larger --min-val-tokens"
-            )
-        if max_windows is not None:
-            n = min(n, int(max_windows))
-        width = self.seq_len + 1
-        starts = np.arange(self.rank, n, self.world_size) * self.seq_len
-        out = np.empty((starts.size, width), dtype=np.int64)
-        for row, s in enumerate(starts.tolist()):
-            out[row] = arr[s : s + width]
-        self._check_ids(out, np.full(len(out), self.domains.index(name)), "val")
-        return out
+        return self._spread_windows(
+            domain, "val", max_windows, "re-run `acodm prepare` with a larger --min-val-tokens"
+        )
 
     def reward_windows(self, domain: str | int, n: int) -> np.ndarray:
         """``n`` fixed probe windows ``(m, seq_len + 1)`` of one domain's reward split (this
-        rank's share), spread evenly over the split; fewer where it holds fewer than ``n``.
-
-        Of the split's ``N`` non-overlapping windows, window ``floor(j * N / n)`` for
-        ``j < n``: the same windows at every call, covering the split end to end.
+        rank's share), spread evenly over the split as :meth:`validation_windows` spreads its
+        windows; fewer where it holds fewer than ``n``.
         """
         if n < 1:
             raise SamplerError(f"reward windows per domain must be >= 1, got {n}")
+        return self._spread_windows(
+            domain,
+            "reward",
+            n,
+            "re-run `acodm prepare` with --reward-fraction (and a large enough "
+            "--min-reward-tokens) to hold out a reward split",
+        )
+
+    def _spread_windows(
+        self, domain: str | int, split: str, max_windows: int | None, fix: str
+    ) -> np.ndarray:
+        """Windows ``floor(j * N / n)``, ``j < n``, of the ``N`` non-overlapping windows of a
+        held-out split (all of them without ``max_windows``), this rank's share."""
         name = self.domains[domain] if isinstance(domain, int) else domain
-        arr = self.store.tokens(name, "reward")
-        total = (arr.size - 1) // self.seq_len
-        if total < 1:
+        arr = self.store.tokens(name, split)
+        n_all = (arr.size - 1) // self.seq_len
+        if n_all < 1:
             raise SamplerError(
-                f"domain {name!r} has {arr.size} reward tokens, fewer than one window of "
-                f"{self.seq_len + 1}; re-run `acodm prepare` with --reward-fraction (and a "
-                "large enough --min-reward-tokens) to hold out a reward split"
+                f"domain {name!r} has {arr.size} {split} tokens, fewer than one window of "
+                f"{self.seq_len + 1}; {fix}"
             )
-        m = min(int(n), total)
-        index = (np.arange(m, dtype=np.int64) * total) // m  # distinct, evenly spread
-        starts = index[self.rank :: self.world_size] * self.seq_len
+        n = n_all if max_windows is None else min(n_all, int(max_windows))
+        chosen = (np.arange(n, dtype=np.int64) * n_all) // n  # distinct, evenly spread
         width = self.seq_len + 1
+        starts = chosen[self.rank :: self.world_size] * self.seq_len
         out = np.empty((starts.size, width), dtype=np.int64)
-        for row, st in enumerate(starts.tolist()):
-            out[row] = arr[st : st + width]
-        self._check_ids(out, np.full(len(out), self.domains.index(name)), "reward")
+        for row, s in enumerate(starts.tolist()):
+            out[row] = arr[s : s + width]
+        self._check_ids(out, np.full(len(out), self.domains.index(name)), split)
         return out
 
     def validation_batches(self, max_windows_per_domain: int | None = None) -> list[Batch]:

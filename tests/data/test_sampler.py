@@ -144,6 +144,30 @@ def test_validation_windows_fixed_and_from_val_split(store):
     assert not {tuple(r) for r in r0.tolist()} & {tuple(r) for r in r1.tolist()}
 
 
+def test_validation_windows_spread_evenly_over_the_whole_val_split(store):
+    val = store.tokens("a", "val")
+    n_all = (val.size - 1) // L  # 37 windows in the 601-token split
+    s = DomainSampler(store, seq_len=L, batch_size=4, seed=0)
+    v = s.validation_windows("a", max_windows=6)
+    expected = [j * n_all // 6 for j in range(6)]
+    assert expected == [0, 6, 12, 18, 24, 30]
+    for row, w in zip(v, expected, strict=True):
+        np.testing.assert_array_equal(row, val[w * L : w * L + L + 1])
+    # the same windows at every call, whatever the sampler did in between
+    s.next_batch()
+    np.testing.assert_array_equal(v, s.validation_windows("a", max_windows=6))
+    # they reach the last part of the split, not only its head
+    assert expected[-1] * L > 0.75 * val.size
+    # ranks split exactly the chosen windows between them
+    shards = [
+        DomainSampler(store, seq_len=L, batch_size=4, rank=r, world_size=2).validation_windows(
+            "a", max_windows=6
+        )
+        for r in range(2)
+    ]
+    np.testing.assert_array_equal(np.concatenate([shards[0], shards[1]])[[0, 3, 1, 4, 2, 5]], v)
+
+
 @pytest.mark.parametrize(
     ("weights", "message"),
     [

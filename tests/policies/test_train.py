@@ -74,6 +74,14 @@ def test_train_policy_writes_run_folder_and_loadable_policy(run: Path, store: Pa
     assert spec["extra"]["episodes"] == 1 and spec["extra"]["proxy_model"] == "tiny"
     assert spec["extra"]["reward"]["steps"] == STEPS_PER_EPISODE
     config = json.loads((run / "config.json").read_text())
+    # the proxy's compute, for a study's "proxy compute in target runs": 1 episode x 8 steps
+    compute = spec["extra"]["compute"]
+    proxy = config["proxy"]
+    assert compute["tokens"] == 8 * proxy["seq_len"] * proxy["micro_batch_size"]
+    assert (
+        compute["params"] > 0
+        and compute["flops_6nd"] == 6.0 * compute["params"] * (compute["tokens"])
+    )
     assert config["proxy"]["steps"] == 8 and config["agent"]["net_arch"] == [16]
     assert config["schedule"]["warmup_steps"] == 1  # 2% of 3 steps, at least one
     ckpt = json.loads((run / "agent" / "checkpoint.json").read_text())
