@@ -59,11 +59,12 @@ def test_pieces_make_the_store_and_split_is_disjoint_by_pieces(
     assert s.manifest["meta"]["doc_chars"] == 300
     for domain in s.domains:
         train, val = s.doc_ids(domain, "train"), s.doc_ids(domain, "val")
-        assert not set(train) & set(val)
-        assert all("#" in i for i in train + val)
+        reward = s.doc_ids(domain, "reward")
+        assert not set(train) & set(val) and not (set(train) | set(val)) & set(reward)
+        assert all("#" in i for i in train + val + reward)
         # every piece of every document is there, in order, and decodes to its text
         by_doc: dict[str, dict[int, str]] = {}
-        for split, ids in (("train", train), ("val", val)):
+        for split, ids in (("train", train), ("val", val), ("reward", reward)):
             for j, pid in enumerate(ids):
                 doc, _, idx = pid.rpartition("#")
                 by_doc.setdefault(doc, {})[int(idx)] = tok.decode(
