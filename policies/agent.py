@@ -53,12 +53,15 @@ __all__ = [
     "FrozenActorPolicy",
     "MixingCallback",
     "Transition",
+    "UpdateLogger",
     "WarmupResult",
     "continue_learning",
+    "episode_metrics",
     "fill_replay_buffer",
     "fit_actor_to_buffer",
     "fit_critic_to_buffer",
     "load_agent",
+    "log_updates",
     "make_agent",
     "paper",
     "save_checkpoint",
@@ -659,13 +662,80 @@ def load_agent(
     return agent
 
 
+UpdateFn = Callable[[dict[str, float]], None]
+
+
+def episode_metrics(info: dict[str, Any]) -> dict[str, Any]:
+    """``rl/episode/return`` and ``rl/episode/length`` when ``info`` ends an episode.
+
+    SB3's ``Monitor`` adds ``info["episode"]`` (return ``r``, length ``l`` in env steps, wall
+    time ``t``, left out: it differs between equal runs) to an episode's last step. Its running
+    sum is part of an exact-resume checkpoint, so a resumed run logs the same returns.
+    """
+    episode = info.get("episode")
+    if episode is None:
+        return {}
+    return {"rl/episode/return": float(episode["r"]), "rl/episode/length": int(episode["l"])}
+
+
+class UpdateLogger(Logger):
+    """SB3's logger, without outputs, that also reports every ``train()`` call's losses.
+
+    SB3's ``TD3.train`` (DDPG is a TD3) runs ``gradient_steps`` updates on replay minibatches,
+    then records ``train/n_updates``, ``train/actor_loss`` (when the actor was updated: DDPG
+    every update, TD3 every ``policy_delay``) and last ``train/critic_loss``, each the mean over
+    that call's updates (stable-baselines3 2.x, ``td3/td3.py``). Those values are overwritten
+    by the next call and cleared at each dump, so a callback reading ``name_to_value`` sees only
+    some of them; this logger hands each call's values to ``on_update`` as they are recorded:
+    ``{"n_updates": ..., "critic_loss": ..., "actor_loss": ...}`` (``actor_loss`` only when
+    recorded in that call). The critic loss is the mean squared TD error
+    ``(Q(s, a) - r - gamma (1 - done) Q'(s', mu'(s')))^2`` of the minibatches.
+    """
+
+    def __init__(self, on_update: UpdateFn | None = None) -> None:
+        super().__init__(folder=None, output_formats=[])
+        self.on_update = on_update
+        self._pending: dict[str, float] | None = None
+
+    def record(self, key: str, value: Any, exclude: str | tuple[str, ...] | None = None) -> None:
+        super().record(key, value, exclude)
+        if key == "train/n_updates":  # recorded first by TD3.train
+            self._pending = {"n_updates": int(value)}
+        elif key == "train/actor_loss" and self._pending is not None:
+            self._pending["actor_loss"] = float(value)
+        elif key == "train/critic_loss" and self._pending is not None:  # recorded last
+            self._pending["critic_loss"] = float(value)
+            if self.on_update is not None:
+                self.on_update(self._pending)
+            self._pending = None
+
+
+def log_updates(agent: Agent, on_update: UpdateFn) -> UpdateLogger:
+    """Give ``agent`` an :class:`UpdateLogger` calling ``on_update`` after every ``train()``.
+
+    Keeps the pending values of the agent's current logger (a resumed run's, restored by
+    :func:`load_agent`), so metrics that read them are unchanged. Call before learning; SB3
+    then keeps this logger (``set_logger`` marks it custom) instead of making its own.
+    """
+    logger = UpdateLogger(on_update)
+    old = getattr(agent, "_logger", None)
+    if old is not None:
+        logger.name_to_value.update(old.name_to_value)
+        logger.name_to_count.update(old.name_to_count)
+        logger.name_to_excluded.update(old.name_to_excluded)
+    agent.set_logger(logger)
+    return logger
+
+
 class MixingCallback(BaseCallback):
     """Logs every ``log_every`` env steps and checkpoints every ``checkpoint_every`` steps.
 
     ``log(metrics, step)`` receives ``rl/reward``, ``rl/action/<domain>``, ``mix/weight/<domain>``
-    (when ``beta``/``eps`` are given) and ``rl/actor_loss``/``rl/critic_loss`` (SB3's latest
-    values from ``agent.logger.name_to_value``, once training has started); ``step`` is the
-    agent's timestep. ``acodm.metrics.MetricsLogger.log`` fits.
+    (when ``beta``/``eps`` are given), ``rl/episode/return`` and ``rl/episode/length`` at an
+    episode's last step (:func:`episode_metrics`) and ``rl/actor_loss``/``rl/critic_loss``
+    (SB3's latest values from ``agent.logger.name_to_value``, once training has started);
+    ``step`` is the agent's timestep (with several envs, one call per env, numbered by
+    transition). ``acodm.metrics.MetricsLogger.log`` fits.
 
     Checkpoints are written at the start of a rollout, i.e. after the previous step was stored
     *and* trained on, so a resumed run repeats nothing; and once more at the end of training.
@@ -695,15 +765,23 @@ class MixingCallback(BaseCallback):
         self._last_saved = int(self.num_timesteps)  # a resumed run's start is already saved
 
     def _on_step(self) -> bool:
-        if self._log is not None and self.num_timesteps % self.log_every == 0:
-            self._log(self._metrics(), int(self.num_timesteps))
+        if self._log is None:
+            return True
+        n_envs = len(self.locals["infos"])
+        first = int(self.num_timesteps) - n_envs  # the transitions of this vector step
+        for i in range(n_envs):
+            if (first + i + 1) % self.log_every == 0:
+                self._log(self._metrics(i), first + i + 1)
         return True
 
-    def _metrics(self) -> dict[str, Any]:
-        action = np.asarray(self.locals["actions"])[0]
-        names = self.domains or [str(i) for i in range(len(action))]
-        out: dict[str, Any] = {"rl/reward": float(np.asarray(self.locals["rewards"])[0])}
+    def _metrics(self, i: int = 0) -> dict[str, Any]:
+        """Env ``i``'s transition of this step (one line per env: its ``step`` is the
+        transition's count, ``num_timesteps - n_envs + i + 1``)."""
+        action = np.asarray(self.locals["actions"])[i]
+        names = self.domains or [str(j) for j in range(len(action))]
+        out: dict[str, Any] = {"rl/reward": float(np.asarray(self.locals["rewards"])[i])}
         out.update({f"rl/action/{n}": float(a) for n, a in zip(names, action, strict=True)})
+        out.update(episode_metrics(self.locals["infos"][i]))
         if self.beta is not None and self.eps is not None:
             w = action_to_weights(action, self.beta, self.eps)
             out.update({f"mix/weight/{n}": float(x) for n, x in zip(names, w, strict=True)})

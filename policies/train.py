@@ -5,7 +5,10 @@
     out/config.json       proxy TrainConfig, AgentConfig, env arguments, schedule (episodes, ...)
     out/metrics.jsonl     one line per env step (MetricsLogger): rl/reward, rl/reward/<term>,
                           rl/action/<domain>, mix/weight/<domain>, train/loss[/<domain>],
-                          rl/actor_loss, rl/critic_loss, rl/warmup (1 for expert steps)
+                          rl/actor_loss, rl/critic_loss, rl/warmup (1 for expert steps), and
+                          at an episode's last step rl/episode/return, rl/episode/length;
+                          one line per gradient-update call (the agent's learning curve):
+                          rl/update/critic_loss, rl/update/actor_loss, rl/update/n_updates
     out/agent/            SB3 checkpoint (agent.zip + replay_buffer.pkl + checkpoint.json),
                           RNG states (resume.json, rng.safetensors), the LM run (env/), and
                           the actor alone, pickle-free (actor.safetensors + actor.json)
@@ -76,7 +79,9 @@ from acodm.policies.agent import (
     MixingCallback,
     Transition,
     continue_learning,
+    episode_metrics,
     load_agent,
+    log_updates,
     make_agent,
     save_checkpoint,
     small,
@@ -297,6 +302,18 @@ class _StepLog:
             print(f"[train-policy] step {step}/{self.total} reward {reward:+.4f}", file=sys.stderr)
 
 
+def _update_log(model: Agent, logger: MetricsLogger) -> Callable[[dict[str, float]], None]:
+    """One metrics line per SB3 ``train()`` call (after each env step, once learning runs):
+    ``rl/update/critic_loss`` (mean squared TD error), ``rl/update/actor_loss`` (``-Q(s,
+    mu(s))``), each the mean over the call's ``gradient_steps`` minibatches, and
+    ``rl/update/n_updates`` (gradient steps so far), at the step the call followed."""
+
+    def log(values: dict[str, float]) -> None:
+        logger.log({f"rl/update/{k}": v for k, v in values.items()}, int(model.num_timesteps))
+
+    return log
+
+
 def _report_metrics(env: DataMixingEnv, info: Mapping[str, Any]) -> dict[str, Any]:
     """Per-step extras: reward terms, train loss (overall and per domain)."""
     out: dict[str, Any] = {f"rl/reward/{n}": float(v) for n, v in info["reward_terms"].items()}
@@ -314,9 +331,9 @@ class _TrainCallback(MixingCallback):
         super().__init__(**kwargs)
         self.env = env
 
-    def _metrics(self) -> dict[str, Any]:
-        out = super()._metrics()
-        info = self.locals["infos"][0]
+    def _metrics(self, i: int = 0) -> dict[str, Any]:
+        out = super()._metrics(i)
+        info = self.locals["infos"][i]
         if not _is_v0_mapping(self.env.action_mapping):  # the weights the interval ran with
             out.update({f"mix/weight/{n}": float(w) for n, w in info["weights"].items()})
         out.update(_report_metrics(self.env, info))
@@ -357,6 +374,7 @@ class _OdmExpert:
         metrics.update({f"rl/action/{n}": float(a) for n, a in zip(names, t.action, strict=True)})
         metrics.update({f"mix/weight/{n}": float(w) for n, w in info["weights"].items()})
         metrics.update(_report_metrics(self.env, info))
+        metrics.update(episode_metrics(info))
         self.log(metrics, self.step)
 
 
@@ -451,6 +469,7 @@ def train_policy(
             log = _StepLog(logger, total, progress)
             if model is None:
                 model = _warmup_phase(env, agent_cfg, run_dir, schedule, log)
+            log_updates(model, _update_log(model, logger))
             _learn_phase(model, env, run_dir, schedule, log)
         return _export(model, env, run_dir, run_config)
     except BaseException:

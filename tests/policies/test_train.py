@@ -212,3 +212,59 @@ def test_the_default_proxy_gives_the_agent_a_signal(store: Path, tmp_path: Path,
             interval=1,
             overrides={"device": "cpu", "steps": 3},
         )
+
+
+# ----------------------------------------------------------------------------- learning curve
+
+
+def test_learning_curve_is_in_the_metrics(run: Path) -> None:
+    """One update line per SB3 train() call, one episode line at the episode's end whose
+    return is the sum of that episode's rewards."""
+    records = read_metrics(run / "metrics.jsonl")
+    rewards = _rewards(run)
+    ends = [r for r in records if "rl/episode/return" in r]
+    assert [r["step"] for r in ends] == [STEPS_PER_EPISODE]
+    assert ends[0]["rl/episode/length"] == STEPS_PER_EPISODE
+    assert ends[0]["rl/episode/return"] == pytest.approx(
+        sum(r["rl/reward"] for r in rewards), abs=1e-5
+    )
+    updates = [r for r in records if "rl/update/critic_loss" in r]
+    # warm-up step 1 (learning_starts = 1), then a train() call after each of steps 2 and 3
+    assert [r["step"] for r in updates] == [2, 3]
+    assert [r["rl/update/n_updates"] for r in updates] == [1, 2]
+    for r in updates:
+        assert r["rl/update/critic_loss"] >= 0.0 and np.isfinite(r["rl/update/actor_loss"])
+    # the per-step line after an update reads the same SB3 values
+    by_step = {r["step"]: r for r in rewards}
+    assert by_step[3]["rl/critic_loss"] == pytest.approx(updates[0]["rl/update/critic_loss"])
+
+
+def test_update_logger_reports_each_train_call() -> None:
+    from acodm.policies.agent import UpdateLogger
+
+    seen: list[dict[str, float]] = []
+    logger = UpdateLogger(seen.append)
+    logger.record("train/n_updates", 4)
+    logger.record("train/actor_loss", np.float64(-0.5))
+    logger.record("train/critic_loss", np.float64(0.25))
+    logger.record("train/n_updates", 5)  # a TD3 call without an actor update
+    logger.record("train/critic_loss", 0.125)
+    logger.record("time/episodes", 1)  # other keys pass through untouched
+    assert seen == [
+        {"n_updates": 4, "actor_loss": -0.5, "critic_loss": 0.25},
+        {"n_updates": 5, "critic_loss": 0.125},
+    ]
+    assert logger.name_to_value["train/critic_loss"] == 0.125
+
+
+def test_learning_curve_plot(run: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from acodm.errors import AcodmError
+    from acodm.plots import plot_learning_curve
+
+    out = plot_learning_curve(run, tmp_path / "curve.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "metrics.jsonl").write_text('{"step": 1, "rl/reward": 0.1}\n')
+    with pytest.raises(AcodmError, match="no rl/episode/return"):
+        plot_learning_curve(tmp_path / "empty", tmp_path / "x.png")
