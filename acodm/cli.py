@@ -347,6 +347,26 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
         help="ablation: keep the actor at its random initialisation",
     )
     t.add_argument(
+        "--gradient-steps",
+        type=int,
+        default=None,
+        help="DDPG updates (minibatches from the replay buffer) after each env step of every "
+        "proxy (default 1, the paper's; an update costs about a millisecond, an env step "
+        "K optimizer steps of the proxy)",
+    )
+    t.add_argument(
+        "--train-freq",
+        type=int,
+        default=None,
+        help="env steps between two rounds of --gradient-steps updates (default 1)",
+    )
+    t.add_argument(
+        "--plot",
+        action="store_true",
+        help="also draw OUT/learning_curve.png: return per episode and critic loss "
+        "(needs matplotlib)",
+    )
+    t.add_argument(
         "--console",
         action="store_true",
         help="the proxy run has the agent console: the policy observes its features and is "
@@ -497,11 +517,14 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
         changes["model"] = args.proxy_model
     if args.steps:
         changes.update(steps=args.steps, tokens=None)
-    agent = small()
+    agent_changes: dict[str, Any] = {}
     if args.frozen_actor:
-        import dataclasses
-
-        agent = dataclasses.replace(agent, frozen_actor=True)
+        agent_changes["frozen_actor"] = True
+    if args.gradient_steps is not None:
+        agent_changes["gradient_steps"] = args.gradient_steps
+    if args.train_freq is not None:
+        agent_changes["train_freq"] = args.train_freq
+    agent = small(**agent_changes)  # an AgentError names a bad value
     out = train_policy(
         args.store,
         args.out,
@@ -520,6 +543,10 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
         max_epochs=args.max_epochs,
     )
     print(f"policy exported to {out}")
+    if args.plot:
+        from acodm.plots import plot_learning_curve
+
+        print(f"learning curve: {plot_learning_curve(args.out, args.out / 'learning_curve.png')}")
     return 0
 
 

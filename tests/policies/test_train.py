@@ -268,3 +268,16 @@ def test_learning_curve_plot(run: Path, tmp_path: Path) -> None:
     (tmp_path / "empty" / "metrics.jsonl").write_text('{"step": 1, "rl/reward": 0.1}\n')
     with pytest.raises(AcodmError, match="no rl/episode/return"):
         plot_learning_curve(tmp_path / "empty", tmp_path / "x.png")
+
+
+def test_more_gradient_steps_per_env_step(run: Path, store: Path, tmp_path: Path) -> None:
+    """gradient_steps=3: three minibatch updates after each env step (SB3 DDPG), so the
+    update counter moves by 3 per train() call and the actor ends elsewhere."""
+    out = _train(store, tmp_path / "g3", agent=_agent(gradient_steps=3))
+    updates = [
+        r for r in read_metrics(tmp_path / "g3" / "metrics.jsonl") if "rl/update/n_updates" in r
+    ]
+    assert [r["rl/update/n_updates"] for r in updates] == [3, 6]
+    assert (out / ACTOR_FILE).read_bytes() != (run / "policy" / ACTOR_FILE).read_bytes()
+    config = json.loads((tmp_path / "g3" / "config.json").read_text())
+    assert config["agent"]["gradient_steps"] == 3 and config["agent"]["train_freq"] == 1
