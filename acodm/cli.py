@@ -319,6 +319,14 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
         "samples at least 3 domains 95%% of the time, else the alignment reward is 0)",
     )
     t.add_argument("--episodes", type=int, default=1)
+    t.add_argument(
+        "--episode-steps",
+        type=int,
+        default=None,
+        help="many short episodes: each episode is a whole proxy run of this many optimizer "
+        "steps (fresh model and data order; LR warm-up scaled; progress = step / this), "
+        "--episodes of them (instead of --steps)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument(
         "--action",
@@ -516,6 +524,10 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
     if args.proxy_model:
         changes["model"] = args.proxy_model
     if args.steps:
+        if args.episode_steps is not None:
+            raise AcodmError(
+                "give --steps or --episode-steps, not both (both set the run's length)"
+            )
         changes.update(steps=args.steps, tokens=None)
     agent_changes: dict[str, Any] = {}
     if args.frozen_actor:
@@ -541,6 +553,7 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
         action=args.action,
         prior=args.prior,
         max_epochs=args.max_epochs,
+        episode_steps=args.episode_steps,
     )
     print(f"policy exported to {out}")
     if args.plot:

@@ -205,6 +205,26 @@ def _signal_interval(cfg: TrainConfig, k: int, explicit: bool) -> TrainConfig:
     return cfg.replace(interval=interval)
 
 
+def _short_episodes(cfg: TrainConfig, steps: int) -> TrainConfig:
+    """The proxy config of one short episode: a whole pretraining run of ``steps`` steps.
+
+    Many short episodes give the agent many starts (a fresh model and data order each: the
+    env draws every run's seed from its own RNG) and the whole schedule in every episode.
+    The run's budget becomes ``steps`` (``tokens`` dropped) and the LR warm-up is scaled by
+    the same factor, so the LR schedule has the long run's shape over progress, and the
+    observation's progress (``step / steps``) keeps its meaning: the fraction of the run's
+    budget spent, which is what the target computes over its own budget. The first interval
+    is run by the env's reset, so ``steps`` must exceed K.
+    """
+    if steps <= cfg.interval:
+        raise TrainPolicyError(
+            f"episode_steps ({steps}) must exceed the interval K = {cfg.interval}: the env's "
+            "reset runs the first interval; use more --episode-steps or a smaller --interval"
+        )
+    warmup = round(cfg.warmup_steps * steps / cfg.total_steps())
+    return cfg.replace(steps=int(steps), tokens=None, warmup_steps=min(warmup, steps - 1))
+
+
 def _make_env(
     cfg: TrainConfig,
     beta: float | None,
@@ -403,6 +423,7 @@ def train_policy(
     action: str = "softmax",
     prior: str | None = None,
     max_epochs: float | None = None,
+    episode_steps: int | None = None,
 ) -> Path:
     """Train the mixing agent on ``episodes`` proxy runs; return ``out/policy`` (exported actor).
 
@@ -426,6 +447,9 @@ def train_policy(
     ``--console`` on the target run too. See the module docstring for the run folder and for
     what ``resume`` can and cannot restore.
 
+    ``episode_steps``: many short episodes: every episode is a whole proxy run of this many
+    optimizer steps (:func:`_short_episodes`; ``episodes`` of them, each with its own run seed).
+
     ``resume`` unpickles the run's SB3 checkpoint, so it refuses (:class:`~acodm.trust.
     TrustError`, before anything is loaded or written) a checkpoint that this user's acodm did
     not write: one from another user or machine, one written before checkpoints were signed,
@@ -441,6 +465,8 @@ def train_policy(
         cfg = cfg.replace(console=True)
     if max_epochs is not None:
         cfg = cfg.replace(max_epochs=max_epochs)
+    if episode_steps is not None:
+        cfg = _short_episodes(cfg, episode_steps)
     agent_cfg = replace(agent or small(), seed=int(seed))
     env = _make_env(cfg, beta, eps, action, prior)
     if agent_cfg.zero_init_actor is None:  # the residual action starts at its prior
@@ -457,6 +483,8 @@ def train_policy(
         "checkpoint_every": int(checkpoint_every or per_episode),
         "seed": int(seed),
     }
+    if episode_steps is not None:  # only then: earlier runs keep their schedule
+        schedule["episode_steps"] = int(episode_steps)
     run_config = _run_config(cfg, agent_cfg, env, schedule)
     folder = RunFolder(run_dir, TRAIN_POLICY)  # lock, leftovers; a failed start leaves nothing
     try:

@@ -281,3 +281,34 @@ def test_more_gradient_steps_per_env_step(run: Path, store: Path, tmp_path: Path
     assert (out / ACTOR_FILE).read_bytes() != (run / "policy" / ACTOR_FILE).read_bytes()
     config = json.loads((tmp_path / "g3" / "config.json").read_text())
     assert config["agent"]["gradient_steps"] == 3 and config["agent"]["train_freq"] == 1
+
+
+def test_many_short_episodes(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """episode_steps=6 at K = 2: every episode is a whole proxy run of 6 steps (2 env steps
+    after the reset's interval), with its own run seed and the LR warm-up scaled."""
+    from acodm.envs import data_mixing
+    from acodm.trainer import Trainer
+
+    seeds: list[int] = []
+
+    class Recording(Trainer):
+        def __init__(self, config: Any, **kw: Any) -> None:
+            seeds.append(config.seed)
+            super().__init__(config, **kw)
+
+    monkeypatch.setattr(data_mixing, "Trainer", Recording)
+    overrides = {**OVERRIDES, "steps": 40, "warmup_steps": 10}
+    _train(store, tmp_path / "short", overrides=overrides, episodes=3, episode_steps=6)
+    config = json.loads((tmp_path / "short" / "config.json").read_text())
+    assert config["proxy"]["steps"] == 6 and config["proxy"]["warmup_steps"] == 2  # 10 * 6/40
+    assert config["schedule"]["steps_per_episode"] == 2
+    assert config["schedule"]["total_steps"] == 6 and config["schedule"]["episode_steps"] == 6
+    ends = [
+        r for r in read_metrics(tmp_path / "short" / "metrics.jsonl") if "rl/episode/length" in r
+    ]
+    assert [(r["step"], r["rl/episode/length"]) for r in ends] == [(2, 2), (4, 2), (6, 2)]
+    # a fresh run with its own seed per episode (the 4th: SB3's auto-reset after the last)
+    assert len(seeds) == 4 and len(set(seeds)) == 4
+    with pytest.raises(TrainPolicyError, match="episode_steps"):
+        _train(store, tmp_path / "too-short", episode_steps=2)
+    assert not (tmp_path / "too-short").exists()
