@@ -320,6 +320,13 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--episodes", type=int, default=1)
     t.add_argument(
+        "--num-envs",
+        type=int,
+        default=1,
+        help="proxies run at once, one process each (SB3 SubprocVecEnv; seeds seed+i); must "
+        "divide --episodes; such a run cannot --resume",
+    )
+    t.add_argument(
         "--episode-steps",
         type=int,
         default=None,
@@ -554,6 +561,7 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
         prior=args.prior,
         max_epochs=args.max_epochs,
         episode_steps=args.episode_steps,
+        num_envs=args.num_envs,
     )
     print(f"policy exported to {out}")
     if args.plot:

@@ -324,6 +324,7 @@ def warmup(
     bc_steps: int = 300,
     critic_steps: int = 300,
     on_step: Callable[[Transition, dict[str, Any]], None] | None = None,
+    vectorized: bool = False,
 ) -> WarmupResult:
     """Run ``expert`` (obs -> action in [-1, 1]^k) for ``steps`` env steps through the agent's own
     env, add every transition to the replay buffer, then pre-fit (METHOD.md, "The agent").
@@ -341,43 +342,74 @@ def warmup(
 
     ``on_step(transition, info)`` lets a stateful expert (an ODM bandit) see each step's outcome;
     an expert that outputs weights is wrapped with ``lambda obs: weights_to_action(w, beta, eps)``.
+
+    With ``n`` envs (a vector env), ``vectorized=True``: ``expert(obs)`` maps the ``(n, obs)``
+    batch to ``(n, k)`` actions, each round adds ``n`` transitions (``steps`` is rounded up
+    to a multiple of ``n``) and ``on_step`` sees them in env order.
     """
     if steps <= 0:
         raise AgentError(f"warm-up steps must be > 0, got {steps}")
     env = agent.get_env()
-    if env is None or env.num_envs != 1:
+    if env is None or (env.num_envs != 1 and not vectorized):
         raise AgentError("warm-up needs the agent's env with exactly one environment")
+    n = env.num_envs
     obs = np.asarray(agent._last_obs if agent._last_obs is not None else env.reset())
-    done_flags = np.zeros(1, dtype=bool)
+    done_flags = np.zeros(n, dtype=bool)
     collected: list[Transition] = []
-    for _ in range(steps):
-        action = np.clip(np.asarray(expert(obs[0]), np.float32), -1.0, 1.0)
-        stepped, rewards, done_flags, infos = env.step(action[None])
+    for _ in range(-(-steps // n)):
+        raw = expert(obs) if vectorized else np.asarray(expert(obs[0]))[None]
+        actions = np.clip(np.asarray(raw, np.float32).reshape(n, -1), -1.0, 1.0)
+        stepped, rewards, done_flags, infos = env.step(actions)
         new_obs = np.asarray(stepped)
-        next_obs = (
-            np.asarray(infos[0].get("terminal_observation", new_obs[0]))
-            if done_flags[0]
-            else new_obs[0]
-        )
-        truncated = bool(infos[0].get("TimeLimit.truncated", False))
-        t = Transition(
-            obs[0].copy(),
-            action,
-            float(rewards[0]),
-            np.array(next_obs),
-            terminated=bool(done_flags[0]) and not truncated,
-            truncated=truncated,
-        )
-        fill_replay_buffer(agent, [t])
-        collected.append(t)
+        ts = [
+            _transition(obs[i], actions[i], rewards[i], new_obs[i], done_flags[i], infos[i])
+            for i in range(n)
+        ]
+        if n == 1:
+            fill_replay_buffer(agent, ts)
+        else:
+            _add_round(agent, ts)
+        collected.extend(ts)
         if on_step is not None:
-            on_step(t, infos[0])
-        agent.num_timesteps += 1
+            for t, info in zip(ts, infos, strict=True):
+                on_step(t, info)
+        agent.num_timesteps += n
         obs = new_obs
     agent._last_obs = obs
     agent._last_episode_starts = done_flags
     agent.learning_starts = agent.num_timesteps
     return _prefit(agent, collected, bc_steps, critic_steps)
+
+
+def _transition(
+    obs: np.ndarray, action: np.ndarray, reward: Any, new_obs: np.ndarray, done: Any, info: Any
+) -> Transition:
+    """One env's transition of a vector step (the true next observation at an episode end)."""
+    next_obs = np.asarray(info.get("terminal_observation", new_obs)) if done else new_obs
+    truncated = bool(info.get("TimeLimit.truncated", False))
+    return Transition(
+        obs.copy(),
+        action,
+        float(reward),
+        np.array(next_obs),
+        terminated=bool(done) and not truncated,
+        truncated=truncated,
+    )
+
+
+def _add_round(agent: Agent, ts: list[Transition]) -> None:
+    """Add one vector step (one transition per env, in env order) to an n-env buffer."""
+    rb = agent.replay_buffer
+    if rb is None or rb.n_envs != len(ts):
+        raise AgentError(f"the replay buffer holds {rb and rb.n_envs} envs, not {len(ts)}")
+    rb.add(
+        np.stack([t.obs for t in ts]),
+        np.stack([t.next_obs for t in ts]),
+        np.stack([np.asarray(t.action, np.float32) for t in ts]),
+        np.array([t.reward for t in ts], np.float32),
+        np.array([t.terminated or t.truncated for t in ts]),
+        [{"TimeLimit.truncated": bool(t.truncated and not t.terminated)} for t in ts],
+    )
 
 
 def _prefit(agent: Agent, data: list[Transition], bc_steps: int, critic_steps: int) -> WarmupResult:

@@ -29,6 +29,14 @@ the replay buffer and the actor/critic are pre-fitted (:func:`acodm.policies.age
 The agent then learns for the remaining steps (``continue_learning``, which continues the
 current episode instead of resetting the env).
 
+More experience per run (issue 11, "Enough experience"): ``episode_steps`` cuts the budget
+into many short episodes, each a whole proxy run of that many optimizer steps (fresh model
+and data order, LR warm-up scaled, progress = step / episode_steps); ``num_envs`` runs that
+many proxies at once (:mod:`acodm.policies.vector`: one process each, env ``i`` seeded
+``seed + i``, deterministic on CPU), sharing the ``episodes``; and the agent's
+``gradient_steps`` sets the updates after each (vector) env step. The learning curve is in
+``metrics.jsonl`` (above) and :func:`acodm.plots.plot_learning_curve` draws it.
+
 Resuming (``resume=True``) continues exactly: every agent checkpoint (after the warm-up,
 every ``checkpoint_every`` env steps, at the end) saves, in one atomic folder, the agent with
 its optimizers, replay buffer, timestep/episode counters and last observation (SB3's files),
@@ -41,7 +49,9 @@ bit-identical actor as an uninterrupted run with the same seed
 (``tests/policies/test_resume_exact.py``). Steps run after the last checkpoint are redone;
 metric lines logged after it are dropped on resume, so each env step appears once. An
 interruption during the ODM warm-up (before the first checkpoint) restarts from scratch. On
-CUDA the LM steps are not bitwise reproducible, so a resumed run is close, not equal.
+CUDA the LM steps are not bitwise reproducible, so a resumed run is close, not equal. A run
+with ``num_envs > 1`` is refused on resume (its proxies' LM runs live in other processes and
+are not checkpointed); its agent checkpoints still export.
 Checkpoints written before this format (no ``agent/env/``) still resume, inexactly: the
 interrupted LM run restarts with a fresh model.
 
@@ -58,6 +68,7 @@ import sys
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +82,6 @@ from acodm.envs.spaces import CONSOLE_FEATURES, ActionMapping, console_reward_te
 from acodm.errors import AcodmError
 from acodm.io import atomic_write_json, atomic_write_text
 from acodm.metrics import MetricsLogger, read_metrics
-from acodm.mixers import Mixer, make_mixer
 from acodm.policies.agent import (
     ODM_EXPERT,
     Agent,
@@ -98,10 +108,11 @@ from acodm.policies.export import (
     read_checkpoint_actor,
     write_policy,
 )
+from acodm.policies.vector import make_proxy_vec_env, unwrap_proxy
 from acodm.runfolder import TRAIN_POLICY, RunFolder, absolute_store, has_entries
 
 if TYPE_CHECKING:
-    pass
+    from stable_baselines3.common.vec_env import VecEnv
 
 __all__ = [
     "RUN_FORMAT",
@@ -334,13 +345,11 @@ def _update_log(model: Agent, logger: MetricsLogger) -> Callable[[dict[str, floa
     return log
 
 
-def _report_metrics(env: DataMixingEnv, info: Mapping[str, Any]) -> dict[str, Any]:
-    """Per-step extras: reward terms, train loss (overall and per domain)."""
+def _report_metrics(info: Mapping[str, Any]) -> dict[str, Any]:
+    """Per-step extras: reward terms, train loss (overall and per domain, from ProxyEnv)."""
     out: dict[str, Any] = {f"rl/reward/{n}": float(v) for n, v in info["reward_terms"].items()}
     out["train/loss"] = float(info["train_loss"])
-    report = env.last_report
-    if report is not None:
-        out.update({k: v for k, v in report.metrics.items() if k.startswith("train/loss/")})
+    out.update(info.get("train_metrics", {}))
     return out
 
 
@@ -356,7 +365,7 @@ class _TrainCallback(MixingCallback):
         info = self.locals["infos"][i]
         if not _is_v0_mapping(self.env.action_mapping):  # the weights the interval ran with
             out.update({f"mix/weight/{n}": float(w) for n, w in info["weights"].items()})
-        out.update(_report_metrics(self.env, info))
+        out.update(_report_metrics(info))
         out["rl/warmup"] = 0
         return out
 
@@ -365,35 +374,25 @@ class _TrainCallback(MixingCallback):
 
 
 class _OdmExpert:
-    """The ODM bandit as the warm-up expert: weights -> actions; one fresh bandit per LM run."""
+    """The warm-up expert: every proxy's own ODM bandit (:meth:`ProxyEnv.expert_action`, in
+    the proxy's process; a fresh bandit per LM run, updated with each interval's feedback)."""
 
-    def __init__(self, env: DataMixingEnv, log: Callable[[dict[str, Any], int], None]) -> None:
-        self.env, self.log = env, log
-        self.mixer: Mixer | None = None
-        self._trainer: object = None
+    def __init__(
+        self, venv: VecEnv, env: DataMixingEnv, log: Callable[[dict[str, Any], int], None]
+    ) -> None:
+        self.venv, self.env, self.log = venv, env, log
         self.step = 0
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        tr = self.env.trainer
-        if tr is None:
-            raise TrainPolicyError("the env has no running LM episode during the warm-up")
-        if self.mixer is None or tr is not self._trainer:  # a new LM run: a new bandit
-            self.mixer = make_mixer(ODM_EXPERT)
-            self.mixer.setup(tr.mixer_context())
-            self._trainer = tr
-        # the expert's weights as the env's action (lossy beyond the action's range)
-        return self.env.action_mapping.action(self.mixer.weights(), self.env.prior)
+        return np.stack(self.venv.env_method("expert_action"))  # (n_envs, k)
 
     def on_step(self, t: Transition, info: dict[str, Any]) -> None:
-        report = self.env.last_report
-        if self.mixer is not None and report is not None:
-            self.mixer.update(report.feedback)
         self.step += 1
         metrics: dict[str, Any] = {"rl/reward": t.reward, "rl/warmup": 1}
         names = self.env.domains
         metrics.update({f"rl/action/{n}": float(a) for n, a in zip(names, t.action, strict=True)})
         metrics.update({f"mix/weight/{n}": float(w) for n, w in info["weights"].items()})
-        metrics.update(_report_metrics(self.env, info))
+        metrics.update(_report_metrics(info))
         metrics.update(episode_metrics(info))
         self.log(metrics, self.step)
 
@@ -424,6 +423,7 @@ def train_policy(
     prior: str | None = None,
     max_epochs: float | None = None,
     episode_steps: int | None = None,
+    num_envs: int = 1,
 ) -> Path:
     """Train the mixing agent on ``episodes`` proxy runs; return ``out/policy`` (exported actor).
 
@@ -449,6 +449,11 @@ def train_policy(
 
     ``episode_steps``: many short episodes: every episode is a whole proxy run of this many
     optimizer steps (:func:`_short_episodes`; ``episodes`` of them, each with its own run seed).
+    ``num_envs``: proxies run at once (:func:`acodm.policies.vector.make_proxy_vec_env`: one
+    process each when > 1; env ``i`` seeded ``seed + i``); the ``episodes`` are shared among
+    them (a multiple of ``num_envs``), the warm-up and checkpoint steps rounded up to a
+    multiple of it, and SB3 runs ``gradient_steps`` updates after every step of all of them.
+    A run with ``num_envs > 1`` cannot be resumed (its proxies' LM runs are not saved).
 
     ``resume`` unpickles the run's SB3 checkpoint, so it refuses (:class:`~acodm.trust.
     TrustError`, before anything is loaded or written) a checkpoint that this user's acodm did
@@ -458,6 +463,11 @@ def train_policy(
     """
     if episodes < 1:
         raise TrainPolicyError(f"episodes must be >= 1, got {episodes}")
+    if num_envs < 1 or episodes % num_envs:
+        raise TrainPolicyError(
+            f"num_envs must be >= 1 and divide episodes (each proxy runs as many), got "
+            f"num_envs={num_envs}, episodes={episodes}"
+        )
     run_dir = Path(out)
     trust.user_key()  # checkpoints are signed with it: an unusable key fails now, not mid-run
     cfg = _resolve_proxy(store, proxy, overrides, interval)
@@ -473,30 +483,46 @@ def train_policy(
         agent_cfg = replace(agent_cfg, zero_init_actor=env.action_mapping.residual)
     per_episode = env.num_intervals - 1
     total = episodes * per_episode
+
+    def whole_rounds(n: int) -> int:  # env steps come num_envs at a time
+        return -(-n // num_envs) * num_envs
+
     schedule = {
         "episodes": episodes,
         "steps_per_episode": per_episode,
         "total_steps": total,
         "warmup_fraction": warmup_fraction,
-        "warmup_steps": warmup_count(total, warmup_fraction),
+        "warmup_steps": whole_rounds(warmup_count(total, warmup_fraction)),
         "warmup_expert": ODM_EXPERT,
-        "checkpoint_every": int(checkpoint_every or per_episode),
+        "checkpoint_every": whole_rounds(int(checkpoint_every or per_episode)),
         "seed": int(seed),
     }
     if episode_steps is not None:  # only then: earlier runs keep their schedule
         schedule["episode_steps"] = int(episode_steps)
+    if num_envs > 1:
+        schedule["num_envs"] = num_envs
     run_config = _run_config(cfg, agent_cfg, env, schedule)
     folder = RunFolder(run_dir, TRAIN_POLICY)  # lock, leftovers; a failed start leaves nothing
+    venv: VecEnv | None = None
     try:
         folder.acquire()
-        model = _start_or_resume(env, agent_cfg, run_dir, run_config, resume, trust_pickle)
+        if num_envs > 1 and resume and (run_dir / AGENT_DIR / "checkpoint.json").exists():
+            raise TrainPolicyError(
+                f"cannot resume {run_dir}: a run with num_envs={num_envs} (--num-envs) saves "
+                "its agent but not its proxies' LM runs, so it cannot continue exactly; "
+                "start it again in a new --out (or train with --num-envs 1, which resumes)"
+            )
+        venv = make_proxy_vec_env(
+            partial(_make_env, cfg, beta, eps, action, prior), num_envs, env=env
+        )
+        model = _start_or_resume(venv, env, agent_cfg, run_dir, run_config, resume, trust_pickle)
         logger = MetricsLogger(
             run_dir / METRICS_FILE, wandb=wandb, run_name=run_dir.name, config=run_config
         )
         with logger:
             log = _StepLog(logger, total, progress)
             if model is None:
-                model = _warmup_phase(env, agent_cfg, run_dir, schedule, log)
+                model = _warmup_phase(venv, env, agent_cfg, run_dir, schedule, log)
             log_updates(model, _update_log(model, logger))
             _learn_phase(model, env, run_dir, schedule, log)
         return _export(model, env, run_dir, run_config)
@@ -505,10 +531,13 @@ def train_policy(
         raise
     finally:
         folder.release()
+        if venv is not None:
+            venv.close()  # the proxies' processes; with one env, the env itself
         env.close()
 
 
 def _start_or_resume(
+    venv: VecEnv,
     env: DataMixingEnv,
     agent_cfg: AgentConfig,
     run_dir: Path,
@@ -545,7 +574,7 @@ def _start_or_resume(
     if exact:
         env.load_state(env_state)  # before load_agent, which restores the global RNGs last
     model = load_agent(
-        run_dir / AGENT_DIR, env, device=agent_cfg.device, exact=exact, trust_pickle=trust_pickle
+        run_dir / AGENT_DIR, venv, device=agent_cfg.device, exact=exact, trust_pickle=trust_pickle
     )
     _drop_metrics_after(run_dir / METRICS_FILE, int(model.num_timesteps))
     return model
@@ -560,6 +589,7 @@ def _drop_metrics_after(path: Path, step: int) -> None:
 
 
 def _warmup_phase(
+    venv: VecEnv,
     env: DataMixingEnv,
     agent_cfg: AgentConfig,
     run_dir: Path,
@@ -567,21 +597,28 @@ def _warmup_phase(
     log: _StepLog,
 ) -> Agent:
     """Make the agent, run the ODM expert for the warm-up steps, checkpoint."""
-    model = make_agent(env, agent_cfg)
-    expert = _OdmExpert(env, log)
-    result = warmup(model, expert, int(schedule["warmup_steps"]), on_step=expert.on_step)
+    model = make_agent(venv, agent_cfg)
+    expert = _OdmExpert(venv, env, log)
+    steps = int(schedule["warmup_steps"])
+    result = warmup(model, expert, steps, on_step=expert.on_step, vectorized=True)
+    venv.env_method("stop_expert")
     summary: dict[str, Any] = {"rl/warmup_transitions": result.transitions}
     if result.bc_loss is not None:
         summary["rl/warmup_bc_loss"] = result.bc_loss
     if result.critic_loss is not None:
         summary["rl/warmup_critic_loss"] = result.critic_loss
     log.logger.log(summary, int(model.num_timesteps))
-    save_checkpoint(model, run_dir / AGENT_DIR, _env_writer(env))
+    save_checkpoint(model, run_dir / AGENT_DIR, _env_writer(model))
     return model
 
 
-def _env_writer(env: DataMixingEnv) -> Callable[[Path], None]:
-    """Saves the env's state (running LM, RNG) inside an agent checkpoint being written."""
+def _env_writer(model: Agent) -> Callable[[Path], None] | None:
+    """Saves the env's state (running LM, RNG) inside an agent checkpoint being written;
+    None with several proxies (in other processes: such a run does not resume)."""
+    venv = model.get_env()
+    if venv is None or venv.num_envs != 1:
+        return None
+    env = unwrap_proxy(venv)
 
     def write(folder: Path) -> None:
         env.save_state(folder / ENV_DIR)
@@ -600,7 +637,7 @@ def _learn_phase(
         eps=env.eps,
         checkpoint_dir=run_dir / AGENT_DIR,
         checkpoint_every=int(schedule["checkpoint_every"]),
-        write_state=_env_writer(env),
+        write_state=_env_writer(model),
     )
     continue_learning(model, int(schedule["total_steps"]), callback=callback)
 
