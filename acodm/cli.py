@@ -327,6 +327,14 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
         "divide --episodes; such a run cannot --resume",
     )
     t.add_argument(
+        "--branches",
+        type=int,
+        default=0,
+        help="before every learning step, this many extra actions around the prior, each "
+        "trained one interval from the saved proxy state, go into the replay buffer (the "
+        "state is then restored exactly); needs --num-envs 1",
+    )
+    t.add_argument(
         "--episode-steps",
         type=int,
         default=None,
@@ -562,6 +570,7 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
         max_epochs=args.max_epochs,
         episode_steps=args.episode_steps,
         num_envs=args.num_envs,
+        branches=args.branches,
     )
     print(f"policy exported to {out}")
     if args.plot:

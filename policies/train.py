@@ -90,6 +90,7 @@ from acodm.policies.agent import (
     Transition,
     continue_learning,
     episode_metrics,
+    fill_replay_buffer,
     load_agent,
     log_updates,
     make_agent,
@@ -99,6 +100,7 @@ from acodm.policies.agent import (
     warmup,
     warmup_count,
 )
+from acodm.policies.branching import branch_actions, branch_transitions
 from acodm.policies.ddpg import OnlineDDPGMixer  # registers mixer "ddpg"; its old home
 from acodm.policies.export import (
     CHECKPOINT_ACTOR_SPEC,
@@ -356,9 +358,35 @@ def _report_metrics(info: Mapping[str, Any]) -> dict[str, Any]:
 class _TrainCallback(MixingCallback):
     """:class:`MixingCallback` plus reward terms and LM losses from the step's info."""
 
-    def __init__(self, env: DataMixingEnv, **kwargs: Any) -> None:
+    def __init__(
+        self, env: DataMixingEnv, branches: int = 0, branch_seed: int = 0, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        self.env = env
+        self.env, self.branches, self.branch_seed = env, branches, branch_seed
+
+    def _on_rollout_start(self) -> None:
+        super()._on_rollout_start()  # a checkpoint first: a resumed run redoes the branches
+        if self.branches > 0:
+            self._branch()
+
+    def _branch(self) -> None:
+        """From the state the next action starts from, ``branches`` extra actions of one
+        interval each into the replay buffer; the env is restored exactly."""
+        step = int(self.num_timesteps) + 1  # the transition these accompany
+        actions = branch_actions(self.branches, self.env.k, self.branch_seed, step)
+        obs = np.asarray(self.model._last_obs)[0]
+        ts = branch_transitions(self.env, obs, actions)
+        fill_replay_buffer(self.model, ts)
+        rewards = [t.reward for t in ts]
+        if self._log is not None:
+            self._log(
+                {
+                    "rl/branch/count": len(ts),
+                    "rl/branch/reward_mean": float(np.mean(rewards)),
+                    "rl/branch/reward_max": float(np.max(rewards)),
+                },
+                step,
+            )
 
     def _metrics(self, i: int = 0) -> dict[str, Any]:
         out = super()._metrics(i)
@@ -424,6 +452,7 @@ def train_policy(
     max_epochs: float | None = None,
     episode_steps: int | None = None,
     num_envs: int = 1,
+    branches: int = 0,
 ) -> Path:
     """Train the mixing agent on ``episodes`` proxy runs; return ``out/policy`` (exported actor).
 
@@ -454,6 +483,9 @@ def train_policy(
     them (a multiple of ``num_envs``), the warm-up and checkpoint steps rounded up to a
     multiple of it, and SB3 runs ``gradient_steps`` updates after every step of all of them.
     A run with ``num_envs > 1`` cannot be resumed (its proxies' LM runs are not saved).
+    ``branches``: before every learning step, that many extra actions around the prior
+    (:mod:`acodm.policies.branching`), each trained one interval from the saved proxy state,
+    go into the replay buffer, and the state is restored exactly (one env only).
 
     ``resume`` unpickles the run's SB3 checkpoint, so it refuses (:class:`~acodm.trust.
     TrustError`, before anything is loaded or written) a checkpoint that this user's acodm did
@@ -463,6 +495,11 @@ def train_policy(
     """
     if episodes < 1:
         raise TrainPolicyError(f"episodes must be >= 1, got {episodes}")
+    if branches < 0 or (branches > 0 and num_envs > 1):
+        raise TrainPolicyError(
+            f"branches must be >= 0, and needs num_envs=1 (it saves and restores the proxy "
+            f"in this process), got branches={branches}, num_envs={num_envs}"
+        )
     if num_envs < 1 or episodes % num_envs:
         raise TrainPolicyError(
             f"num_envs must be >= 1 and divide episodes (each proxy runs as many), got "
@@ -501,6 +538,8 @@ def train_policy(
         schedule["episode_steps"] = int(episode_steps)
     if num_envs > 1:
         schedule["num_envs"] = num_envs
+    if branches > 0:
+        schedule["branches"] = branches
     run_config = _run_config(cfg, agent_cfg, env, schedule)
     folder = RunFolder(run_dir, TRAIN_POLICY)  # lock, leftovers; a failed start leaves nothing
     venv: VecEnv | None = None
@@ -631,6 +670,8 @@ def _learn_phase(
 ) -> None:
     callback = _TrainCallback(
         env,
+        branches=int(schedule.get("branches", 0)),
+        branch_seed=int(schedule["seed"]),
         log=log,
         domains=list(env.domains),
         beta=env.beta,
