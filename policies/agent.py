@@ -539,7 +539,7 @@ def save_checkpoint(
         "format": CHECKPOINT_FORMAT,
         "algorithm": _algorithm(agent),
         "num_timesteps": int(agent.num_timesteps),
-        "buffer_size": int(rb.size() if rb else 0),
+        "buffer_size": int(rb.size() * rb.n_envs if rb else 0),  # transitions, all envs
         "env_state": write_state is not None,
         "note": "SB3 pickle formats: resume your own runs only; share policies with "
         "export_actor (safetensors + JSON)",

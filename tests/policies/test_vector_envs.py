@@ -77,6 +77,7 @@ def test_one_line_per_transition_and_both_proxies_learn(first: Path) -> None:
     assert config["schedule"]["num_envs"] == 2 and config["schedule"]["warmup_steps"] == 2
     ckpt = json.loads((first / "agent" / "checkpoint.json").read_text())
     assert ckpt["num_timesteps"] == total and ckpt["env_state"] is False
+    assert ckpt["buffer_size"] == total  # transitions of both proxies
 
 
 def test_resume_and_bad_counts_are_refused(first: Path, store: Path, tmp_path: Path) -> None:
