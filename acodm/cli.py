@@ -324,7 +324,7 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=1,
         help="proxies run at once, one process each (SB3 SubprocVecEnv; seeds seed+i); must "
-        "divide --episodes; such a run cannot --resume",
+        "divide --episodes",
     )
     t.add_argument(
         "--branches",

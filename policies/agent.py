@@ -589,6 +589,23 @@ def _resume_state(agent: Agent) -> dict[str, Any]:
         "monitor": None
         if monitor is None
         else {"needs_reset": monitor.needs_reset, "rewards": list(monitor.rewards)},
+        **_vector_monitors(agent),
+    }
+
+
+def _vector_monitors(agent: Agent) -> dict[str, Any]:
+    """The Monitor episodes of a vector env of several envs (in other processes: read through
+    the VecEnv; each env must be ``Monitor``-wrapped outermost); {} for one env."""
+    venv = agent.get_env()
+    if venv is None or venv.num_envs == 1:
+        return {}
+    needs_reset = venv.get_attr("needs_reset")
+    rewards = venv.get_attr("rewards")
+    return {
+        "monitors": [
+            {"needs_reset": bool(n), "rewards": [float(r) for r in rs]}
+            for n, rs in zip(needs_reset, rewards, strict=True)
+        ]
     }
 
 
@@ -613,6 +630,11 @@ def _restore_resume_state(agent: Agent, folder: Path) -> None:
     if monitor is not None and state["monitor"] is not None:
         monitor.needs_reset = bool(state["monitor"]["needs_reset"])
         monitor.rewards = [float(r) for r in state["monitor"]["rewards"]]
+    venv = agent.get_env()
+    for i, m in enumerate(state.get("monitors", [])):
+        assert venv is not None
+        venv.set_attr("needs_reset", bool(m["needs_reset"]), indices=i)
+        venv.set_attr("rewards", [float(r) for r in m["rewards"]], indices=i)
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.asarray(keys, np.uint32), pos, has_gauss, cached))
     version, internal, gauss_next = state["python"]

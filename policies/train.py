@@ -49,9 +49,10 @@ bit-identical actor as an uninterrupted run with the same seed
 (``tests/policies/test_resume_exact.py``). Steps run after the last checkpoint are redone;
 metric lines logged after it are dropped on resume, so each env step appears once. An
 interruption during the ODM warm-up (before the first checkpoint) restarts from scratch. On
-CUDA the LM steps are not bitwise reproducible, so a resumed run is close, not equal. A run
-with ``num_envs > 1`` is refused on resume (its proxies' LM runs live in other processes and
-are not checkpointed); its agent checkpoints still export.
+CUDA the LM steps are not bitwise reproducible, so a resumed run is close, not equal. With
+``num_envs > 1`` every proxy saves its own LM run (``agent/env/<i>/``, written by its own
+process) and its Monitor episode; the resumed run is equal too
+(``tests/policies/test_vector_envs.py``).
 Checkpoints written before this format (no ``agent/env/``) still resume, inexactly: the
 interrupted LM run restarts with a fresh model.
 
@@ -311,6 +312,9 @@ def _check_resumable(old: dict[str, Any], new: dict[str, Any], run_dir: Path) ->
     old_s, new_s = old.get("schedule", {}), new.get("schedule", {})
     if old_s.get("warmup_steps") != new_s.get("warmup_steps"):
         diffs.append("schedule.warmup_steps")
+    for key, default in (("num_envs", 1), ("branches", 0)):
+        if old_s.get(key, default) != new_s.get(key, default):
+            diffs.append(f"schedule.{key}")
     if diffs:
         raise TrainPolicyError(
             f"cannot resume {run_dir}: {diffs} differ from its {CONFIG_FILE}; "
@@ -482,7 +486,7 @@ def train_policy(
     process each when > 1; env ``i`` seeded ``seed + i``); the ``episodes`` are shared among
     them (a multiple of ``num_envs``), the warm-up and checkpoint steps rounded up to a
     multiple of it, and SB3 runs ``gradient_steps`` updates after every step of all of them.
-    A run with ``num_envs > 1`` cannot be resumed (its proxies' LM runs are not saved).
+    It resumes exactly too: each proxy's LM run is saved in its own process.
     ``branches``: before every learning step, that many extra actions around the prior
     (:mod:`acodm.policies.branching`), each trained one interval from the saved proxy state,
     go into the replay buffer, and the state is restored exactly (one env only).
@@ -545,12 +549,6 @@ def train_policy(
     venv: VecEnv | None = None
     try:
         folder.acquire()
-        if num_envs > 1 and resume and (run_dir / AGENT_DIR / "checkpoint.json").exists():
-            raise TrainPolicyError(
-                f"cannot resume {run_dir}: a run with num_envs={num_envs} (--num-envs) saves "
-                "its agent but not its proxies' LM runs, so it cannot continue exactly; "
-                "start it again in a new --out (or train with --num-envs 1, which resumes)"
-            )
         venv = make_proxy_vec_env(
             partial(_make_env, cfg, beta, eps, action, prior), num_envs, env=env
         )
@@ -610,8 +608,8 @@ def _start_or_resume(
         return None
     env_state = run_dir / AGENT_DIR / ENV_DIR
     exact = env_state.is_dir()  # checkpoints of older acodm versions lack it
-    if exact:
-        env.load_state(env_state)  # before load_agent, which restores the global RNGs last
+    if exact:  # before load_agent, which restores the global RNGs last
+        _load_env_states(venv, env, env_state)
     model = load_agent(
         run_dir / AGENT_DIR, venv, device=agent_cfg.device, exact=exact, trust_pickle=trust_pickle
     )
@@ -651,18 +649,31 @@ def _warmup_phase(
     return model
 
 
-def _env_writer(model: Agent) -> Callable[[Path], None] | None:
-    """Saves the env's state (running LM, RNG) inside an agent checkpoint being written;
-    None with several proxies (in other processes: such a run does not resume)."""
+def _env_writer(model: Agent) -> Callable[[Path], None]:
+    """Saves the env's state (running LM, RNG) inside an agent checkpoint being written:
+    ``env/``, or with several proxies (each in its own process) ``env/<i>/`` for proxy i."""
     venv = model.get_env()
-    if venv is None or venv.num_envs != 1:
-        return None
-    env = unwrap_proxy(venv)
+    assert venv is not None
 
     def write(folder: Path) -> None:
-        env.save_state(folder / ENV_DIR)
+        if venv.num_envs == 1:
+            unwrap_proxy(venv).save_state(folder / ENV_DIR)
+            return
+        for i in range(venv.num_envs):
+            venv.env_method("save_state", str(folder / ENV_DIR / str(i)), indices=i)
 
     return write
+
+
+def _load_env_states(venv: VecEnv, env: DataMixingEnv, folder: Path) -> None:
+    """Restore what :func:`_env_writer` saved into every proxy of ``venv``."""
+    if venv.num_envs == 1:
+        env.load_state(folder)
+        return
+    for i in range(venv.num_envs):
+        if not (folder / str(i)).is_dir():
+            raise TrainPolicyError(f"{folder} holds no saved state of proxy {i}")
+        venv.env_method("load_state", str(folder / str(i)), indices=i)
 
 
 def _learn_phase(

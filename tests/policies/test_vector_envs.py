@@ -1,5 +1,5 @@
 """Several proxies at once (``train_policy(num_envs=2)``: SB3 SubprocVecEnv, one process per
-proxy): deterministic, one metrics line per transition, refused on resume.
+proxy): deterministic, one metrics line per transition, resumed exactly.
 
 Same tiny setup as ``test_train.py``: the ``tiny`` LM, 8 optimizer steps with K = 2 (three
 env steps per episode), a 16-unit agent; two proxies, one episode each.
@@ -76,13 +76,38 @@ def test_one_line_per_transition_and_both_proxies_learn(first: Path) -> None:
     config = json.loads((first / "config.json").read_text())
     assert config["schedule"]["num_envs"] == 2 and config["schedule"]["warmup_steps"] == 2
     ckpt = json.loads((first / "agent" / "checkpoint.json").read_text())
-    assert ckpt["num_timesteps"] == total and ckpt["env_state"] is False
+    assert ckpt["num_timesteps"] == total and ckpt["env_state"] is True
+    assert sorted(p.name for p in (first / "agent" / "env").iterdir()) == ["0", "1"]
     assert ckpt["buffer_size"] == total  # transitions of both proxies
 
 
-def test_resume_and_bad_counts_are_refused(first: Path, store: Path, tmp_path: Path) -> None:
-    with pytest.raises(TrainPolicyError, match=r"cannot resume.*num_envs=2"):
-        _train(store, first, resume=True)
+def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(
+    first: Path, store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interrupted right after the checkpoint at transition 4 (both proxies mid-episode: each
+    proxy's LM run and Monitor episode are saved by its own process), then resumed."""
+    from acodm.policies import agent as agent_mod
+
+    real = agent_mod.save_checkpoint
+
+    def save_then_crash(*args: Any, **kw: Any) -> Path:
+        real(*args, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(agent_mod, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        _train(store, tmp_path / "cut")
+    monkeypatch.undo()
+    ckpt = json.loads((tmp_path / "cut" / "agent" / "checkpoint.json").read_text())
+    assert ckpt["num_timesteps"] == 4
+    out = _train(store, tmp_path / "cut", resume=True)
+    assert read_metrics(tmp_path / "cut" / "metrics.jsonl") == read_metrics(first / "metrics.jsonl")
+    assert (out / ACTOR_FILE).read_bytes() == (first / "policy" / ACTOR_FILE).read_bytes()
+    with pytest.raises(TrainPolicyError, match="num_envs"):
+        _train(store, tmp_path / "cut", resume=True, num_envs=1)
+
+
+def test_bad_counts_are_refused(store: Path, tmp_path: Path) -> None:
     with pytest.raises(TrainPolicyError, match="divide episodes"):
         _train(store, tmp_path / "odd", episodes=3)
     assert not (tmp_path / "odd").exists()
