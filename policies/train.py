@@ -33,7 +33,9 @@ More experience per run (issue 11, "Enough experience"): ``episode_steps`` cuts 
 into many short episodes, each a whole proxy run of that many optimizer steps (fresh model
 and data order, LR warm-up scaled, progress = step / episode_steps); ``num_envs`` runs that
 many proxies at once (:mod:`acodm.policies.vector`: one process each, env ``i`` seeded
-``seed + i``, deterministic on CPU), sharing the ``episodes``; and the agent's
+``seed + i``, deterministic on CPU), sharing the ``episodes``; ``branches`` adds, before
+every learning step, extra actions trained one interval each from the saved proxy state
+(:mod:`acodm.policies.branching`; the state is restored exactly); and the agent's
 ``gradient_steps`` sets the updates after each (vector) env step. The learning curve is in
 ``metrics.jsonl`` (above) and :func:`acodm.plots.plot_learning_curve` draws it.
 

@@ -26,7 +26,7 @@ import numpy as np
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
-from acodm.envs import DataMixingEnv
+from acodm.envs import DataMixingEnv, EnvError
 from acodm.mixers import Mixer, make_mixer
 from acodm.policies.agent import ODM_EXPERT
 
@@ -63,9 +63,9 @@ class ProxyEnv(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
         env = self.mixing_env
         tr = env.trainer
         if tr is None:
-            raise RuntimeError("the env has no running LM episode during the warm-up")
+            raise EnvError("the env has no running LM episode during the warm-up")
         if not self._expert_on:
-            raise RuntimeError("the warm-up expert was stopped")
+            raise EnvError("the warm-up expert was stopped (the warm-up is over)")
         if self._expert is None:
             self._expert = make_mixer(ODM_EXPERT)
             self._expert.setup(tr.mixer_context())
