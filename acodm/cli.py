@@ -347,6 +347,29 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
         "samples at least 3 domains 95%% of the time, else the alignment reward is 0)",
     )
     t.add_argument("--episodes", type=int, default=1)
+    t.add_argument(
+        "--num-envs",
+        type=int,
+        default=1,
+        help="proxies run at once, one process each (SB3 SubprocVecEnv; seeds seed+i); must "
+        "divide --episodes",
+    )
+    t.add_argument(
+        "--branches",
+        type=int,
+        default=0,
+        help="before every learning step, this many extra actions around the prior, each "
+        "trained one interval from the saved proxy state, go into the replay buffer (the "
+        "state is then restored exactly); needs --num-envs 1",
+    )
+    t.add_argument(
+        "--episode-steps",
+        type=int,
+        default=None,
+        help="many short episodes: each episode is a whole proxy run of this many optimizer "
+        "steps (fresh model and data order; LR warm-up scaled; progress = step / this), "
+        "--episodes of them (instead of --steps)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument(
         "--action",
@@ -381,6 +404,26 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
         "--frozen-actor",
         action="store_true",
         help="ablation: keep the actor at its random initialisation",
+    )
+    t.add_argument(
+        "--gradient-steps",
+        type=int,
+        default=None,
+        help="DDPG updates (minibatches from the replay buffer) after each env step of every "
+        "proxy (default 1, the paper's; an update costs about a millisecond, an env step "
+        "K optimizer steps of the proxy)",
+    )
+    t.add_argument(
+        "--train-freq",
+        type=int,
+        default=None,
+        help="env steps between two rounds of --gradient-steps updates (default 1)",
+    )
+    t.add_argument(
+        "--plot",
+        action="store_true",
+        help="also draw OUT/learning_curve.png: return per episode and critic loss "
+        "(needs matplotlib)",
     )
     t.add_argument(
         "--console",
@@ -532,12 +575,19 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
     if args.proxy_model:
         changes["model"] = args.proxy_model
     if args.steps:
+        if args.episode_steps is not None:
+            raise AcodmError(
+                "give --steps or --episode-steps, not both (both set the run's length)"
+            )
         changes.update(steps=args.steps, tokens=None)
-    agent = small()
+    agent_changes: dict[str, Any] = {}
     if args.frozen_actor:
-        import dataclasses
-
-        agent = dataclasses.replace(agent, frozen_actor=True)
+        agent_changes["frozen_actor"] = True
+    if args.gradient_steps is not None:
+        agent_changes["gradient_steps"] = args.gradient_steps
+    if args.train_freq is not None:
+        agent_changes["train_freq"] = args.train_freq
+    agent = small(**agent_changes)  # an AgentError names a bad value
     out = train_policy(
         args.store,
         args.out,
@@ -555,8 +605,15 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
         prior=args.prior,
         max_epochs=args.max_epochs,
         reward=args.reward,
+        episode_steps=args.episode_steps,
+        num_envs=args.num_envs,
+        branches=args.branches,
     )
     print(f"policy exported to {out}")
+    if args.plot:
+        from acodm.plots import plot_learning_curve
+
+        print(f"learning curve: {plot_learning_curve(args.out, args.out / 'learning_curve.png')}")
     return 0
 
 

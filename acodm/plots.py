@@ -139,3 +139,34 @@ def plot_reward(run_dir: str | Path, out: str | Path) -> Path:
     ax.set(xlabel="environment step", ylabel="reward", title="agent reward (proxy training)")
     ax.legend(fontsize=8)
     return _save(fig, out)
+
+
+def plot_learning_curve(run_dir: str | Path, out: str | Path) -> Path:
+    """The agent's learning curve of a ``train-policy`` run: the return of each episode (left)
+    and the critic loss (mean squared TD error) of each gradient-update call (right, log scale),
+    from ``rl/episode/return`` and ``rl/update/critic_loss`` in ``metrics.jsonl``."""
+    recs = read_metrics(Path(run_dir) / "metrics.jsonl")
+    returns = [
+        float(r["rl/episode/return"]) for r in recs if r.get("rl/episode/return") is not None
+    ]
+    updates = [r for r in recs if r.get("rl/update/critic_loss") is not None]
+    if not returns and not updates:
+        raise AcodmError(
+            f"{run_dir} has no rl/episode/return or rl/update/critic_loss to plot "
+            "(a train-policy run logs them)"
+        )
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
+    left.plot(range(1, len(returns) + 1), returns, "o-")
+    left.set(xlabel="episode", ylabel="return", title="return per episode")
+    right.plot(
+        [int(r["rl/update/n_updates"]) for r in updates],
+        [float(r["rl/update/critic_loss"]) for r in updates],
+    )
+    if updates and min(float(r["rl/update/critic_loss"]) for r in updates) > 0:
+        right.set_yscale("log")
+    right.set(xlabel="gradient updates", ylabel="critic loss (TD MSE)", title="critic loss")
+    return _save(fig, out)

@@ -11,6 +11,10 @@
   is :mod:`acodm.envs.spaces`'s, re-exported here).
 * :mod:`acodm.policies.train` - ``train_policy`` (proxy training -> exported actor; the
   ``acodm train-policy`` command), ``export_from_checkpoint``. Imports SB3.
+* :mod:`acodm.policies.vector` - ``make_proxy_vec_env`` (several proxies at once, one
+  process each), ``ProxyEnv`` (the warm-up expert inside each proxy). Imports SB3.
+* :mod:`acodm.policies.branching` - ``branch_transitions`` (extra actions from a saved proxy
+  state, the state restored exactly), ``branch_actions``.
 * :mod:`acodm.policies.ddpg` - ``OnlineDDPGMixer`` (mixer ``ddpg``: non-proxy mode, learning
   on the target run itself). Imports SB3.
 * :mod:`acodm.policies.transfer` - ``ActorMixer`` (mixer ``actor:PATH``), ``MixingController``

@@ -53,12 +53,15 @@ __all__ = [
     "FrozenActorPolicy",
     "MixingCallback",
     "Transition",
+    "UpdateLogger",
     "WarmupResult",
     "continue_learning",
+    "episode_metrics",
     "fill_replay_buffer",
     "fit_actor_to_buffer",
     "fit_critic_to_buffer",
     "load_agent",
+    "log_updates",
     "make_agent",
     "paper",
     "save_checkpoint",
@@ -321,6 +324,7 @@ def warmup(
     bc_steps: int = 300,
     critic_steps: int = 300,
     on_step: Callable[[Transition, dict[str, Any]], None] | None = None,
+    vectorized: bool = False,
 ) -> WarmupResult:
     """Run ``expert`` (obs -> action in [-1, 1]^k) for ``steps`` env steps through the agent's own
     env, add every transition to the replay buffer, then pre-fit (METHOD.md, "The agent").
@@ -338,43 +342,74 @@ def warmup(
 
     ``on_step(transition, info)`` lets a stateful expert (an ODM bandit) see each step's outcome;
     an expert that outputs weights is wrapped with ``lambda obs: weights_to_action(w, beta, eps)``.
+
+    With ``n`` envs (a vector env), ``vectorized=True``: ``expert(obs)`` maps the ``(n, obs)``
+    batch to ``(n, k)`` actions, each round adds ``n`` transitions (``steps`` is rounded up
+    to a multiple of ``n``) and ``on_step`` sees them in env order.
     """
     if steps <= 0:
         raise AgentError(f"warm-up steps must be > 0, got {steps}")
     env = agent.get_env()
-    if env is None or env.num_envs != 1:
+    if env is None or (env.num_envs != 1 and not vectorized):
         raise AgentError("warm-up needs the agent's env with exactly one environment")
+    n = env.num_envs
     obs = np.asarray(agent._last_obs if agent._last_obs is not None else env.reset())
-    done_flags = np.zeros(1, dtype=bool)
+    done_flags = np.zeros(n, dtype=bool)
     collected: list[Transition] = []
-    for _ in range(steps):
-        action = np.clip(np.asarray(expert(obs[0]), np.float32), -1.0, 1.0)
-        stepped, rewards, done_flags, infos = env.step(action[None])
+    for _ in range(-(-steps // n)):
+        raw = expert(obs) if vectorized else np.asarray(expert(obs[0]))[None]
+        actions = np.clip(np.asarray(raw, np.float32).reshape(n, -1), -1.0, 1.0)
+        stepped, rewards, done_flags, infos = env.step(actions)
         new_obs = np.asarray(stepped)
-        next_obs = (
-            np.asarray(infos[0].get("terminal_observation", new_obs[0]))
-            if done_flags[0]
-            else new_obs[0]
-        )
-        truncated = bool(infos[0].get("TimeLimit.truncated", False))
-        t = Transition(
-            obs[0].copy(),
-            action,
-            float(rewards[0]),
-            np.array(next_obs),
-            terminated=bool(done_flags[0]) and not truncated,
-            truncated=truncated,
-        )
-        fill_replay_buffer(agent, [t])
-        collected.append(t)
+        ts = [
+            _transition(obs[i], actions[i], rewards[i], new_obs[i], done_flags[i], infos[i])
+            for i in range(n)
+        ]
+        if n == 1:
+            fill_replay_buffer(agent, ts)
+        else:
+            _add_round(agent, ts)
+        collected.extend(ts)
         if on_step is not None:
-            on_step(t, infos[0])
-        agent.num_timesteps += 1
+            for t, info in zip(ts, infos, strict=True):
+                on_step(t, info)
+        agent.num_timesteps += n
         obs = new_obs
     agent._last_obs = obs
     agent._last_episode_starts = done_flags
     agent.learning_starts = agent.num_timesteps
     return _prefit(agent, collected, bc_steps, critic_steps)
+
+
+def _transition(
+    obs: np.ndarray, action: np.ndarray, reward: Any, new_obs: np.ndarray, done: Any, info: Any
+) -> Transition:
+    """One env's transition of a vector step (the true next observation at an episode end)."""
+    next_obs = np.asarray(info.get("terminal_observation", new_obs)) if done else new_obs
+    truncated = bool(info.get("TimeLimit.truncated", False))
+    return Transition(
+        obs.copy(),
+        action,
+        float(reward),
+        np.array(next_obs),
+        terminated=bool(done) and not truncated,
+        truncated=truncated,
+    )
+
+
+def _add_round(agent: Agent, ts: list[Transition]) -> None:
+    """Add one vector step (one transition per env, in env order) to an n-env buffer."""
+    rb = agent.replay_buffer
+    if rb is None or rb.n_envs != len(ts):
+        raise AgentError(f"the replay buffer holds {rb and rb.n_envs} envs, not {len(ts)}")
+    rb.add(
+        np.stack([t.obs for t in ts]),
+        np.stack([t.next_obs for t in ts]),
+        np.stack([np.asarray(t.action, np.float32) for t in ts]),
+        np.array([t.reward for t in ts], np.float32),
+        np.array([t.terminated or t.truncated for t in ts]),
+        [{"TimeLimit.truncated": bool(t.truncated and not t.terminated)} for t in ts],
+    )
 
 
 def _prefit(agent: Agent, data: list[Transition], bc_steps: int, critic_steps: int) -> WarmupResult:
@@ -504,7 +539,7 @@ def save_checkpoint(
         "format": CHECKPOINT_FORMAT,
         "algorithm": _algorithm(agent),
         "num_timesteps": int(agent.num_timesteps),
-        "buffer_size": int(rb.size() if rb else 0),
+        "buffer_size": int(rb.size() * rb.n_envs if rb else 0),  # transitions, all envs
         "env_state": write_state is not None,
         "note": "SB3 pickle formats: resume your own runs only; share policies with "
         "export_actor (safetensors + JSON)",
@@ -554,6 +589,23 @@ def _resume_state(agent: Agent) -> dict[str, Any]:
         "monitor": None
         if monitor is None
         else {"needs_reset": monitor.needs_reset, "rewards": list(monitor.rewards)},
+        **_vector_monitors(agent),
+    }
+
+
+def _vector_monitors(agent: Agent) -> dict[str, Any]:
+    """The Monitor episodes of a vector env of several envs (in other processes: read through
+    the VecEnv; each env must be ``Monitor``-wrapped outermost); {} for one env."""
+    venv = agent.get_env()
+    if venv is None or venv.num_envs == 1:
+        return {}
+    needs_reset = venv.get_attr("needs_reset")
+    rewards = venv.get_attr("rewards")
+    return {
+        "monitors": [
+            {"needs_reset": bool(n), "rewards": [float(r) for r in rs]}
+            for n, rs in zip(needs_reset, rewards, strict=True)
+        ]
     }
 
 
@@ -578,6 +630,11 @@ def _restore_resume_state(agent: Agent, folder: Path) -> None:
     if monitor is not None and state["monitor"] is not None:
         monitor.needs_reset = bool(state["monitor"]["needs_reset"])
         monitor.rewards = [float(r) for r in state["monitor"]["rewards"]]
+    venv = agent.get_env()
+    for i, m in enumerate(state.get("monitors", [])):
+        assert venv is not None
+        venv.set_attr("needs_reset", bool(m["needs_reset"]), indices=i)
+        venv.set_attr("rewards", [float(r) for r in m["rewards"]], indices=i)
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.asarray(keys, np.uint32), pos, has_gauss, cached))
     version, internal, gauss_next = state["python"]
@@ -659,13 +716,80 @@ def load_agent(
     return agent
 
 
+UpdateFn = Callable[[dict[str, float]], None]
+
+
+def episode_metrics(info: dict[str, Any]) -> dict[str, Any]:
+    """``rl/episode/return`` and ``rl/episode/length`` when ``info`` ends an episode.
+
+    SB3's ``Monitor`` adds ``info["episode"]`` (return ``r``, length ``l`` in env steps, wall
+    time ``t``, left out: it differs between equal runs) to an episode's last step. Its running
+    sum is part of an exact-resume checkpoint, so a resumed run logs the same returns.
+    """
+    episode = info.get("episode")
+    if episode is None:
+        return {}
+    return {"rl/episode/return": float(episode["r"]), "rl/episode/length": int(episode["l"])}
+
+
+class UpdateLogger(Logger):
+    """SB3's logger, without outputs, that also reports every ``train()`` call's losses.
+
+    SB3's ``TD3.train`` (DDPG is a TD3) runs ``gradient_steps`` updates on replay minibatches,
+    then records ``train/n_updates``, ``train/actor_loss`` (when the actor was updated: DDPG
+    every update, TD3 every ``policy_delay``) and last ``train/critic_loss``, each the mean over
+    that call's updates (stable-baselines3 2.x, ``td3/td3.py``). Those values are overwritten
+    by the next call and cleared at each dump, so a callback reading ``name_to_value`` sees only
+    some of them; this logger hands each call's values to ``on_update`` as they are recorded:
+    ``{"n_updates": ..., "critic_loss": ..., "actor_loss": ...}`` (``actor_loss`` only when
+    recorded in that call). The critic loss is the mean squared TD error
+    ``(Q(s, a) - r - gamma (1 - done) Q'(s', mu'(s')))^2`` of the minibatches.
+    """
+
+    def __init__(self, on_update: UpdateFn | None = None) -> None:
+        super().__init__(folder=None, output_formats=[])
+        self.on_update = on_update
+        self._pending: dict[str, float] | None = None
+
+    def record(self, key: str, value: Any, exclude: str | tuple[str, ...] | None = None) -> None:
+        super().record(key, value, exclude)
+        if key == "train/n_updates":  # recorded first by TD3.train
+            self._pending = {"n_updates": int(value)}
+        elif key == "train/actor_loss" and self._pending is not None:
+            self._pending["actor_loss"] = float(value)
+        elif key == "train/critic_loss" and self._pending is not None:  # recorded last
+            self._pending["critic_loss"] = float(value)
+            if self.on_update is not None:
+                self.on_update(self._pending)
+            self._pending = None
+
+
+def log_updates(agent: Agent, on_update: UpdateFn) -> UpdateLogger:
+    """Give ``agent`` an :class:`UpdateLogger` calling ``on_update`` after every ``train()``.
+
+    Keeps the pending values of the agent's current logger (a resumed run's, restored by
+    :func:`load_agent`), so metrics that read them are unchanged. Call before learning; SB3
+    then keeps this logger (``set_logger`` marks it custom) instead of making its own.
+    """
+    logger = UpdateLogger(on_update)
+    old = getattr(agent, "_logger", None)
+    if old is not None:
+        logger.name_to_value.update(old.name_to_value)
+        logger.name_to_count.update(old.name_to_count)
+        logger.name_to_excluded.update(old.name_to_excluded)
+    agent.set_logger(logger)
+    return logger
+
+
 class MixingCallback(BaseCallback):
     """Logs every ``log_every`` env steps and checkpoints every ``checkpoint_every`` steps.
 
     ``log(metrics, step)`` receives ``rl/reward``, ``rl/action/<domain>``, ``mix/weight/<domain>``
-    (when ``beta``/``eps`` are given) and ``rl/actor_loss``/``rl/critic_loss`` (SB3's latest
-    values from ``agent.logger.name_to_value``, once training has started); ``step`` is the
-    agent's timestep. ``acodm.metrics.MetricsLogger.log`` fits.
+    (when ``beta``/``eps`` are given), ``rl/episode/return`` and ``rl/episode/length`` at an
+    episode's last step (:func:`episode_metrics`) and ``rl/actor_loss``/``rl/critic_loss``
+    (SB3's latest values from ``agent.logger.name_to_value``, once training has started);
+    ``step`` is the agent's timestep (with several envs, one call per env, numbered by
+    transition). ``acodm.metrics.MetricsLogger.log`` fits.
 
     Checkpoints are written at the start of a rollout, i.e. after the previous step was stored
     *and* trained on, so a resumed run repeats nothing; and once more at the end of training.
@@ -695,15 +819,23 @@ class MixingCallback(BaseCallback):
         self._last_saved = int(self.num_timesteps)  # a resumed run's start is already saved
 
     def _on_step(self) -> bool:
-        if self._log is not None and self.num_timesteps % self.log_every == 0:
-            self._log(self._metrics(), int(self.num_timesteps))
+        if self._log is None:
+            return True
+        n_envs = len(self.locals["infos"])
+        first = int(self.num_timesteps) - n_envs  # the transitions of this vector step
+        for i in range(n_envs):
+            if (first + i + 1) % self.log_every == 0:
+                self._log(self._metrics(i), first + i + 1)
         return True
 
-    def _metrics(self) -> dict[str, Any]:
-        action = np.asarray(self.locals["actions"])[0]
-        names = self.domains or [str(i) for i in range(len(action))]
-        out: dict[str, Any] = {"rl/reward": float(np.asarray(self.locals["rewards"])[0])}
+    def _metrics(self, i: int = 0) -> dict[str, Any]:
+        """Env ``i``'s transition of this step (one line per env: its ``step`` is the
+        transition's count, ``num_timesteps - n_envs + i + 1``)."""
+        action = np.asarray(self.locals["actions"])[i]
+        names = self.domains or [str(j) for j in range(len(action))]
+        out: dict[str, Any] = {"rl/reward": float(np.asarray(self.locals["rewards"])[i])}
         out.update({f"rl/action/{n}": float(a) for n, a in zip(names, action, strict=True)})
+        out.update(episode_metrics(self.locals["infos"][i]))
         if self.beta is not None and self.eps is not None:
             w = action_to_weights(action, self.beta, self.eps)
             out.update({f"mix/weight/{n}": float(x) for n, x in zip(names, w, strict=True)})

@@ -37,7 +37,7 @@ from acodm.data.build import build_default_corpus
 from acodm.data.prepare import prepare_store
 from acodm.errors import AcodmError
 from acodm.io import atomic_write_json, atomic_write_text
-from acodm.plots import plot_reward, plot_validation, plot_weights
+from acodm.plots import plot_learning_curve, plot_reward, plot_validation, plot_weights
 from acodm.pretrain import pretrain
 from acodm.report import compare, format_comparison, format_table, load_curves
 
@@ -141,6 +141,7 @@ def quickstart(
         plot_weights(runs[b], plots / f"{b.replace(':', '-')}_weights.png", f"weights: {b}")
     plot_validation(runs, plots / "validation_ppl.png")
     plot_reward(policy_run, plots / "proxy_reward.png")
+    plot_learning_curve(policy_run, plots / "proxy_learning_curve.png")
     atomic_write_text(out / "report.txt", text + "\n")
     results = {
         "preset": preset,

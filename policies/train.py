@@ -5,7 +5,10 @@
     out/config.json       proxy TrainConfig, AgentConfig, env arguments, schedule (episodes, ...)
     out/metrics.jsonl     one line per env step (MetricsLogger): rl/reward, rl/reward/<term>,
                           rl/action/<domain>, mix/weight/<domain>, train/loss[/<domain>],
-                          rl/actor_loss, rl/critic_loss, rl/warmup (1 for expert steps)
+                          rl/actor_loss, rl/critic_loss, rl/warmup (1 for expert steps), and
+                          at an episode's last step rl/episode/return, rl/episode/length;
+                          one line per gradient-update call (the agent's learning curve):
+                          rl/update/critic_loss, rl/update/actor_loss, rl/update/n_updates
     out/agent/            SB3 checkpoint (agent.zip + replay_buffer.pkl + checkpoint.json),
                           RNG states (resume.json, rng.safetensors), the LM run (env/), and
                           the actor alone, pickle-free (actor.safetensors + actor.json)
@@ -26,6 +29,16 @@ the replay buffer and the actor/critic are pre-fitted (:func:`acodm.policies.age
 The agent then learns for the remaining steps (``continue_learning``, which continues the
 current episode instead of resetting the env).
 
+More experience per run (issue 11, "Enough experience"): ``episode_steps`` cuts the budget
+into many short episodes, each a whole proxy run of that many optimizer steps (fresh model
+and data order, LR warm-up scaled, progress = step / episode_steps); ``num_envs`` runs that
+many proxies at once (:mod:`acodm.policies.vector`: one process each, env ``i`` seeded
+``seed + i``, deterministic on CPU), sharing the ``episodes``; ``branches`` adds, before
+every learning step, extra actions trained one interval each from the saved proxy state
+(:mod:`acodm.policies.branching`; the state is restored exactly); and the agent's
+``gradient_steps`` sets the updates after each (vector) env step. The learning curve is in
+``metrics.jsonl`` (above) and :func:`acodm.plots.plot_learning_curve` draws it.
+
 Resuming (``resume=True``) continues exactly: every agent checkpoint (after the warm-up,
 every ``checkpoint_every`` env steps, at the end) saves, in one atomic folder, the agent with
 its optimizers, replay buffer, timestep/episode counters and last observation (SB3's files),
@@ -38,7 +51,10 @@ bit-identical actor as an uninterrupted run with the same seed
 (``tests/policies/test_resume_exact.py``). Steps run after the last checkpoint are redone;
 metric lines logged after it are dropped on resume, so each env step appears once. An
 interruption during the ODM warm-up (before the first checkpoint) restarts from scratch. On
-CUDA the LM steps are not bitwise reproducible, so a resumed run is close, not equal.
+CUDA the LM steps are not bitwise reproducible, so a resumed run is close, not equal. With
+``num_envs > 1`` every proxy saves its own LM run (``agent/env/<i>/``, written by its own
+process) and its Monitor episode; the resumed run is equal too
+(``tests/policies/test_vector_envs.py``).
 Checkpoints written before this format (no ``agent/env/``) still resume, inexactly: the
 interrupted LM run restarts with a fresh model.
 
@@ -55,6 +71,7 @@ import sys
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +85,6 @@ from acodm.envs.spaces import CONSOLE_FEATURES, ActionMapping, console_reward_te
 from acodm.errors import AcodmError
 from acodm.io import atomic_write_json, atomic_write_text
 from acodm.metrics import MetricsLogger, read_metrics
-from acodm.mixers import Mixer, make_mixer
 from acodm.policies.agent import (
     ODM_EXPERT,
     Agent,
@@ -76,7 +92,10 @@ from acodm.policies.agent import (
     MixingCallback,
     Transition,
     continue_learning,
+    episode_metrics,
+    fill_replay_buffer,
     load_agent,
+    log_updates,
     make_agent,
     save_checkpoint,
     small,
@@ -84,6 +103,7 @@ from acodm.policies.agent import (
     warmup,
     warmup_count,
 )
+from acodm.policies.branching import branch_actions, branch_transitions
 from acodm.policies.ddpg import OnlineDDPGMixer  # registers mixer "ddpg"; its old home
 from acodm.policies.export import (
     CHECKPOINT_ACTOR_SPEC,
@@ -93,10 +113,11 @@ from acodm.policies.export import (
     read_checkpoint_actor,
     write_policy,
 )
+from acodm.policies.vector import make_proxy_vec_env, unwrap_proxy
 from acodm.runfolder import TRAIN_POLICY, RunFolder, absolute_store, has_entries
 
 if TYPE_CHECKING:
-    pass
+    from stable_baselines3.common.vec_env import VecEnv
 
 __all__ = [
     "RUN_FORMAT",
@@ -200,6 +221,26 @@ def _signal_interval(cfg: TrainConfig, k: int, explicit: bool) -> TrainConfig:
     return cfg.replace(interval=interval)
 
 
+def _short_episodes(cfg: TrainConfig, steps: int) -> TrainConfig:
+    """The proxy config of one short episode: a whole pretraining run of ``steps`` steps.
+
+    Many short episodes give the agent many starts (a fresh model and data order each: the
+    env draws every run's seed from its own RNG) and the whole schedule in every episode.
+    The run's budget becomes ``steps`` (``tokens`` dropped) and the LR warm-up is scaled by
+    the same factor, so the LR schedule has the long run's shape over progress, and the
+    observation's progress (``step / steps``) keeps its meaning: the fraction of the run's
+    budget spent, which is what the target computes over its own budget. The first interval
+    is run by the env's reset, so ``steps`` must exceed K.
+    """
+    if steps <= cfg.interval:
+        raise TrainPolicyError(
+            f"episode_steps ({steps}) must exceed the interval K = {cfg.interval}: the env's "
+            "reset runs the first interval; use more --episode-steps or a smaller --interval"
+        )
+    warmup = round(cfg.warmup_steps * steps / cfg.total_steps())
+    return cfg.replace(steps=int(steps), tokens=None, warmup_steps=min(warmup, steps - 1))
+
+
 def _make_env(
     cfg: TrainConfig,
     beta: float | None,
@@ -291,6 +332,9 @@ def _check_resumable(old: dict[str, Any], new: dict[str, Any], run_dir: Path) ->
     old_s, new_s = old.get("schedule", {}), new.get("schedule", {})
     if old_s.get("warmup_steps") != new_s.get("warmup_steps"):
         diffs.append("schedule.warmup_steps")
+    for key, default in (("num_envs", 1), ("branches", 0)):
+        if old_s.get(key, default) != new_s.get(key, default):
+            diffs.append(f"schedule.{key}")
     if diffs:
         raise TrainPolicyError(
             f"cannot resume {run_dir}: {diffs} differ from its {CONFIG_FILE}; "
@@ -315,33 +359,69 @@ class _StepLog:
             print(f"[train-policy] step {step}/{self.total} reward {reward:+.4f}", file=sys.stderr)
 
 
-def _report_metrics(env: DataMixingEnv, info: Mapping[str, Any]) -> dict[str, Any]:
-    """Per-step extras: reward terms, train loss (overall and per domain)."""
+def _update_log(model: Agent, logger: MetricsLogger) -> Callable[[dict[str, float]], None]:
+    """One metrics line per SB3 ``train()`` call (after each env step, once learning runs):
+    ``rl/update/critic_loss`` (mean squared TD error), ``rl/update/actor_loss`` (``-Q(s,
+    mu(s))``), each the mean over the call's ``gradient_steps`` minibatches, and
+    ``rl/update/n_updates`` (gradient steps so far), at the step the call followed."""
+
+    def log(values: dict[str, float]) -> None:
+        logger.log({f"rl/update/{k}": v for k, v in values.items()}, int(model.num_timesteps))
+
+    return log
+
+
+def _report_metrics(info: Mapping[str, Any]) -> dict[str, Any]:
+    """Per-step extras: reward terms, train loss (overall and per domain, from ProxyEnv)."""
     out: dict[str, Any] = {f"rl/reward/{n}": float(v) for n, v in info["reward_terms"].items()}
     out["train/loss"] = float(info["train_loss"])
     probe = info.get("probe")
     if probe is not None:  # the probe of the reward split (wall time under perf/)
         out.update({f"rl/probe/{k}": float(probe[k]) for k in ("loss", "decrease", "baseline")})
         out["perf/probe_s"] = float(probe["seconds"])
-    report = env.last_report
-    if report is not None:
-        out.update({k: v for k, v in report.metrics.items() if k.startswith("train/loss/")})
+    out.update(info.get("train_metrics", {}))
     return out
 
 
 class _TrainCallback(MixingCallback):
     """:class:`MixingCallback` plus reward terms and LM losses from the step's info."""
 
-    def __init__(self, env: DataMixingEnv, **kwargs: Any) -> None:
+    def __init__(
+        self, env: DataMixingEnv, branches: int = 0, branch_seed: int = 0, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        self.env = env
+        self.env, self.branches, self.branch_seed = env, branches, branch_seed
 
-    def _metrics(self) -> dict[str, Any]:
-        out = super()._metrics()
-        info = self.locals["infos"][0]
+    def _on_rollout_start(self) -> None:
+        super()._on_rollout_start()  # a checkpoint first: a resumed run redoes the branches
+        if self.branches > 0:
+            self._branch()
+
+    def _branch(self) -> None:
+        """From the state the next action starts from, ``branches`` extra actions of one
+        interval each into the replay buffer; the env is restored exactly."""
+        step = int(self.num_timesteps) + 1  # the transition these accompany
+        actions = branch_actions(self.branches, self.env.k, self.branch_seed, step)
+        obs = np.asarray(self.model._last_obs)[0]
+        ts = branch_transitions(self.env, obs, actions)
+        fill_replay_buffer(self.model, ts)
+        rewards = [t.reward for t in ts]
+        if self._log is not None:
+            self._log(
+                {
+                    "rl/branch/count": len(ts),
+                    "rl/branch/reward_mean": float(np.mean(rewards)),
+                    "rl/branch/reward_max": float(np.max(rewards)),
+                },
+                step,
+            )
+
+    def _metrics(self, i: int = 0) -> dict[str, Any]:
+        out = super()._metrics(i)
+        info = self.locals["infos"][i]
         if not _is_v0_mapping(self.env.action_mapping):  # the weights the interval ran with
             out.update({f"mix/weight/{n}": float(w) for n, w in info["weights"].items()})
-        out.update(_report_metrics(self.env, info))
+        out.update(_report_metrics(info))
         out["rl/warmup"] = 0
         return out
 
@@ -350,35 +430,26 @@ class _TrainCallback(MixingCallback):
 
 
 class _OdmExpert:
-    """The ODM bandit as the warm-up expert: weights -> actions; one fresh bandit per LM run."""
+    """The warm-up expert: every proxy's own ODM bandit (:meth:`ProxyEnv.expert_action`, in
+    the proxy's process; a fresh bandit per LM run, updated with each interval's feedback)."""
 
-    def __init__(self, env: DataMixingEnv, log: Callable[[dict[str, Any], int], None]) -> None:
-        self.env, self.log = env, log
-        self.mixer: Mixer | None = None
-        self._trainer: object = None
+    def __init__(
+        self, venv: VecEnv, env: DataMixingEnv, log: Callable[[dict[str, Any], int], None]
+    ) -> None:
+        self.venv, self.env, self.log = venv, env, log
         self.step = 0
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        tr = self.env.trainer
-        if tr is None:
-            raise TrainPolicyError("the env has no running LM episode during the warm-up")
-        if self.mixer is None or tr is not self._trainer:  # a new LM run: a new bandit
-            self.mixer = make_mixer(ODM_EXPERT)
-            self.mixer.setup(tr.mixer_context())
-            self._trainer = tr
-        # the expert's weights as the env's action (lossy beyond the action's range)
-        return self.env.action_mapping.action(self.mixer.weights(), self.env.prior)
+        return np.stack(self.venv.env_method("expert_action"))  # (n_envs, k)
 
     def on_step(self, t: Transition, info: dict[str, Any]) -> None:
-        report = self.env.last_report
-        if self.mixer is not None and report is not None:
-            self.mixer.update(report.feedback)
         self.step += 1
         metrics: dict[str, Any] = {"rl/reward": t.reward, "rl/warmup": 1}
         names = self.env.domains
         metrics.update({f"rl/action/{n}": float(a) for n, a in zip(names, t.action, strict=True)})
         metrics.update({f"mix/weight/{n}": float(w) for n, w in info["weights"].items()})
-        metrics.update(_report_metrics(self.env, info))
+        metrics.update(_report_metrics(info))
+        metrics.update(episode_metrics(info))
         self.log(metrics, self.step)
 
 
@@ -408,6 +479,9 @@ def train_policy(
     prior: str | None = None,
     max_epochs: float | None = None,
     reward: str = "alignment",
+    episode_steps: int | None = None,
+    num_envs: int = 1,
+    branches: int = 0,
 ) -> Path:
     """Train the mixing agent on ``episodes`` proxy runs; return ``out/policy`` (exported actor).
 
@@ -434,6 +508,17 @@ def train_policy(
     See the module docstring for the run folder and for
     what ``resume`` can and cannot restore.
 
+    ``episode_steps``: many short episodes: every episode is a whole proxy run of this many
+    optimizer steps (:func:`_short_episodes`; ``episodes`` of them, each with its own run seed).
+    ``num_envs``: proxies run at once (:func:`acodm.policies.vector.make_proxy_vec_env`: one
+    process each when > 1; env ``i`` seeded ``seed + i``); the ``episodes`` are shared among
+    them (a multiple of ``num_envs``), the warm-up and checkpoint steps rounded up to a
+    multiple of it, and SB3 runs ``gradient_steps`` updates after every step of all of them.
+    It resumes exactly too: each proxy's LM run is saved in its own process.
+    ``branches``: before every learning step, that many extra actions around the prior
+    (:mod:`acodm.policies.branching`), each trained one interval from the saved proxy state,
+    go into the replay buffer, and the state is restored exactly (one env only).
+
     ``resume`` unpickles the run's SB3 checkpoint, so it refuses (:class:`~acodm.trust.
     TrustError`, before anything is loaded or written) a checkpoint that this user's acodm did
     not write: one from another user or machine, one written before checkpoints were signed,
@@ -442,6 +527,16 @@ def train_policy(
     """
     if episodes < 1:
         raise TrainPolicyError(f"episodes must be >= 1, got {episodes}")
+    if branches < 0 or (branches > 0 and num_envs > 1):
+        raise TrainPolicyError(
+            f"branches must be >= 0, and needs num_envs=1 (it saves and restores the proxy "
+            f"in this process), got branches={branches}, num_envs={num_envs}"
+        )
+    if num_envs < 1 or episodes % num_envs:
+        raise TrainPolicyError(
+            f"num_envs must be >= 1 and divide episodes (each proxy runs as many), got "
+            f"num_envs={num_envs}, episodes={episodes}"
+        )
     run_dir = Path(out)
     trust.user_key()  # checkpoints are signed with it: an unusable key fails now, not mid-run
     cfg = _resolve_proxy(store, proxy, overrides, interval)
@@ -449,34 +544,51 @@ def train_policy(
         cfg = cfg.replace(console=True)
     if max_epochs is not None:
         cfg = cfg.replace(max_epochs=max_epochs)
+    if episode_steps is not None:
+        cfg = _short_episodes(cfg, episode_steps)
     agent_cfg = replace(agent or small(), seed=int(seed))
     env = _make_env(cfg, beta, eps, action, prior, reward)
     if agent_cfg.zero_init_actor is None:  # the residual action starts at its prior
         agent_cfg = replace(agent_cfg, zero_init_actor=env.action_mapping.residual)
     per_episode = env.num_intervals - 1
     total = episodes * per_episode
+
+    def whole_rounds(n: int) -> int:  # env steps come num_envs at a time
+        return -(-n // num_envs) * num_envs
+
     schedule = {
         "episodes": episodes,
         "steps_per_episode": per_episode,
         "total_steps": total,
         "warmup_fraction": warmup_fraction,
-        "warmup_steps": warmup_count(total, warmup_fraction),
+        "warmup_steps": whole_rounds(warmup_count(total, warmup_fraction)),
         "warmup_expert": ODM_EXPERT,
-        "checkpoint_every": int(checkpoint_every or per_episode),
+        "checkpoint_every": whole_rounds(int(checkpoint_every or per_episode)),
         "seed": int(seed),
     }
+    if episode_steps is not None:  # only then: earlier runs keep their schedule
+        schedule["episode_steps"] = int(episode_steps)
+    if num_envs > 1:
+        schedule["num_envs"] = num_envs
+    if branches > 0:
+        schedule["branches"] = branches
     run_config = _run_config(cfg, agent_cfg, env, schedule)
     folder = RunFolder(run_dir, TRAIN_POLICY)  # lock, leftovers; a failed start leaves nothing
+    venv: VecEnv | None = None
     try:
         folder.acquire()
-        model = _start_or_resume(env, agent_cfg, run_dir, run_config, resume, trust_pickle)
+        venv = make_proxy_vec_env(
+            partial(_make_env, cfg, beta, eps, action, prior, reward), num_envs, env=env
+        )
+        model = _start_or_resume(venv, env, agent_cfg, run_dir, run_config, resume, trust_pickle)
         logger = MetricsLogger(
             run_dir / METRICS_FILE, wandb=wandb, run_name=run_dir.name, config=run_config
         )
         with logger:
             log = _StepLog(logger, total, progress)
             if model is None:
-                model = _warmup_phase(env, agent_cfg, run_dir, schedule, log)
+                model = _warmup_phase(venv, env, agent_cfg, run_dir, schedule, log)
+            log_updates(model, _update_log(model, logger))
             _learn_phase(model, env, run_dir, schedule, log)
         return _export(model, env, run_dir, run_config)
     except BaseException:
@@ -484,10 +596,13 @@ def train_policy(
         raise
     finally:
         folder.release()
+        if venv is not None:
+            venv.close()  # the proxies' processes; with one env, the env itself
         env.close()
 
 
 def _start_or_resume(
+    venv: VecEnv,
     env: DataMixingEnv,
     agent_cfg: AgentConfig,
     run_dir: Path,
@@ -521,10 +636,10 @@ def _start_or_resume(
         return None
     env_state = run_dir / AGENT_DIR / ENV_DIR
     exact = env_state.is_dir()  # checkpoints of older acodm versions lack it
-    if exact:
-        env.load_state(env_state)  # before load_agent, which restores the global RNGs last
+    if exact:  # before load_agent, which restores the global RNGs last
+        _load_env_states(venv, env, env_state)
     model = load_agent(
-        run_dir / AGENT_DIR, env, device=agent_cfg.device, exact=exact, trust_pickle=trust_pickle
+        run_dir / AGENT_DIR, venv, device=agent_cfg.device, exact=exact, trust_pickle=trust_pickle
     )
     _drop_metrics_after(run_dir / METRICS_FILE, int(model.num_timesteps))
     return model
@@ -539,6 +654,7 @@ def _drop_metrics_after(path: Path, step: int) -> None:
 
 
 def _warmup_phase(
+    venv: VecEnv,
     env: DataMixingEnv,
     agent_cfg: AgentConfig,
     run_dir: Path,
@@ -546,26 +662,46 @@ def _warmup_phase(
     log: _StepLog,
 ) -> Agent:
     """Make the agent, run the ODM expert for the warm-up steps, checkpoint."""
-    model = make_agent(env, agent_cfg)
-    expert = _OdmExpert(env, log)
-    result = warmup(model, expert, int(schedule["warmup_steps"]), on_step=expert.on_step)
+    model = make_agent(venv, agent_cfg)
+    expert = _OdmExpert(venv, env, log)
+    steps = int(schedule["warmup_steps"])
+    result = warmup(model, expert, steps, on_step=expert.on_step, vectorized=True)
+    venv.env_method("stop_expert")
     summary: dict[str, Any] = {"rl/warmup_transitions": result.transitions}
     if result.bc_loss is not None:
         summary["rl/warmup_bc_loss"] = result.bc_loss
     if result.critic_loss is not None:
         summary["rl/warmup_critic_loss"] = result.critic_loss
     log.logger.log(summary, int(model.num_timesteps))
-    save_checkpoint(model, run_dir / AGENT_DIR, _env_writer(env))
+    save_checkpoint(model, run_dir / AGENT_DIR, _env_writer(model))
     return model
 
 
-def _env_writer(env: DataMixingEnv) -> Callable[[Path], None]:
-    """Saves the env's state (running LM, RNG) inside an agent checkpoint being written."""
+def _env_writer(model: Agent) -> Callable[[Path], None]:
+    """Saves the env's state (running LM, RNG) inside an agent checkpoint being written:
+    ``env/``, or with several proxies (each in its own process) ``env/<i>/`` for proxy i."""
+    venv = model.get_env()
+    assert venv is not None
 
     def write(folder: Path) -> None:
-        env.save_state(folder / ENV_DIR)
+        if venv.num_envs == 1:
+            unwrap_proxy(venv).save_state(folder / ENV_DIR)
+            return
+        for i in range(venv.num_envs):
+            venv.env_method("save_state", str(folder / ENV_DIR / str(i)), indices=i)
 
     return write
+
+
+def _load_env_states(venv: VecEnv, env: DataMixingEnv, folder: Path) -> None:
+    """Restore what :func:`_env_writer` saved into every proxy of ``venv``."""
+    if venv.num_envs == 1:
+        env.load_state(folder)
+        return
+    for i in range(venv.num_envs):
+        if not (folder / str(i)).is_dir():
+            raise TrainPolicyError(f"{folder} holds no saved state of proxy {i}")
+        venv.env_method("load_state", str(folder / str(i)), indices=i)
 
 
 def _learn_phase(
@@ -573,13 +709,15 @@ def _learn_phase(
 ) -> None:
     callback = _TrainCallback(
         env,
+        branches=int(schedule.get("branches", 0)),
+        branch_seed=int(schedule["seed"]),
         log=log,
         domains=list(env.domains),
         beta=env.beta,
         eps=env.eps,
         checkpoint_dir=run_dir / AGENT_DIR,
         checkpoint_every=int(schedule["checkpoint_every"]),
-        write_state=_env_writer(env),
+        write_state=_env_writer(model),
     )
     continue_learning(model, int(schedule["total_steps"]), callback=callback)
 

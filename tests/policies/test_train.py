@@ -220,3 +220,103 @@ def test_the_default_proxy_gives_the_agent_a_signal(store: Path, tmp_path: Path,
             interval=1,
             overrides={"device": "cpu", "steps": 3},
         )
+
+
+# ----------------------------------------------------------------------------- learning curve
+
+
+def test_learning_curve_is_in_the_metrics(run: Path) -> None:
+    """One update line per SB3 train() call, one episode line at the episode's end whose
+    return is the sum of that episode's rewards."""
+    records = read_metrics(run / "metrics.jsonl")
+    rewards = _rewards(run)
+    ends = [r for r in records if "rl/episode/return" in r]
+    assert [r["step"] for r in ends] == [STEPS_PER_EPISODE]
+    assert ends[0]["rl/episode/length"] == STEPS_PER_EPISODE
+    assert ends[0]["rl/episode/return"] == pytest.approx(
+        sum(r["rl/reward"] for r in rewards), abs=1e-5
+    )
+    updates = [r for r in records if "rl/update/critic_loss" in r]
+    # warm-up step 1 (learning_starts = 1), then a train() call after each of steps 2 and 3
+    assert [r["step"] for r in updates] == [2, 3]
+    assert [r["rl/update/n_updates"] for r in updates] == [1, 2]
+    for r in updates:
+        assert r["rl/update/critic_loss"] >= 0.0 and np.isfinite(r["rl/update/actor_loss"])
+    # the per-step line after an update reads the same SB3 values
+    by_step = {r["step"]: r for r in rewards}
+    assert by_step[3]["rl/critic_loss"] == pytest.approx(updates[0]["rl/update/critic_loss"])
+
+
+def test_update_logger_reports_each_train_call() -> None:
+    from acodm.policies.agent import UpdateLogger
+
+    seen: list[dict[str, float]] = []
+    logger = UpdateLogger(seen.append)
+    logger.record("train/n_updates", 4)
+    logger.record("train/actor_loss", np.float64(-0.5))
+    logger.record("train/critic_loss", np.float64(0.25))
+    logger.record("train/n_updates", 5)  # a TD3 call without an actor update
+    logger.record("train/critic_loss", 0.125)
+    logger.record("time/episodes", 1)  # other keys pass through untouched
+    assert seen == [
+        {"n_updates": 4, "actor_loss": -0.5, "critic_loss": 0.25},
+        {"n_updates": 5, "critic_loss": 0.125},
+    ]
+    assert logger.name_to_value["train/critic_loss"] == 0.125
+
+
+def test_learning_curve_plot(run: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from acodm.errors import AcodmError
+    from acodm.plots import plot_learning_curve
+
+    out = plot_learning_curve(run, tmp_path / "curve.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "metrics.jsonl").write_text('{"step": 1, "rl/reward": 0.1}\n')
+    with pytest.raises(AcodmError, match="no rl/episode/return"):
+        plot_learning_curve(tmp_path / "empty", tmp_path / "x.png")
+
+
+def test_more_gradient_steps_per_env_step(run: Path, store: Path, tmp_path: Path) -> None:
+    """gradient_steps=3: three minibatch updates after each env step (SB3 DDPG), so the
+    update counter moves by 3 per train() call and the actor ends elsewhere."""
+    out = _train(store, tmp_path / "g3", agent=_agent(gradient_steps=3))
+    updates = [
+        r for r in read_metrics(tmp_path / "g3" / "metrics.jsonl") if "rl/update/n_updates" in r
+    ]
+    assert [r["rl/update/n_updates"] for r in updates] == [3, 6]
+    assert (out / ACTOR_FILE).read_bytes() != (run / "policy" / ACTOR_FILE).read_bytes()
+    config = json.loads((tmp_path / "g3" / "config.json").read_text())
+    assert config["agent"]["gradient_steps"] == 3 and config["agent"]["train_freq"] == 1
+
+
+def test_many_short_episodes(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """episode_steps=6 at K = 2: every episode is a whole proxy run of 6 steps (2 env steps
+    after the reset's interval), with its own run seed and the LR warm-up scaled."""
+    from acodm.envs import data_mixing
+    from acodm.trainer import Trainer
+
+    seeds: list[int] = []
+
+    class Recording(Trainer):
+        def __init__(self, config: Any, **kw: Any) -> None:
+            seeds.append(config.seed)
+            super().__init__(config, **kw)
+
+    monkeypatch.setattr(data_mixing, "Trainer", Recording)
+    overrides = {**OVERRIDES, "steps": 40, "warmup_steps": 10}
+    _train(store, tmp_path / "short", overrides=overrides, episodes=3, episode_steps=6)
+    config = json.loads((tmp_path / "short" / "config.json").read_text())
+    assert config["proxy"]["steps"] == 6 and config["proxy"]["warmup_steps"] == 2  # 10 * 6/40
+    assert config["schedule"]["steps_per_episode"] == 2
+    assert config["schedule"]["total_steps"] == 6 and config["schedule"]["episode_steps"] == 6
+    ends = [
+        r for r in read_metrics(tmp_path / "short" / "metrics.jsonl") if "rl/episode/length" in r
+    ]
+    assert [(r["step"], r["rl/episode/length"]) for r in ends] == [(2, 2), (4, 2), (6, 2)]
+    # a fresh run with its own seed per episode (the 4th: SB3's auto-reset after the last)
+    assert len(seeds) == 4 and len(set(seeds)) == 4
+    with pytest.raises(TrainPolicyError, match="episode_steps"):
+        _train(store, tmp_path / "too-short", episode_steps=2)
+    assert not (tmp_path / "too-short").exists()
