@@ -372,12 +372,27 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument(
+        "--env-version",
+        choices=("v1", "v0"),
+        default="v1",
+        help="the env's defaults: v1 (acodm/DataMixing-v1: probe reward, residual action around "
+        "the auto prior, 16-epoch cap, repetition and probe features, prior warm-up) or v0 "
+        "(the paper's: alignment reward, softmax around uniform, ODM warm-up); the options "
+        "below override them",
+    )
+    t.add_argument(
         "--action",
         choices=("softmax", "residual"),
-        default="softmax",
-        help="the action mapping: softmax around uniform (the paper's), or residual around a "
-        "prior mixture that each run computes from its own budget and store (the actor starts "
-        "at zero, i.e. at the prior)",
+        default=None,
+        help="the action mapping: softmax around uniform (the paper's, v0), or residual around "
+        "a prior mixture that each run computes from its own budget and store (v1; the actor "
+        "starts at zero, i.e. at the prior)",
+    )
+    t.add_argument(
+        "--warmup-expert",
+        choices=("prior", "odm:warmup=0"),
+        default=None,
+        help="who acts in the warm-up steps: the prior (zero action, v1) or the ODM bandit (v0)",
     )
     t.add_argument(
         "--prior",
@@ -390,13 +405,14 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="cap every domain at this many epochs of its tokens in the proxy runs; the "
-        "exported policy keeps to the same cap on the target (default: no cap)",
+        "exported policy keeps to the same cap on the target (default: 16 under v1, no cap "
+        "under v0)",
     )
     t.add_argument(
         "--reward",
         choices=("alignment", "probe"),
-        default="alignment",
-        help="the env's reward: the paper's gradient alignment, or probe: the decrease of "
+        default=None,
+        help="the env's reward: the paper's gradient alignment (v0), or probe (v1): the decrease of "
         "the loss on fixed windows of the store's reward split against a running baseline "
         "(the store needs a reward split: `acodm prepare --reward-fraction`)",
     )
@@ -605,6 +621,8 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
         prior=args.prior,
         max_epochs=args.max_epochs,
         reward=args.reward,
+        version=args.env_version,
+        warmup_expert=args.warmup_expert,
         episode_steps=args.episode_steps,
         num_envs=args.num_envs,
         branches=args.branches,

@@ -232,7 +232,8 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
     training loss); from ``step`` also ``reward_terms`` ({"alignment" or "probe": ..., extra
     name: weight * value}; they sum to the reward) and, where the probe is measured, ``probe``
     ({"loss": L_t, "decrease": d_t, "baseline": b_{t-1}, "reward": r_t, "losses": {domain:
-    loss}, "seconds": the probe's time}). ``env.last_report`` holds the whole
+    loss}}; the probe's wall time is ``env.probe_seconds``, kept out of ``info`` so that
+    the same seed and actions give the same info). ``env.last_report`` holds the whole
     :class:`~acodm.trainer.IntervalReport` of the last ``step`` (per-domain losses, metrics).
 
     ## Arguments
@@ -243,8 +244,9 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
     env = gym.make("acodm/DataMixing-v0")                      # built-in store and config
     env = gym.make("acodm/DataMixing-v0", store="runs/store", config="cpu_small",
                    overrides={"steps": 200}, interval=4, beta=1.0, eps=0.15)
+    env = gym.make("acodm/DataMixing-v1", store="runs/store")  # probe reward, residual action
     env = gym.make("acodm/DataMixing-v0", action="residual", max_epochs=4,
-                   features=acodm.envs.V1_FEATURES)  # around UniMax, capped at 4 epochs
+                   features=acodm.envs.REPETITION_FEATURES + ("progress",))  # v0 + options
     ```
 
     * ``store``: path of a token store (``acodm prepare``). Default: the config's store, else a
@@ -281,12 +283,20 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Version History
 
-    * v0: initial version (gradient-alignment reward, uniform first interval, per-group
-      z-scored observation); the console's optional features and reward terms were added
-      without changing the defaults, and so were the residual action around a prior
-      (``action="residual"``), the epoch cap (``max_epochs``), the raw repetition
-      features (``log_epochs``, ``cap_left``), the probe reward (``reward="probe"``) and the
-      probe features (``probe_loss``, ``probe_delta``).
+    Both ids build this class; they differ only in its defaults (``acodm.envs.ENV_VERSIONS``;
+    any argument given to ``gym.make`` overrides them). The class's own defaults are v0's.
+
+    * v0: the paper's formulation: gradient-alignment reward, softmax action around uniform,
+      no epoch cap, per-group z-scored observation (``DEFAULT_FEATURES``). The console's
+      optional features and reward terms, the residual action, the epoch cap, and the
+      repetition and probe features were added later as options, without changing v0's
+      defaults.
+    * v1 (the default recipe, issue 11): ``reward="probe"`` (the alignment reward does not
+      track the objective: BENCHMARKS.md, "Is the reward valid?"), ``action="residual"``
+      around the ``auto`` prior, ``max_epochs=16`` (``V1_MAX_EPOCHS``), and
+      ``features=V1_FEATURES`` (the defaults plus ``log_epochs`` and ``cap_left``). Needs a
+      store with a reward split. A policy exported
+      under v0 still loads: its ``policy.json`` names its own mapping and features.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012  (gymnasium's convention)
@@ -453,7 +463,6 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
                 "baseline": ps.baseline,
                 "reward": ps.reward,
                 "losses": {d: float(x) for d, x in zip(self.domains, losses, strict=True)},
-                "seconds": self.probe_seconds,
             }
         self.last_report = report
         obs, reward, terms = transition(

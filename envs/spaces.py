@@ -631,9 +631,48 @@ PROBE_FEATURES: tuple[str, ...] = ("probe_loss", "probe_delta")
 #: Feature groups that carry repetition in absolute terms (issue 11): raw, not z-scored.
 REPETITION_FEATURES: tuple[str, ...] = ("log_epochs", "cap_left")
 
-#: The observation of the next env version (acodm/DataMixing-v1): the default groups plus
-#: the repetition ones, before ``progress``. ``cap_left`` needs an epoch cap (``max_epochs``).
+#: The observation of acodm/DataMixing-v1: the default groups plus the repetition ones,
+#: before ``progress``. ``cap_left`` needs an epoch cap (``max_epochs``). The probe groups
+#: are not in it: a target run measures no probe (its mixers see the training dynamics only),
+#: so a policy observing them could not be transferred.
 V1_FEATURES: tuple[str, ...] = DEFAULT_FEATURES[:-1] + REPETITION_FEATURES + ("progress",)
+
+#: acodm/DataMixing-v1's epoch cap. Muennighoff et al. 2023 (data-constrained scaling laws)
+#: fit the value of repeated tokens as decaying with a characteristic ~15 epochs: up to about
+#: 4 epochs repeated data is nearly as good as new, beyond ~16 it adds little. A cap of 16
+#: forbids only repetition that is close to worthless, and leaves the policy free to repeat a
+#: small domain more than UniMax's usual 4 where that helps (BENCHMARKS.md: at 14 epochs
+#: uniform beat UniMax(4) on mean loss).
+V1_MAX_EPOCHS = 16.0
+
+#: The defaults of each registered env version (``acodm/DataMixing-<version>``); the
+#: DataMixingEnv class's own defaults are v0's. Keys are DataMixingEnv arguments.
+ENV_VERSIONS: dict[str, dict[str, Any]] = {
+    "v0": {
+        "action": "softmax",
+        "reward": "alignment",
+        "max_epochs": None,
+        "features": DEFAULT_FEATURES,
+    },
+    "v1": {
+        "action": "residual",
+        "reward": "probe",
+        "max_epochs": V1_MAX_EPOCHS,
+        "features": V1_FEATURES,
+    },
+}
+
+
+def env_version(version: str) -> dict[str, Any]:
+    """The DataMixingEnv defaults of an env version (``"v0"`` or ``"v1"``, or the full id)."""
+    key = version.rsplit("-", 1)[-1] if version.startswith("acodm/") else version
+    if key not in ENV_VERSIONS:
+        raise SpaceError(
+            f"unknown env version {version!r}; use one of {sorted(ENV_VERSIONS)} "
+            "(acodm/DataMixing-v0 is the paper's formulation, v1 the default)"
+        )
+    return dict(ENV_VERSIONS[key])
+
 
 SPEC_FORMAT = "acodm-observation"
 SPEC_VERSION = 1

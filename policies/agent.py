@@ -48,6 +48,7 @@ from acodm.policies.export import actor_parts, write_checkpoint_actor
 
 __all__ = [
     "ODM_EXPERT",
+    "PRIOR_EXPERT",
     "AgentConfig",
     "AgentError",
     "FrozenActorPolicy",
@@ -85,6 +86,10 @@ class AgentError(AcodmError):
 #: The warm-up expert of proxy and non-proxy mode: the ODM bandit itself (the agent's warm-up
 #: replaces ODM's own).
 ODM_EXPERT = "odm:warmup=0"
+#: The warm-up expert of acodm/DataMixing-v1: the zero action, i.e. the residual action's
+#: prior (uniform under the softmax action). Behaviour cloning on it keeps a zero-initialised
+#: actor at its prior, where copying ODM would move it away before it has learnt anything.
+PRIOR_EXPERT = "prior"
 
 
 def warmup_count(total: int, fraction: float) -> int:

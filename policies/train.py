@@ -69,7 +69,7 @@ import json
 import math
 import sys
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -81,12 +81,19 @@ from acodm import trust
 from acodm.config import TrainConfig, resolve_config
 from acodm.data.store import open_store
 from acodm.envs import DataMixingEnv
-from acodm.envs.spaces import CONSOLE_FEATURES, ActionMapping, console_reward_terms
+from acodm.envs.spaces import (
+    CONSOLE_FEATURES,
+    DEFAULT_FEATURES,
+    ActionMapping,
+    console_reward_terms,
+    env_version,
+)
 from acodm.errors import AcodmError
 from acodm.io import atomic_write_json, atomic_write_text
 from acodm.metrics import MetricsLogger, read_metrics
 from acodm.policies.agent import (
     ODM_EXPERT,
+    PRIOR_EXPERT,
     Agent,
     AgentConfig,
     MixingCallback,
@@ -248,8 +255,11 @@ def _make_env(
     action: str = "softmax",
     prior: str | None = None,
     reward: str = "alignment",
+    features: Sequence[str] | None = None,
 ) -> DataMixingEnv:
     kwargs: dict[str, Any] = {}
+    if features is not None and tuple(features) != DEFAULT_FEATURES:
+        kwargs["features"] = tuple(features)
     if reward != "alignment":
         kwargs["reward"] = reward
     if beta is not None:
@@ -376,9 +386,8 @@ def _report_metrics(info: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {f"rl/reward/{n}": float(v) for n, v in info["reward_terms"].items()}
     out["train/loss"] = float(info["train_loss"])
     probe = info.get("probe")
-    if probe is not None:  # the probe of the reward split (wall time under perf/)
+    if probe is not None:  # the probe of the reward split
         out.update({f"rl/probe/{k}": float(probe[k]) for k in ("loss", "decrease", "baseline")})
-        out["perf/probe_s"] = float(probe["seconds"])
     out.update(info.get("train_metrics", {}))
     return out
 
@@ -429,9 +438,10 @@ class _TrainCallback(MixingCallback):
 # ----------------------------------------------------------------------------- warm-up
 
 
-class _OdmExpert:
-    """The warm-up expert: every proxy's own ODM bandit (:meth:`ProxyEnv.expert_action`, in
-    the proxy's process; a fresh bandit per LM run, updated with each interval's feedback)."""
+class _WarmupExpert:
+    """The warm-up expert of every proxy (:meth:`ProxyEnv.expert_action`, in the proxy's
+    process): its own ODM bandit (a fresh one per LM run, updated with each interval's
+    feedback) or the prior (the zero action)."""
 
     def __init__(
         self, venv: VecEnv, env: DataMixingEnv, log: Callable[[dict[str, Any], int], None]
@@ -475,13 +485,15 @@ def train_policy(
     wandb: bool = False,
     console: bool = False,
     trust_pickle: bool = False,
-    action: str = "softmax",
+    action: str | None = None,
     prior: str | None = None,
     max_epochs: float | None = None,
-    reward: str = "alignment",
+    reward: str | None = None,
     episode_steps: int | None = None,
     num_envs: int = 1,
     branches: int = 0,
+    version: str = "v1",
+    warmup_expert: str | None = None,
 ) -> Path:
     """Train the mixing agent on ``episodes`` proxy runs; return ``out/policy`` (exported actor).
 
@@ -507,6 +519,12 @@ def train_policy(
     needs one), recorded in the run config and in the exported policy's ``extra["reward_signal"]``.
     See the module docstring for the run folder and for
     what ``resume`` can and cannot restore.
+
+    ``version``: the env's defaults (:data:`acodm.envs.ENV_VERSIONS`): ``"v1"`` (the default:
+    probe reward, residual action, ``max_epochs`` 16, ``V1_FEATURES``, the prior as warm-up
+    expert) or ``"v0"`` (the paper's: alignment reward, softmax action, no cap, the default
+    features, the ODM warm-up expert). ``action``, ``reward``, ``max_epochs`` and
+    ``warmup_expert`` (``"prior"``: the zero action; ``ODM_EXPERT``) override them.
 
     ``episode_steps``: many short episodes: every episode is a whole proxy run of this many
     optimizer steps (:func:`_short_episodes`; ``episodes`` of them, each with its own run seed).
@@ -539,6 +557,21 @@ def train_policy(
         )
     run_dir = Path(out)
     trust.user_key()  # checkpoints are signed with it: an unusable key fails now, not mid-run
+    try:
+        defaults = env_version(version)
+    except AcodmError as e:
+        raise TrainPolicyError(str(e)) from None
+    action = action or defaults["action"]
+    reward = reward or defaults["reward"]
+    if max_epochs is None:
+        max_epochs = defaults["max_epochs"]
+    expert = warmup_expert or (ODM_EXPERT if version.endswith("v0") else PRIOR_EXPERT)
+    if expert not in (ODM_EXPERT, PRIOR_EXPERT):
+        raise TrainPolicyError(
+            f"unknown warm-up expert {expert!r}; use {PRIOR_EXPERT!r} (the zero action: the "
+            f"prior) or {ODM_EXPERT!r} (the ODM bandit)"
+        )
+    features = defaults["features"]
     cfg = _resolve_proxy(store, proxy, overrides, interval)
     if console:
         cfg = cfg.replace(console=True)
@@ -547,7 +580,7 @@ def train_policy(
     if episode_steps is not None:
         cfg = _short_episodes(cfg, episode_steps)
     agent_cfg = replace(agent or small(), seed=int(seed))
-    env = _make_env(cfg, beta, eps, action, prior, reward)
+    env = _make_env(cfg, beta, eps, action, prior, reward, features)
     if agent_cfg.zero_init_actor is None:  # the residual action starts at its prior
         agent_cfg = replace(agent_cfg, zero_init_actor=env.action_mapping.residual)
     per_episode = env.num_intervals - 1
@@ -562,7 +595,7 @@ def train_policy(
         "total_steps": total,
         "warmup_fraction": warmup_fraction,
         "warmup_steps": whole_rounds(warmup_count(total, warmup_fraction)),
-        "warmup_expert": ODM_EXPERT,
+        "warmup_expert": expert,
         "checkpoint_every": whole_rounds(int(checkpoint_every or per_episode)),
         "seed": int(seed),
     }
@@ -578,7 +611,9 @@ def train_policy(
     try:
         folder.acquire()
         venv = make_proxy_vec_env(
-            partial(_make_env, cfg, beta, eps, action, prior, reward), num_envs, env=env
+            partial(_make_env, cfg, beta, eps, action, prior, reward, features),
+            num_envs,
+            env=env,
         )
         model = _start_or_resume(venv, env, agent_cfg, run_dir, run_config, resume, trust_pickle)
         logger = MetricsLogger(
@@ -663,7 +698,8 @@ def _warmup_phase(
 ) -> Agent:
     """Make the agent, run the ODM expert for the warm-up steps, checkpoint."""
     model = make_agent(venv, agent_cfg)
-    expert = _OdmExpert(venv, env, log)
+    venv.env_method("set_expert", schedule["warmup_expert"])
+    expert = _WarmupExpert(venv, env, log)
     steps = int(schedule["warmup_steps"])
     result = warmup(model, expert, steps, on_step=expert.on_step, vectorized=True)
     venv.env_method("stop_expert")

@@ -28,7 +28,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from acodm.envs import DataMixingEnv, EnvError
 from acodm.mixers import Mixer, make_mixer
-from acodm.policies.agent import ODM_EXPERT
+from acodm.policies.agent import ODM_EXPERT, PRIOR_EXPERT
 
 __all__ = ["ProxyEnv", "make_proxy_vec_env", "unwrap_proxy"]
 
@@ -41,6 +41,7 @@ class ProxyEnv(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
         self.mixing_env = env
         self._expert: Mixer | None = None
         self._expert_on = True
+        self._expert_spec = ODM_EXPERT
 
     def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
         self._expert = None  # a new LM run: a new bandit
@@ -57,15 +58,26 @@ class ProxyEnv(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
             }
         return obs, float(reward), terminated, truncated, info
 
+    def set_expert(self, spec: str) -> None:
+        """Choose the warm-up expert: ``ODM_EXPERT`` (the default) or ``PRIOR_EXPERT``."""
+        if spec not in (ODM_EXPERT, PRIOR_EXPERT):
+            raise EnvError(
+                f"unknown warm-up expert {spec!r}; use {ODM_EXPERT!r} or {PRIOR_EXPERT!r}"
+            )
+        self._expert_spec, self._expert = spec, None
+
     def expert_action(self) -> np.ndarray:
-        """The ODM bandit's weights for the next interval, as this env's action (lossy
-        beyond the action's range); the bandit starts with the running LM run."""
+        """The warm-up expert's action for the next interval: the ODM bandit's weights as
+        this env's action (lossy beyond the action's range; the bandit starts with the
+        running LM run), or with ``PRIOR_EXPERT`` the zero action (the prior)."""
         env = self.mixing_env
         tr = env.trainer
         if tr is None:
             raise EnvError("the env has no running LM episode during the warm-up")
         if not self._expert_on:
             raise EnvError("the warm-up expert was stopped (the warm-up is over)")
+        if self._expert_spec == PRIOR_EXPERT:
+            return np.zeros(env.k, dtype=np.float32)
         if self._expert is None:
             self._expert = make_mixer(ODM_EXPERT)
             self._expert.setup(tr.mixer_context())

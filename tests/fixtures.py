@@ -57,8 +57,11 @@ def synthetic_corpus(path: Path, *, docs_per_domain: int = 40, seed: int = 0) ->
     return write_stdlib_corpus(path, docs_per_domain=docs_per_domain, seed=seed)
 
 
-def make_text_store(path: Path, *, vocab_size: int = 512, seed: int = 0) -> TokenStore:
-    """A real BPE-tokenized store of :func:`synthetic_corpus` (a second or two)."""
+def make_text_store(
+    path: Path, *, vocab_size: int = 512, seed: int = 0, reward_fraction: float = 0.05
+) -> TokenStore:
+    """A real BPE-tokenized store of :func:`synthetic_corpus` (a second or two), with a
+    reward split (``reward_fraction=0``: none, the store tests written before it used)."""
     from acodm.data.prepare import prepare_store
 
     corpus = synthetic_corpus(path.parent / f"{path.name}-corpus", seed=seed)
@@ -68,8 +71,8 @@ def make_text_store(path: Path, *, vocab_size: int = 512, seed: int = 0) -> Toke
         vocab_size=vocab_size,
         val_fraction=0.1,
         min_val_tokens=512,
-        reward_fraction=0.05,
-        min_reward_tokens=512,
+        reward_fraction=reward_fraction,
+        min_reward_tokens=512 if reward_fraction else 0,
         progress=False,
     )
     return TokenStore(path)

@@ -38,6 +38,10 @@ from acodm.errors import SamplerError, StoreError
 SAMPLER_STATE_VERSION = 1
 
 
+#: How messages name a held-out split.
+_SPLIT_WORDS = {"val": "validation", "reward": "reward"}
+
+
 @dataclass(frozen=True)
 class Batch:
     """A batch of training or validation sequences.
@@ -283,7 +287,8 @@ class DomainSampler:
         n_all = (arr.size - 1) // self.seq_len
         if n_all < 1:
             raise SamplerError(
-                f"domain {name!r} has {arr.size} {split} tokens, fewer than one window of "
+                f"domain {name!r} has {arr.size} {_SPLIT_WORDS[split]} tokens, fewer than one "
+                f"window of "
                 f"{self.seq_len + 1}; {fix}"
             )
         n = n_all if max_windows is None else min(n_all, int(max_windows))

@@ -350,7 +350,7 @@ def test_train_policy_with_the_residual_action(store, tmp_path, monkeypatch):
 
 def test_a_run_started_before_the_new_settings_still_resumes(store, tmp_path):
     """Runs whose config.json predates max_epochs / zero_init_actor resume: a key added
-    since, at its off value, is not a change of the run."""
+    since, at its off value, is not a change of the run (such runs are v0 runs)."""
     from acodm.policies.agent import small
     from acodm.policies.train import train_policy
 
@@ -360,6 +360,7 @@ def test_a_run_started_before_the_new_settings_still_resumes(store, tmp_path):
         interval=2,
         agent=small(net_arch=(16,), batch_size=4),
         progress=False,
+        version="v0",
     )
     train_policy(store, out, **kw)
     config = json.loads((out / "config.json").read_text())

@@ -94,7 +94,7 @@ def test_metrics_have_one_line_per_env_step(run: Path) -> None:
     assert [r["step"] for r in lines] == [1, 2, 3]
     assert [r["rl/warmup"] for r in lines] == [1, 0, 0]
     for r in lines:
-        assert "train/loss" in r and "rl/reward/alignment" in r
+        assert "train/loss" in r and "rl/reward/probe" in r  # v1's reward
         assert any(k.startswith("mix/weight/") for k in r)
     assert any("rl/warmup_bc_loss" in r for r in read_metrics(run / "metrics.jsonl"))
 
