@@ -212,6 +212,11 @@ def measure(
                 again["probe_loss"] == branches[0]["probe_loss"]
             )
             per_point.append({"step": p, "branches": branches, "exact_restore": exact})
+            print(
+                f"[reward-validity] step {p}: {len(branches)} mixtures, exact restore {exact}, "
+                f"{time.perf_counter() - start:.0f} s",
+                file=sys.stderr,
+            )
             trainer.load_checkpoint(load_checkpoint(ckpt))  # back on the trunk
     trainer.close()
     return _summarise(
