@@ -104,6 +104,7 @@ def plot_study_curves(
     import numpy as np
 
     fig, ax = _axes((8, 4))
+    lows, tops = [], []
     for name, runs in curves.items():
         steps = list(runs[0][0])
         values = np.array([list(v)[: len(steps)] for _, v in runs], dtype=np.float64)
@@ -111,6 +112,10 @@ def plot_study_curves(
         sd = values.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros_like(mean)
         (line,) = ax.plot(steps, mean, label=f"{name} ({len(runs)} seeds)")
         ax.fill_between(steps, mean - sd, mean + sd, color=line.get_color(), alpha=0.2)
+        lows.append(float((mean - sd).min()))
+        tops.append(float(mean[min(1, len(mean) - 1)]))
+    if len(runs[0][0]) > 2:  # the step-0 loss (the init) would flatten the part that differs
+        ax.set_ylim(min(lows) - 0.02, max(tops) + 0.02)
     ax.set(
         xlabel="optimizer step",
         ylabel="mean validation loss (nats)",

@@ -188,6 +188,9 @@ def _flags() -> dict[str, str]:
 def _check_overrides(overrides: Mapping[str, Any]) -> None:
     flags = _flags()
     bad = sorted(set(overrides) - set(flags) - {"store", "mixer", "seed"})
+    unset = sorted(k for k, v in overrides.items() if v is None)
+    if unset:
+        raise StudyError(f"overrides {unset} have no value; give each one a value or leave it out")
     if bad or {"store", "mixer", "seed"} & set(overrides):
         raise StudyError(
             f"cannot set {bad or sorted({'store', 'mixer', 'seed'} & set(overrides))} for the "
@@ -283,8 +286,14 @@ class StudyPlan:
     overrides: dict[str, Any]
 
     def config(self, name: str, mixer: str, seed: int) -> TrainConfig:
-        cfg = preset(name, self.store).replace(mixer=mixer, seed=seed)
-        return cfg.replace(**self.overrides) if self.overrides else cfg
+        """The run's config: the preset, the overrides (as `acodm pretrain`'s flags apply
+        them: ``tokens`` replaces ``steps`` and the other way round), the mixer and seed."""
+        changes = dict(self.overrides)
+        if "tokens" in changes and "steps" not in changes:
+            changes["steps"] = None
+        elif "steps" in changes and "tokens" not in changes:
+            changes["tokens"] = None
+        return preset(name, self.store).replace(mixer=mixer, seed=seed, **changes)
 
     def run_dir(self, arm: Arm, seed: int) -> Path:
         return self.out / "runs" / arm.folder / f"seed{seed}"

@@ -2,12 +2,14 @@
 
 1. build the default corpus (cached) and tokenize it into a store;
 2. train a mixing policy (DDPG) on a small proxy model and export its actor;
-3. pretrain a larger target with the transferred actor and with the uniform, UniMax and ODM
-   baselines, on the same store, token budget and seed;
+3. pretrain a target (``gpu``: a larger model; ``cpu``: the proxy's model with twice its
+   budget) with the transferred actor and with the uniform, UniMax and ODM baselines, on the
+   same store, token budget and seed;
 4. print the comparison (mean / worst validation perplexity, per domain, steps to reach each
    baseline's best), write ``report.txt``, ``results.json`` and PNG plots.
 
-The ``cpu`` preset finishes in minutes on 2 cores (tiny proxy, 14m target); ``gpu`` runs the
+The ``cpu`` preset is a cut of the CPU study regime (``acodm study``: a data-constrained store
+where small domains repeat, the ``micro`` model, 200 target steps); ``gpu`` runs the
 paper's shape of experiment (70m proxy, 160m target, sequence 1024). Nothing is hidden: if
 the policy does not beat a baseline at this scale, the report says so.
 
@@ -52,6 +54,16 @@ class QuickstartPreset:
     vocab_size: int
     proxy: Callable[[str], TrainConfig]
     target: Callable[[str], TrainConfig]
+    doc_chars: int | None = None  # acodm prepare --doc-chars
+    max_train_tokens: str | None = None  # acodm prepare --max-train-tokens
+
+    def store_settings(self) -> dict[str, Any]:
+        """The store's prepare settings, as its manifest's meta records them."""
+        return {
+            "vocab_source": f"trained byte-level BPE, vocab_size={self.vocab_size}",
+            "doc_chars": self.doc_chars,
+            "max_train_tokens": self.max_train_tokens,
+        }
 
     def proxy_config(self, store: str, seed: int) -> TrainConfig:
         """The proxy run that trains the policy."""
@@ -63,8 +75,14 @@ class QuickstartPreset:
 
 
 PRESETS = {
+    # the CPU study regime (BENCHMARKS.md, "A CPU regime where mixtures separate"): small
+    # domains repeat (news about 14 epochs under uniform), so the baselines differ
     "cpu": QuickstartPreset(
-        vocab_size=8192, proxy=quickstart_cpu_proxy, target=quickstart_cpu_target
+        vocab_size=2048,
+        proxy=quickstart_cpu_proxy,
+        target=quickstart_cpu_target,
+        doc_chars=3000,
+        max_train_tokens="geometric:6000:789000",
     ),
     "gpu": QuickstartPreset(
         vocab_size=32768, proxy=quickstart_gpu_proxy, target=quickstart_gpu_target
@@ -75,12 +93,33 @@ PRESETS = {
 def _data(out: Path, preset: QuickstartPreset, progress: bool) -> Path:
     corpus, store = out / "corpus", out / "store"
     if (store / "manifest.json").is_file():
+        _check_store(store, preset)
         return store  # a finished store needs no corpus
     if not (corpus / "manifest.json").is_file():
         build_default_corpus(corpus, progress=progress)
-    if not (store / "manifest.json").is_file():
-        prepare_store(corpus, store, vocab_size=preset.vocab_size, progress=progress)
+    prepare_store(
+        corpus,
+        store,
+        vocab_size=preset.vocab_size,
+        doc_chars=preset.doc_chars,
+        max_train_tokens=preset.max_train_tokens,
+        progress=progress,
+    )
     return store
+
+
+def _check_store(store: Path, preset: QuickstartPreset) -> None:
+    """A store left by another quickstart preset (or version) is an error, never reused."""
+    from acodm.data.store import open_store
+
+    meta = open_store(store).manifest.get("meta", {})
+    want = preset.store_settings()
+    have = {k: meta.get(k) for k in want}
+    if have != want:
+        raise AcodmError(
+            f"{store} was prepared with {have}, but this quickstart preset needs {want}; "
+            "delete that store (and the runs made on it) or choose another --out"
+        )
 
 
 def _pretrain_once(config: TrainConfig, run: Path, progress: bool) -> None:

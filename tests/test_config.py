@@ -37,14 +37,16 @@ def test_quickstart_presets_are_valid(name):
 # The quickstart's settings as they were when its presets were dicts of TrainConfig keywords:
 # the preset functions must build exactly these runs (its reported results depend on them).
 _QUICKSTART_KWARGS = {
-    "cpu": (
+    "cpu": (  # since the study regime: the micro model on a data-constrained store
         dict(
-            model="tiny", seq_len=128, micro_batch_size=8, steps=240, interval=4,
-            warmup_steps=10, lr=3e-3, eval_every=0, eval_windows=2,
+            model="micro", seq_len=128, micro_batch_size=32, steps=100, interval=5,
+            warmup_steps=10, lr=3e-3, eval_every=0, eval_windows=8, checkpoint_every=0,
+            keep_last=1,
         ),
         dict(
-            model="14m", seq_len=128, micro_batch_size=8, steps=160, interval=4,
-            warmup_steps=10, lr=2e-3, eval_every=20, eval_windows=4,
+            model="micro", seq_len=128, micro_batch_size=32, steps=200, interval=5,
+            warmup_steps=20, lr=3e-3, eval_every=20, eval_windows=16, checkpoint_every=100,
+            keep_last=1,
         ),
     ),
     "gpu": (
@@ -64,7 +66,7 @@ _QUICKSTART_KWARGS = {
 def test_quickstart_presets_build_the_same_runs_as_before(name):
     p = QUICKSTART_PRESETS[name]
     proxy, target = _QUICKSTART_KWARGS[name]
-    assert p.vocab_size == {"cpu": 8192, "gpu": 32768}[name]
+    assert p.vocab_size == {"cpu": 2048, "gpu": 32768}[name]
     assert p.proxy_config("s", 7).to_dict() == TrainConfig(store="s", seed=7, **proxy).to_dict()
     for mixer in ("actor:runs/proxy/policy", "uniform"):
         built = p.target_config("s", mixer, 7).to_dict()

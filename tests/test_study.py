@@ -286,6 +286,8 @@ def test_doremi_arm_runs_its_three_stages_first() -> None:
         overrides={},
     )
     job = plan.job(plan.arms[0], 3)
+    by_tokens = StudyPlan(**{**plan.__dict__, "overrides": {"tokens": 4096}})
+    assert by_tokens.config("study_cpu_target", "uniform", 0).total_steps() == 1
     names = [type(s).__name__ for s in job.steps]
     assert names == ["_Pretrain", "_Command", "_Pretrain", "_Command", "_Pretrain"]
     ref, _, proxy, _, target = job.steps

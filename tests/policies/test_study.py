@@ -55,3 +55,21 @@ def test_study_runs_every_seed_on_one_store_and_aggregates(micro, monkeypatch):
 def test_cli_seeds_are_checked(capsys):
     assert main(["quickstart", "--seeds", "0,x", "--quiet"]) == 2
     assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_a_store_of_other_prepare_settings_is_refused(micro):
+    """The cpu quickstart's store is data-constrained; an older quickstart's is not reused."""
+    from acodm.errors import AcodmError
+
+    other = qs.QuickstartPreset(
+        vocab_size=512,
+        proxy=_micro_proxy,
+        target=_micro_target,
+        doc_chars=3000,
+        max_train_tokens="geometric:6000:789000",
+    )
+    with pytest.raises(AcodmError, match="prepared with"):
+        qs._data(micro, other, progress=False)
+    assert qs._data(micro, MICRO, progress=False) == micro / "store"
+    cpu = qs.PRESETS["cpu"].store_settings()
+    assert cpu["doc_chars"] == 3000 and cpu["max_train_tokens"] == "geometric:6000:789000"
