@@ -63,7 +63,7 @@ def test_toy_run_end_to_end(rv, tmp_path: Path, capsys) -> None:
     )  # fmt: skip
     assert rc == 0
     res = json.loads(out.read_text())
-    assert res["points"] == [2, 4, 6] and res["default"] == "alignment"
+    assert res["points"] == [2, 4, 6] and res["default"] == "probe"
     assert set(res["rewards"]) == {"alignment", "probe", "entropy"}
     for rows in res["rewards"].values():
         assert set(rows) == {"spearman", "partial_spearman", "top_pick_ratio"}

@@ -42,14 +42,14 @@ from common import machine
 from acodm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from acodm.config import preset
 from acodm.envs.data_mixing import check_reward_split
-from acodm.envs.spaces import DEFAULT_PROBE_WINDOWS, alignment_reward
+from acodm.envs.spaces import DEFAULT_PROBE_WINDOWS, alignment_reward, env_version
 from acodm.io import atomic_write_json
 from acodm.mixers import make_mixer
 from acodm.trainer import Trainer
 
 DEFAULT_OUT = Path("experiments/results/reward_validity_cpu.json")
-#: The env's default reward (acodm/DataMixing-v0).
-ENV_DEFAULT_REWARD = "alignment"
+#: The default env's reward (acodm/DataMixing-v1, the default recipe; v0's is "alignment").
+ENV_DEFAULT_REWARD = env_version("v1")["reward"]
 REWARDS = ("alignment", "probe", "entropy")
 
 
