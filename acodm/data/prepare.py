@@ -374,18 +374,11 @@ class _SplitRule:
         tokens, training keeping at least half of the domain (module docstring)."""
         sizes = lengths + 1
         total = int(sizes.sum())
-        mask = np.zeros(len(sizes), dtype=bool)
         if self.reward_fraction == 0.0:
-            return mask
+            return np.zeros(len(sizes), dtype=bool)
         need = max(self.reward_fraction * total, float(self.min_reward_tokens))
         held = int(sizes[val].sum())  # validation's share of what training gives up
-        got = 0
-        for i in np.argsort(keys, kind="stable"):
-            if got >= need:
-                break
-            if not val[i] and 2 * (held + got + sizes[i]) <= total:
-                mask[i] = True
-                got += int(sizes[i])
+        mask, got = _hold_out(keys, sizes, need, held=held, exclude=val)
         if got < need:
             raise StoreError(_reward_too_small(domain, total, held, need, got, self))
         return mask
@@ -394,20 +387,37 @@ class _SplitRule:
         """Boolean mask of the documents held out for validation (see the module docstring)."""
         sizes = lengths + 1  # each document is followed by EOS in the store
         total = int(sizes.sum())
-        mask = np.zeros(len(sizes), dtype=bool)
         if self.val_fraction == 0.0:
-            return mask
+            return np.zeros(len(sizes), dtype=bool)
         need = max(self.val_fraction * total, float(self.min_val_tokens))
-        val = 0
-        for i in np.argsort(keys, kind="stable"):  # ties (never seen) fall back to corpus order
-            if val >= need:
-                break
-            if 2 * (val + sizes[i]) <= total:  # training keeps at least half of the domain
-                mask[i] = True
-                val += int(sizes[i])
+        mask, val = _hold_out(keys, sizes, need)
         if val < need:
             raise StoreError(_too_small(domain, total, len(sizes), need, val, self))
         return mask
+
+
+def _hold_out(
+    keys: np.ndarray,
+    sizes: np.ndarray,
+    need: float,
+    *,
+    held: int = 0,
+    exclude: np.ndarray | None = None,
+) -> tuple[np.ndarray, int]:
+    """The greedy hold-out of both splits: documents in key order (ties, never seen, fall
+    back to corpus order), skipping ``exclude``d ones and any that would leave training less
+    than half of the domain (``held`` tokens are already out), until ``need`` tokens; returns
+    the mask and the tokens it holds (below ``need`` when the domain is too small)."""
+    total = int(sizes.sum())
+    mask = np.zeros(len(sizes), dtype=bool)
+    got = 0
+    for i in np.argsort(keys, kind="stable"):
+        if got >= need:
+            break
+        if (exclude is None or not exclude[i]) and 2 * (held + got + sizes[i]) <= total:
+            mask[i] = True
+            got += int(sizes[i])
+    return mask, got
 
 
 def _too_small(domain: str, total: int, docs: int, need: float, got: int, rule: _SplitRule) -> str:
