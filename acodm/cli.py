@@ -436,6 +436,14 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
         help="env steps between two rounds of --gradient-steps updates (default 1)",
     )
     t.add_argument(
+        "--prior-anchor",
+        type=float,
+        default=None,
+        help="c >= 0: the actor maximises Q(s, a) - c ||a||^2, a pull towards the residual "
+        "action's prior (a = 0); 0 is plain DDPG (default 0.5 with the residual action, "
+        "0 with the softmax action)",
+    )
+    t.add_argument(
         "--plot",
         action="store_true",
         help="also draw OUT/learning_curve.png: return per episode and critic loss "
@@ -603,6 +611,8 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
         agent_changes["gradient_steps"] = args.gradient_steps
     if args.train_freq is not None:
         agent_changes["train_freq"] = args.train_freq
+    if args.prior_anchor is not None:
+        agent_changes["prior_anchor"] = args.prior_anchor
     agent = small(**agent_changes)  # an AgentError names a bad value
     out = train_policy(
         args.store,

@@ -37,6 +37,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.policies import ContinuousCritic
 from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.td3.policies import TD3Policy
 
@@ -49,8 +50,11 @@ from acodm.policies.export import actor_parts, write_checkpoint_actor
 __all__ = [
     "ODM_EXPERT",
     "PRIOR_EXPERT",
+    "V1_PRIOR_ANCHOR",
     "AgentConfig",
     "AgentError",
+    "AnchoredCritic",
+    "AnchoredPolicy",
     "FrozenActorPolicy",
     "MixingCallback",
     "Transition",
@@ -65,6 +69,7 @@ __all__ = [
     "log_updates",
     "make_agent",
     "paper",
+    "residual_agent_defaults",
     "save_checkpoint",
     "small",
     "verify_checkpoint",
@@ -90,6 +95,11 @@ ODM_EXPERT = "odm:warmup=0"
 #: prior (uniform under the softmax action). Behaviour cloning on it keeps a zero-initialised
 #: actor at its prior, where copying ODM would move it away before it has learnt anything.
 PRIOR_EXPERT = "prior"
+#: ``AgentConfig.prior_anchor`` of the residual action (acodm/DataMixing-v1) when none is
+#: given: the actor leaves the prior by ``a_i = g_i / (2 c)`` for a critic action gradient
+#: ``g_i`` (reward units per unit action), so a domain's action saturates only where the
+#: critic says that moving it fully pays ``2 c`` reward units per interval.
+V1_PRIOR_ANCHOR = 0.5
 
 
 def warmup_count(total: int, fraction: float) -> int:
@@ -114,6 +124,12 @@ class AgentConfig:
     hidden layers get gradient once the output layer has moved (after the first update).
     ``None`` (the default): on for the residual action (``train_policy`` and the ``ddpg``
     mixer decide), off otherwise; :func:`make_agent` reads None as off.
+    ``prior_anchor``: ``c >= 0`` in the actor's objective ``max Q(s, mu(s)) - c ||mu(s)||^2``
+    (:class:`AnchoredCritic`): with the residual action ``a = 0`` is the prior, so the actor
+    leaves it only as far as the critic's action gradient pays for (``a_i = g_i / 2c`` for a
+    locally linear critic, in reward units per unit action). 0 is SB3's plain DDPG.
+    ``None`` (the default): ``train_policy``'s version decides (v1: :data:`V1_PRIOR_ANCHOR`);
+    :func:`make_agent` reads None as 0.
     """
 
     algorithm: str = "ddpg"
@@ -132,6 +148,7 @@ class AgentConfig:
     seed: int | None = 0
     frozen_actor: bool = False
     zero_init_actor: bool | None = None
+    prior_anchor: float | None = None
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -153,6 +170,9 @@ class AgentConfig:
             raise AgentError("gradient_steps and learning_starts must be >= 0")
         if self.learning_rate <= 0 or self.noise_sigma < 0:
             raise AgentError("learning_rate must be > 0 and noise_sigma >= 0")
+        anchor = self.prior_anchor
+        if anchor is not None and not (math.isfinite(anchor) and anchor >= 0):
+            raise AgentError(f"prior_anchor must be a finite number >= 0, got {anchor!r}")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -196,7 +216,48 @@ def paper(**overrides: Any) -> AgentConfig:
     return replace(base, **overrides)
 
 
-class FrozenActorPolicy(TD3Policy):
+class AnchoredCritic(ContinuousCritic):
+    """SB3's critic whose :meth:`q1_forward` subtracts ``prior_anchor * ||a||^2``.
+
+    SB3's ``TD3.train`` (DDPG is a TD3) uses ``q1_forward`` only in the actor loss
+    ``-q1_forward(s, mu(s)).mean()``; the critic's own loss and the TD targets call
+    ``forward``, which is unchanged. So the critic still fits the true returns and the actor
+    maximises ``Q(s, mu(s)) - c ||mu(s)||^2``: a pull towards ``a = 0`` (the residual action's
+    prior) that the critic's action gradient must overcome. ``c = 0``: SB3's critic exactly.
+    """
+
+    def __init__(self, *args: Any, prior_anchor: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.prior_anchor = float(prior_anchor)
+
+    def q1_forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        q = super().q1_forward(obs, actions)
+        if self.prior_anchor == 0.0:
+            return q
+        return q - self.prior_anchor * actions.pow(2).sum(dim=1, keepdim=True)
+
+
+class AnchoredPolicy(TD3Policy):
+    """SB3's TD3/DDPG policy with an :class:`AnchoredCritic` (policy kwarg ``prior_anchor``).
+
+    A policy class, so SB3's save/load rebuilds it with its anchor (``policy_kwargs``).
+    """
+
+    def __init__(self, *args: Any, prior_anchor: float = 0.0, **kwargs: Any) -> None:
+        self.prior_anchor = float(prior_anchor)  # read by make_critic, during super().__init__
+        super().__init__(*args, **kwargs)
+
+    def make_critic(self, features_extractor: Any = None) -> ContinuousCritic:
+        kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)
+        return AnchoredCritic(**kwargs, prior_anchor=self.prior_anchor).to(self.device)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data["prior_anchor"] = self.prior_anchor
+        return data
+
+
+class FrozenActorPolicy(AnchoredPolicy):
     """TD3/DDPG policy whose actor never changes: its parameters do not require gradients.
 
     SB3 still computes the actor loss, but ``actor.optimizer.step()`` skips parameters without
@@ -226,8 +287,9 @@ def make_agent(env: Any, config: AgentConfig | None = None) -> Agent:
     config = config or small()
     k = _check_env_spaces(env)
     cls = DDPG if config.algorithm == "ddpg" else TD3
-    policy = FrozenActorPolicy if config.frozen_actor else TD3Policy
+    policy = FrozenActorPolicy if config.frozen_actor else AnchoredPolicy
     net_arch = {"pi": list(config.net_arch), "qf": list(config.critic_arch or config.net_arch)}
+    anchor = float(config.prior_anchor or 0.0)
     noise = (
         NormalActionNoise(np.zeros(k), np.full(k, config.noise_sigma))
         if config.noise_sigma > 0
@@ -247,11 +309,26 @@ def make_agent(env: Any, config: AgentConfig | None = None) -> Agent:
         action_noise=noise,
         seed=config.seed,
         device=config.device,
-        policy_kwargs={"net_arch": net_arch, "activation_fn": _ACTIVATIONS[config.activation]},
+        policy_kwargs={
+            "net_arch": net_arch,
+            "activation_fn": _ACTIVATIONS[config.activation],
+            "prior_anchor": anchor,
+        },
     )
     if config.zero_init_actor:
         zero_last_layer(agent)
     return agent
+
+
+def residual_agent_defaults(config: AgentConfig, residual: bool) -> AgentConfig:
+    """``config`` with its ``None`` settings decided by the action: under the residual action
+    (``a = 0`` is the prior) the actor starts at zero and is anchored to it
+    (:data:`V1_PRIOR_ANCHOR`); under the softmax action neither."""
+    if config.zero_init_actor is None:
+        config = replace(config, zero_init_actor=residual)
+    if config.prior_anchor is None:
+        config = replace(config, prior_anchor=V1_PRIOR_ANCHOR if residual else 0.0)
+    return config
 
 
 def zero_last_layer(agent: Agent) -> None:

@@ -47,6 +47,7 @@ from acodm.policies.agent import (
     fit_actor_to_buffer,
     fit_critic_to_buffer,
     make_agent,
+    residual_agent_defaults,
     small,
     warmup_count,
 )
@@ -156,8 +157,7 @@ class OnlineDDPGMixer(Mixer):
         self.warmup, self.seed = float(warmup), int(seed)
         self.beta, self.eps = self.mapping.beta, self.mapping.eps
         config = replace(agent or small(), seed=int(seed))
-        if config.zero_init_actor is None:  # the residual action starts at its prior
-            config = replace(config, zero_init_actor=self.mapping.residual)
+        config = residual_agent_defaults(config, self.mapping.residual)
         self.agent_config = config
         self.model: Agent | None = None
 

@@ -104,6 +104,7 @@ from acodm.policies.agent import (
     load_agent,
     log_updates,
     make_agent,
+    residual_agent_defaults,
     save_checkpoint,
     small,
     verify_checkpoint,
@@ -581,8 +582,7 @@ def train_policy(
         cfg = _short_episodes(cfg, episode_steps)
     agent_cfg = replace(agent or small(), seed=int(seed))
     env = _make_env(cfg, beta, eps, action, prior, reward, features)
-    if agent_cfg.zero_init_actor is None:  # the residual action starts at its prior
-        agent_cfg = replace(agent_cfg, zero_init_actor=env.action_mapping.residual)
+    agent_cfg = residual_agent_defaults(agent_cfg, env.action_mapping.residual)
     per_episode = env.num_intervals - 1
     total = episodes * per_episode
 
