@@ -13,8 +13,11 @@ RNG (no tokenizer training, no text of the machine, so it is the same everywhere
 - ``console``: a ``pretrain`` run with the agent console on the annotated store (the
   console's agent weights, the per-domain agent features and the window scores).
 
-``tests/test_golden_trace.py`` compares a fresh trace with ``tests/golden/debug_cpu.json``.
-When a change alters numbers on purpose, regenerate the file in the same commit and say why::
+``tests/test_golden_trace.py`` compares a fresh trace with the stored one recorded on the same
+CPU kernel family (``tests/golden/debug_cpu.<capability>.json``, one file per family: AVX2,
+AVX512, ...), exactly. When a change alters numbers on purpose, regenerate this machine's file
+in the same commit, delete the other families' files (they no longer describe the code; they
+are recorded again on such a machine) and say why::
 
     python -m tests.golden --write
 """
@@ -32,7 +35,19 @@ from typing import Any
 import numpy as np
 import torch
 
-GOLDEN = Path(__file__).parent / "golden" / "debug_cpu.json"
+GOLDEN_DIR = Path(__file__).parent / "golden"
+
+
+def golden_path(capability: str) -> Path:
+    """The stored trace of one CPU kernel family (``torch.backends.cpu.get_cpu_capability()``)."""
+    return GOLDEN_DIR / f"debug_cpu.{capability}.json"
+
+
+def stored_traces() -> list[Path]:
+    """Every stored trace, one per kernel family it was recorded on."""
+    return sorted(GOLDEN_DIR.glob("debug_cpu.*.json"))
+
+
 DOMAINS = ("alpha", "beta", "gamma")
 VOCAB = 96
 
@@ -203,14 +218,17 @@ def machine() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--write", action="store_true", help=f"(re)write {GOLDEN}")
+    target = golden_path(machine()["cpu_capability"])
+    parser.add_argument("--write", action="store_true", help=f"(re)write {target}")
     args = parser.parse_args(argv)
     data = {"machine": machine(), "trace": trace()}
     text = json.dumps(data, indent=1, sort_keys=True) + "\n"
     if args.write:
-        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-        GOLDEN.write_text(text, encoding="utf-8")
-        print(f"wrote {GOLDEN}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".json.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(target)
+        print(f"wrote {target}")
     else:
         sys.stdout.write(text)
     return 0

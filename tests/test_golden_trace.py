@@ -1,22 +1,25 @@
 """The golden trace (tests/golden.py): refactors must reproduce the stored numbers bit for bit.
 
-Exact where the trace was recorded with the same torch, numpy and CPU kernel family
-(``torch.backends.cpu.get_cpu_capability()``); elsewhere float kernels may round differently,
-so there the comparison allows a relative 1e-4 (still far below any change of behaviour) and
-says so. A change that alters numbers on purpose regenerates the file in the same commit
-(``python -m tests.golden --write``) and says why.
+Exact against the trace recorded with the same torch, numpy and CPU kernel family
+(``torch.backends.cpu.get_cpu_capability()``; one stored file per family). Where none is
+stored, float kernels round differently, so the comparison allows the measured cross-kernel
+spread (:data:`CROSS_KERNEL_RTOL`, far below any change of behaviour) and says so. A change
+that alters numbers on purpose regenerates this machine's file in the same commit
+(``python -m tests.golden --write``), deletes the other families' files and says why.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.golden import GOLDEN, machine, trace
+from tests.golden import golden_path, machine, stored_traces, trace
 
 
 def first_difference(want: Any, got: Any, rtol: float, path: str = "") -> str | None:
@@ -45,24 +48,59 @@ def first_difference(want: Any, got: Any, rtol: float, path: str = "") -> str | 
     return None if want == got and type(want) is type(got) else f"{path}: {want!r} != {got!r}"
 
 
+#: How far the same code's trace moves between CPU kernel families, measured between the AVX2
+#: and AVX512 traces (torch 2.13.0+cpu, numpy 2.4.6): at most a relative 6e-4 (the online
+#: DDPG mixer's alignment gamma after three intervals of critic updates; 4e-4 in the console's
+#: gamma, 3e-4 in the env's observation); 1e-3 bounds that. Used only where no trace of this
+#: machine's kernel family is stored; where one is, the comparison is exact.
+CROSS_KERNEL_RTOL = 1e-3
+
+
+def _same_kernels(recorded: dict[str, str], here: dict[str, str]) -> bool:
+    return all(recorded[k] == here[k] for k in ("torch", "cpu_capability", "numpy"))
+
+
+def _stored() -> list[tuple[Path, dict[str, Any]]]:
+    found = [(p, json.loads(p.read_text(encoding="utf-8"))) for p in stored_traces()]
+    assert found, "no stored golden trace: record one with python -m tests.golden --write"
+    return found
+
+
 @pytest.mark.slow  # about 10 s: a trainer, an env episode, a ddpg run, a console run
 def test_the_golden_trace_is_reproduced():
-    stored = json.loads(GOLDEN.read_text(encoding="utf-8"))
     here = machine()
-    exact = all(stored["machine"][k] == here[k] for k in ("torch", "cpu_capability", "numpy"))
-    if not exact:
+    stored = _stored()
+    got = json.loads(json.dumps(trace()))
+    same = [data for _, data in stored if _same_kernels(data["machine"], here)]
+    if same:
+        diff = first_difference(same[0]["trace"], got, 0.0)
+    else:
         warnings.warn(
-            f"golden trace recorded on {stored['machine']}, running on {here}: comparing "
-            "floats to a relative 1e-4 instead of exactly",
+            f"no golden trace recorded on {here} (stored: "
+            f"{[data['machine'] for _, data in stored]}): comparing floats to a relative "
+            f"{CROSS_KERNEL_RTOL:g} instead of exactly; record this machine's with "
+            "python -m tests.golden --write",
             stacklevel=1,
         )
-    diff = first_difference(
-        stored["trace"], json.loads(json.dumps(trace())), 0.0 if exact else 1e-4
-    )
+        diffs = [first_difference(data["trace"], got, CROSS_KERNEL_RTOL) for _, data in stored]
+        diff = None if None in diffs else diffs[0]
     assert diff is None, (
         f"the golden trace changed at {diff}; if on purpose, regenerate it "
-        "(python -m tests.golden --write) and say why in the commit"
+        "(python -m tests.golden --write), delete the other kernel families' files and say "
+        "why in the commit"
     )
+
+
+def test_stored_traces_are_named_by_their_kernels_and_agree_across_kernels():
+    stored = _stored()
+    for path, data in stored:
+        assert path.name == golden_path(data["machine"]["cpu_capability"]).name, path
+    for (pa, a), (pb, b) in itertools.combinations(stored, 2):
+        diff = first_difference(a["trace"], b["trace"], CROSS_KERNEL_RTOL)
+        assert diff is None, (
+            f"{pa.name} and {pb.name} differ beyond the cross-kernel tolerance at {diff}: one "
+            "of them is stale (regenerate it on its machine or delete it)"
+        )
 
 
 def test_first_difference_finds_what_changed():
