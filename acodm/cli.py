@@ -440,7 +440,7 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="c >= 0: the actor maximises Q(s, a) - c ||a||^2, a pull towards the residual "
-        "action's prior (a = 0); 0 is plain DDPG (default 0.5 with the residual action, "
+        "action's prior (a = 0); 0 is plain DDPG (default 2 with the residual action, "
         "0 with the softmax action)",
     )
     t.add_argument(
