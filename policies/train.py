@@ -365,8 +365,9 @@ class _StepLog:
 
     def __call__(self, metrics: dict[str, Any], step: int) -> None:
         self.logger.log(metrics, step)
-        if self.progress and (step % self.every == 0 or step == self.total):
-            reward = metrics.get("rl/reward", float("nan"))
+        due = step % self.every == 0 or step == self.total
+        if self.progress and due and "rl/reward" in metrics:  # not the branches' own lines
+            reward = metrics["rl/reward"]
             print(f"[train-policy] step {step}/{self.total} reward {reward:+.4f}", file=sys.stderr)
 
 

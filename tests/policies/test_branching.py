@@ -127,3 +127,21 @@ def test_a_branching_run_resumes_exactly(
         tmp_path / "full" / "metrics.jsonl"
     )
     assert (resumed / ACTOR_FILE).read_bytes() == (full / ACTOR_FILE).read_bytes()
+
+
+def test_the_progress_line_shows_env_steps_not_the_branches_lines(tmp_path, capsys):
+    from acodm.metrics import MetricsLogger
+    from policies.train import _StepLog
+
+    with MetricsLogger(tmp_path / "metrics.jsonl") as logger:
+        log = _StepLog(logger, total=40, progress=True)  # a line every 40 // 20 = 2 steps
+        log({"rl/branch/count": 2, "rl/branch/reward_mean": -1.0}, 2)  # no reward: no line
+        log({"rl/reward": -0.25}, 2)
+        log({"rl/reward": 0.5}, 3)  # not due
+        log({"rl/reward": 0.5}, 40)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "[train-policy] step 2/40 reward -0.2500",
+        "[train-policy] step 40/40 reward +0.5000",
+    ]
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 4
