@@ -778,10 +778,11 @@ def _reward_stats(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def proxy_compute(env: DataMixingEnv, episodes: int) -> dict[str, Any]:
+def proxy_compute(env: DataMixingEnv, episodes: int, branch_intervals: int = 0) -> dict[str, Any]:
     """The proxy's training compute, for a study's "proxy compute as a multiple of one target run".
 
-    ``tokens``: every episode's full budget (``episodes x steps x tokens per step``);
+    ``tokens``: every episode's full budget (``episodes x steps x tokens per step``) plus one
+    interval of K steps for each of ``branch_intervals`` branches (``--branches``);
     ``flops_6nd``: the usual ``6 N D`` estimate of training FLOPs with ``N`` the model's total
     parameters (embeddings included: at CPU sizes they are most of the model) and ``D`` those
     tokens. The LM's evaluation and the agent's own updates are not counted.
@@ -792,11 +793,28 @@ def proxy_compute(env: DataMixingEnv, episodes: int) -> dict[str, Any]:
     from acodm.models import build_model, count_parameters
 
     cfg = env.config
-    tokens = int(episodes) * cfg.total_steps() * cfg.tokens_per_step()
+    steps = int(episodes) * cfg.total_steps() + int(branch_intervals) * cfg.interval
+    tokens = steps * cfg.tokens_per_step()
     with torch.device("meta"):  # shapes only: the proxy's model, nothing allocated
         model = build_model(cfg.model, open_store(cfg.store).vocab_size, max_seq_len=cfg.seq_len)
     params = count_parameters(model)
-    return {"tokens": tokens, "params": params, "flops_6nd": 6.0 * params * tokens}
+    return {
+        "tokens": tokens,
+        "params": params,
+        "flops_6nd": 6.0 * params * tokens,
+        "branch_intervals": int(branch_intervals),
+    }
+
+
+def _branch_intervals(run_dir: Path) -> int:
+    """The branch intervals a run trained (``rl/branch/count`` per learning step; a step redone
+    after a resume counts once, as in the uninterrupted run)."""
+    per_step = {
+        int(r["step"]): int(r["rl/branch/count"])
+        for r in read_metrics(run_dir / METRICS_FILE)
+        if "rl/branch/count" in r
+    }
+    return sum(per_step.values())
 
 
 def _export(model: Agent, env: DataMixingEnv, run_dir: Path, run_config: dict[str, Any]) -> Path:
@@ -810,7 +828,9 @@ def _export(model: Agent, env: DataMixingEnv, run_dir: Path, run_config: dict[st
         "algorithm": run_config["agent"]["algorithm"],
         "reward": _reward_stats(run_dir),
         "reward_signal": reward_spec(env),
-        "compute": proxy_compute(env, run_config["schedule"]["episodes"]),
+        "compute": proxy_compute(
+            env, run_config["schedule"]["episodes"], _branch_intervals(run_dir)
+        ),
     }
     return export_actor(
         model,

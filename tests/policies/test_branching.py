@@ -79,6 +79,14 @@ def test_train_policy_adds_the_branches_to_the_replay_buffer(store: Path, tmp_pa
 
     lines = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "rl/branch/count" in r]
     assert [r["step"] for r in lines] == [2, 3] and all(r["rl/branch/count"] == 2 for r in lines)
+    # the branches count as proxy compute: 1 episode of 8 steps + 4 branches of K = 2 steps
+    spec = json.loads((tmp_path / "run" / "policy" / "policy.json").read_text())
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    compute, proxy = spec["extra"]["compute"], config["proxy"]
+    assert compute["branch_intervals"] == 4
+    assert (
+        compute["tokens"] == (proxy["steps"] + 4 * 2) * proxy["seq_len"] * proxy["micro_batch_size"]
+    )
     with pytest.raises(TrainPolicyError, match="branches"):
         train_policy(store, tmp_path / "vec", overrides=OVERRIDES, interval=2, branches=1,
                      num_envs=2, episodes=2, progress=False)  # fmt: skip
