@@ -444,6 +444,13 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
         "0 with the softmax action)",
     )
     t.add_argument(
+        "--gamma",
+        type=float,
+        default=None,
+        help="the critic's discount in [0, 1] (default 0.95, the paper's); 0 makes the critic "
+        "a model of the next interval's reward alone",
+    )
+    t.add_argument(
         "--plot",
         action="store_true",
         help="also draw OUT/learning_curve.png: return per episode and critic loss "
@@ -613,6 +620,8 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
         agent_changes["train_freq"] = args.train_freq
     if args.prior_anchor is not None:
         agent_changes["prior_anchor"] = args.prior_anchor
+    if args.gamma is not None:
+        agent_changes["gamma"] = args.gamma
     agent = small(**agent_changes)  # an AgentError names a bad value
     out = train_policy(
         args.store,

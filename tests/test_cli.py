@@ -136,6 +136,8 @@ def test_train_policy_export_pretrain_with_actor_compare(tmp_path, capsys):
                 "2",
                 "--gradient-steps",
                 "3",
+                "--gamma",
+                "0.5",
                 "--plot",
                 "--quiet",
             ]
@@ -143,11 +145,14 @@ def test_train_policy_export_pretrain_with_actor_compare(tmp_path, capsys):
         == 0
     )
     assert (proxy / "policy" / "actor.safetensors").is_file()
-    assert json.loads((proxy / "config.json").read_text())["agent"]["gradient_steps"] == 3
+    agent = json.loads((proxy / "config.json").read_text())["agent"]
+    assert (agent["gradient_steps"], agent["gamma"]) == (3, 0.5)
     assert (proxy / "learning_curve.png").is_file()
     bad = ["train-policy", "--store", str(store), "--out", str(tmp_path / "bad"), "--quiet"]
     assert main([*bad, "--gradient-steps", "-1"]) == 2
     assert "gradient_steps" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main([*bad, "--gamma", "1.5"]) == 2
+    assert "gamma" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main([*bad, "--steps", "8", "--episode-steps", "6"]) == 2
     assert "not both" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main(["export", str(proxy), "--out", str(tmp_path / "again")]) == 0
