@@ -139,7 +139,7 @@ def test_a_branching_run_resumes_exactly(
 
 def test_the_progress_line_shows_env_steps_not_the_branches_lines(tmp_path, capsys):
     from acodm.metrics import MetricsLogger
-    from policies.train import _StepLog
+    from acodm.policies.train import _StepLog
 
     with MetricsLogger(tmp_path / "metrics.jsonl") as logger:
         log = _StepLog(logger, total=40, progress=True)  # a line every 40 // 20 = 2 steps
