@@ -451,6 +451,20 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
         "a model of the next interval's reward alone",
     )
     t.add_argument(
+        "--critics",
+        type=int,
+        default=None,
+        help="N >= 1 critic networks (an ensemble from N random inits); the actor then "
+        "maximises their mean minus --pessimism times their spread (default: one critic)",
+    )
+    t.add_argument(
+        "--pessimism",
+        type=float,
+        default=None,
+        help="beta >= 0: the actor's objective is the ensemble's mean - beta * sd, so it moves "
+        "only where the --critics agree (default 0; > 0 needs --critics >= 2)",
+    )
+    t.add_argument(
         "--plot",
         action="store_true",
         help="also draw OUT/learning_curve.png: return per episode and critic loss "
@@ -622,6 +636,10 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
         agent_changes["prior_anchor"] = args.prior_anchor
     if args.gamma is not None:
         agent_changes["gamma"] = args.gamma
+    if args.critics is not None:
+        agent_changes["critics"] = args.critics
+    if args.pessimism is not None:
+        agent_changes["pessimism"] = args.pessimism
     agent = small(**agent_changes)  # an AgentError names a bad value
     out = train_policy(
         args.store,
@@ -896,7 +914,9 @@ def _add_study_command(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         help="comma-separated mixer specs, each SPEC or LABEL=SPEC, e.g. "
-        "uniform,natural,temperature:0.5,unimax:4,odm,doremi,policy=actor:runs/p/policy",
+        "uniform,natural,temperature:0.5,unimax:4,odm,doremi,policy=actor:runs/p/policy; "
+        "labels RECIPE@TAG (e.g. ens@0=actor:A/policy,ens@1=actor:B/policy, one per agent "
+        "seed) also report the recipe over its arms",
     )
     s.add_argument(
         "--arm",

@@ -27,6 +27,11 @@ a reference run with uniform weights, its reference losses, a proxy run with
 ``file:weights.json``. Their compute is the arm's proxy compute. A policy arm
 (``actor:PATH``) reads its proxy compute from ``policy.json`` (``extra.compute``, written
 by ``acodm train-policy``).
+
+Arms labelled ``RECIPE@TAG`` (``ens@0=actor:A/policy,ens@1=actor:B/policy``: one policy per
+agent training seed) also form a recipe row over their arms (:mod:`acodm.study_report`): the
+paired seeds fix the target's init and data order, not the agent's own training, whose
+spread a claim about a recipe must include.
 """
 
 from __future__ import annotations
@@ -55,7 +60,8 @@ STUDY_FORMAT = "acodm-study"
 STUDY_VERSION = 1
 STATIC_MIXERS = frozenset({"uniform", "natural", "temperature", "unimax", "file"})
 POLICY_MIXERS = frozenset({"actor", "ddpg"})
-_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+# a label may end in @tag: arms "recipe@tag" also form a recipe row (study_report)
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*(@[A-Za-z0-9_.\-]+)?")
 
 
 class StudyError(AcodmError):
@@ -451,15 +457,22 @@ def run_flops(run: Path) -> float | None:
 
 
 def policy_flops(spec: str) -> float | None:
-    """The proxy compute an ``actor:PATH`` policy recorded at export (None if it did not)."""
-    path = Path(spec.partition(":")[2].split(",")[0].strip())
-    if path.is_dir():
-        path = path / "policy.json"
-    try:
-        compute = json.loads(path.read_text(encoding="utf-8")).get("extra", {}).get("compute")
-    except (OSError, json.JSONDecodeError):
-        return None
-    return None if not compute or compute.get("flops_6nd") is None else float(compute["flops_6nd"])
+    """The proxy compute an ``actor:PATH`` policy recorded at export (None if it did not);
+    for an ensemble ``actor:A;B``, the sum of its members' (None if one did not record it)."""
+    total = 0.0
+    for item in spec.partition(":")[2].split(",")[0].split(";"):
+        path = Path(item.strip())
+        if path.is_dir():
+            path = path / "policy.json"
+        try:
+            extra = json.loads(path.read_text(encoding="utf-8")).get("extra", {})
+        except (OSError, json.JSONDecodeError):
+            return None
+        compute = extra.get("compute")
+        if not compute or compute.get("flops_6nd") is None:
+            return None
+        total += float(compute["flops_6nd"])
+    return total
 
 
 def _proxy_flops(plan: StudyPlan, arm: Arm) -> float | None:

@@ -13,6 +13,12 @@ end of the run (mean loss and mean perplexity can disagree; ``BENCHMARKS.md``).
   than in the reference arm's run of that seed.
 - **Steps to reach the reference**: per seed, the first evaluation step at which the arm's
   mean loss is at or below the reference run's *final* mean loss (None: never).
+- **Recipes**: arms labelled ``<recipe>@<tag>`` (the same training recipe, e.g. one policy per
+  agent training seed: ``ens@0``, ``ens@1``) also form a recipe row. Per target seed, the
+  mean over the recipe's arms of their final losses; its paired difference to each baseline
+  over target seeds (agent seeds averaged out); and per arm, its mean paired difference, with
+  their mean, sd and t-interval over the recipe's arms (what a *new* agent seed should expect:
+  the spread that paired target seeds do not cover), and wins over all (arm, seed) pairs.
 - **Separation** of the static arms: the spread of their mean final losses (max - min) against
   twice the largest seed sd among them; if the spread is not larger, this regime cannot tell
   static mixtures apart, and no learned policy can be judged in it.
@@ -170,6 +176,43 @@ def separation(
     }
 
 
+def recipe_groups(names: Sequence[str]) -> dict[str, list[str]]:
+    """``{recipe: [arm, ...]}`` for the arm labels ``<recipe>@<tag>`` shared by >= 2 arms."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        recipe, sep, tag = name.partition("@")
+        if sep and recipe and tag:
+            groups.setdefault(recipe, []).append(name)
+    return {r: arms for r, arms in groups.items() if len(arms) >= 2}
+
+
+def _recipe_summary(
+    results: Mapping[str, Mapping[int, RunResult]],
+    members: Sequence[str],
+    seeds: Sequence[int],
+    baselines: Sequence[str],
+) -> dict[str, Any]:
+    per_seed = [statistics.fmean(results[a][s].final for a in members) for s in seeds]
+    against: dict[str, Any] = {}
+    for b in baselines:
+        base = [results[b][s].final for s in seeds]
+        per_arm = [paired_difference([results[a][s].final for s in seeds], base) for a in members]
+        means = [p["mean"] for p in per_arm]
+        sd = statistics.stdev(means)
+        half = t975(len(means) - 1) * sd / math.sqrt(len(means))
+        mean = statistics.fmean(means)
+        against[b] = {
+            "over_seeds": paired_difference(per_seed, base),
+            "per_arm_mean": means,
+            "over_arms": {"mean": mean, "sd": sd, "ci95": [mean - half, mean + half]},
+            "wins": sum(p["wins"] for p in per_arm),
+            "losses": sum(p["losses"] for p in per_arm),
+            "pairs": sum(p["n"] for p in per_arm),
+            "arms_better": sum(m < 0 for m in means),
+        }
+    return {"arms": list(members), "final_loss": spread(per_seed), "against": against}
+
+
 def summarize(
     results: Mapping[str, Mapping[int, RunResult]],
     *,
@@ -208,12 +251,17 @@ def summarize(
         )
         arms[arm] = summary
     static_losses = {a: [results[a][s].final for s in seeds] for a in static}
+    recipes = {
+        r: _recipe_summary(results, members, seeds, [b for b in baselines if b not in members])
+        for r, members in recipe_groups(list(results)).items()
+    }
     return {
         "metric": "final mean validation loss over domains (nats)",
         "seeds": list(seeds),
         "reference": reference,
         "baselines": list(baselines),
         "arms": arms,
+        "recipes": recipes,
         "separation": separation(static_losses),
     }
 
@@ -273,6 +321,30 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             "wins/losses over seeds (negative: the arm is better)\n"
         )
         text += format_table(["arm", *(f"vs {b}" for b in baselines)], drows)
+    recipes = summary.get("recipes") or {}
+    if recipes and baselines:
+        rrows = []
+        for name, r in recipes.items():
+            cells = [f"{name} ({len(r['arms'])} arms)", _pm(r["final_loss"])]
+            for b in baselines:
+                p = r["against"].get(b)
+                if p is None:
+                    cells.append("-")
+                    continue
+                o = p["over_arms"]
+                cells.append(
+                    f"{_diff(p['over_seeds'])}; per arm {o['mean']:+.3f} "
+                    f"[{o['ci95'][0]:+.3f}, {o['ci95'][1]:+.3f}] "
+                    f"{p['arms_better']}/{len(p['per_arm_mean'])} arms, "
+                    f"{p['wins']}/{p['pairs']} pairs"
+                )
+            rrows.append(cells)
+        text += (
+            "\n\nrecipes (arms labelled recipe@tag, e.g. one per agent seed): the recipe's "
+            "mean over its arms per seed, its paired difference over seeds; then each arm's "
+            "mean difference: their mean [95% t-interval over arms], arms better, pairs won\n"
+        )
+        text += format_table(["recipe", "final loss", *(f"vs {b}" for b in baselines)], rrows)
     sep = summary["separation"]
     if sep is not None:
         verdict = "separate" if sep["separated"] else "do NOT separate"

@@ -35,9 +35,11 @@ from typing import Any
 from acodm.envs.spaces import action_to_weights, weights_to_action
 from acodm.policies.export import (
     MixingPolicy,
+    PolicyEnsemble,
     PolicyError,
     check_domains,
     export_actor,
+    load_policies,
     load_policy,
 )
 
@@ -57,10 +59,12 @@ _TRANSFER_NAMES = ("ActorMixer", "MixingController", "DynamicsProbe")
 
 __all__ = [
     "MixingPolicy",
+    "PolicyEnsemble",
     "PolicyError",
     "action_to_weights",
     "check_domains",
     "export_actor",
+    "load_policies",
     "load_policy",
     "weights_to_action",
     *_AGENT_NAMES,

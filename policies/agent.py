@@ -132,6 +132,12 @@ class AgentConfig:
     locally linear critic, in reward units per unit action). 0 is SB3's plain DDPG.
     ``None`` (the default): ``train_policy``'s version decides (v1: :data:`V1_PRIOR_ANCHOR`);
     :func:`make_agent` reads None as 0.
+    ``critics``: the number of critic networks (an ensemble, each from its own random init,
+    all fitted to the same TD targets; SB3's TD target takes their minimum). ``None`` (the
+    default): the algorithm's own (DDPG 1; TD3 2, the actor following the first, as in SB3).
+    Set explicitly, the actor maximises the ensemble's ``mean - pessimism * sd`` (minus the
+    prior anchor): it moves only where the critics agree that a mixture pays.
+    ``pessimism``: ``beta >= 0`` in that lower confidence bound; > 0 needs ``critics >= 2``.
     """
 
     algorithm: str = "ddpg"
@@ -151,6 +157,8 @@ class AgentConfig:
     frozen_actor: bool = False
     zero_init_actor: bool | None = None
     prior_anchor: float | None = None
+    critics: int | None = None
+    pessimism: float = 0.0
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -175,6 +183,15 @@ class AgentConfig:
         anchor = self.prior_anchor
         if anchor is not None and not (math.isfinite(anchor) and anchor >= 0):
             raise AgentError(f"prior_anchor must be a finite number >= 0, got {anchor!r}")
+        if self.critics is not None and int(self.critics) < 1:
+            raise AgentError(f"critics must be >= 1, got {self.critics}")
+        if not (math.isfinite(self.pessimism) and self.pessimism >= 0):
+            raise AgentError(f"pessimism must be a finite number >= 0, got {self.pessimism!r}")
+        if self.pessimism > 0 and (self.critics or 0) < 2:
+            raise AgentError(
+                f"pessimism {self.pessimism} needs an ensemble: set critics >= 2 "
+                "(the spread of one critic is 0)"
+            )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -219,43 +236,80 @@ def paper(**overrides: Any) -> AgentConfig:
 
 
 class AnchoredCritic(ContinuousCritic):
-    """SB3's critic whose :meth:`q1_forward` subtracts ``prior_anchor * ||a||^2``.
+    """SB3's critic whose :meth:`q1_forward` (the actor's objective) is anchored and, for an
+    explicit ensemble, a lower confidence bound over its critics.
 
     SB3's ``TD3.train`` (DDPG is a TD3) uses ``q1_forward`` only in the actor loss
     ``-q1_forward(s, mu(s)).mean()``; the critic's own loss and the TD targets call
-    ``forward``, which is unchanged. So the critic still fits the true returns and the actor
-    maximises ``Q(s, mu(s)) - c ||mu(s)||^2``: a pull towards ``a = 0`` (the residual action's
-    prior) that the critic's action gradient must overcome. ``c = 0``: SB3's critic exactly.
+    ``forward``, which is unchanged. So the critics still fit the true returns and the actor
+    maximises ``J(s, mu(s)) - c ||mu(s)||^2``, a pull towards ``a = 0`` (the residual
+    action's prior) that the critic's action gradient must overcome, where ``J`` is SB3's
+    first critic, or with ``ensemble`` the mean minus ``pessimism`` times the standard
+    deviation (over the critics, population form) of all ``n_critics`` critics. ``c = 0``
+    without ``ensemble``: SB3's critic exactly.
     """
 
-    def __init__(self, *args: Any, prior_anchor: float = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        prior_anchor: float = 0.0,
+        ensemble: bool = False,
+        pessimism: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.prior_anchor = float(prior_anchor)
+        self.ensemble = bool(ensemble)
+        self.pessimism = float(pessimism)
 
     def q1_forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        q = super().q1_forward(obs, actions)
+        if self.ensemble:
+            qs = torch.cat(self(obs, actions), dim=1)  # (batch, n_critics)
+            q = qs.mean(dim=1, keepdim=True)
+            if self.pessimism > 0:
+                q = q - self.pessimism * qs.std(dim=1, correction=0, keepdim=True)
+        else:
+            q = super().q1_forward(obs, actions)
         if self.prior_anchor == 0.0:
             return q
         return q - self.prior_anchor * actions.pow(2).sum(dim=1, keepdim=True)
 
 
 class AnchoredPolicy(TD3Policy):
-    """SB3's TD3/DDPG policy with an :class:`AnchoredCritic` (policy kwarg ``prior_anchor``).
+    """SB3's TD3/DDPG policy with an :class:`AnchoredCritic` (policy kwargs ``prior_anchor``,
+    ``ensemble``, ``pessimism``).
 
     A policy class, so SB3's save/load rebuilds it with its anchor (``policy_kwargs``).
     """
 
-    def __init__(self, *args: Any, prior_anchor: float = 0.0, **kwargs: Any) -> None:
-        self.prior_anchor = float(prior_anchor)  # read by make_critic, during super().__init__
+    def __init__(
+        self,
+        *args: Any,
+        prior_anchor: float = 0.0,
+        ensemble: bool = False,
+        pessimism: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        # read by make_critic, during super().__init__
+        self.prior_anchor = float(prior_anchor)
+        self.ensemble = bool(ensemble)
+        self.pessimism = float(pessimism)
         super().__init__(*args, **kwargs)
 
     def make_critic(self, features_extractor: Any = None) -> ContinuousCritic:
         kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)
-        return AnchoredCritic(**kwargs, prior_anchor=self.prior_anchor).to(self.device)
+        return AnchoredCritic(
+            **kwargs,
+            prior_anchor=self.prior_anchor,
+            ensemble=self.ensemble,
+            pessimism=self.pessimism,
+        ).to(self.device)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data["prior_anchor"] = self.prior_anchor
+        data.update(
+            prior_anchor=self.prior_anchor, ensemble=self.ensemble, pessimism=self.pessimism
+        )
         return data
 
 
@@ -292,6 +346,13 @@ def make_agent(env: Any, config: AgentConfig | None = None) -> Agent:
     policy = FrozenActorPolicy if config.frozen_actor else AnchoredPolicy
     net_arch = {"pi": list(config.net_arch), "qf": list(config.critic_arch or config.net_arch)}
     anchor = float(config.prior_anchor or 0.0)
+    ensemble: dict[str, Any] = {}
+    if config.critics is not None:  # an explicit ensemble: the actor follows all of them
+        ensemble = {
+            "n_critics": int(config.critics),
+            "ensemble": True,
+            "pessimism": float(config.pessimism),
+        }
     noise = (
         NormalActionNoise(np.zeros(k), np.full(k, config.noise_sigma))
         if config.noise_sigma > 0
@@ -315,6 +376,7 @@ def make_agent(env: Any, config: AgentConfig | None = None) -> Agent:
             "net_arch": net_arch,
             "activation_fn": _ACTIVATIONS[config.activation],
             "prior_anchor": anchor,
+            **ensemble,
         },
     )
     if config.zero_init_actor:
@@ -827,12 +889,15 @@ class UpdateLogger(Logger):
     some of them; this logger hands each call's values to ``on_update`` as they are recorded:
     ``{"n_updates": ..., "critic_loss": ..., "actor_loss": ...}`` (``actor_loss`` only when
     recorded in that call). The critic loss is the mean squared TD error
-    ``(Q(s, a) - r - gamma (1 - done) Q'(s', mu'(s')))^2`` of the minibatches.
+    ``(Q(s, a) - r - gamma (1 - done) Q'(s', mu'(s')))^2`` of the minibatches; SB3 records
+    its sum over the critics, divided here by their number (``critics``), so an ensemble's
+    curve reads like one critic's.
     """
 
-    def __init__(self, on_update: UpdateFn | None = None) -> None:
+    def __init__(self, on_update: UpdateFn | None = None, critics: int = 1) -> None:
         super().__init__(folder=None, output_formats=[])
         self.on_update = on_update
+        self.critics = max(1, int(critics))
         self._pending: dict[str, float] | None = None
 
     def record(self, key: str, value: Any, exclude: str | tuple[str, ...] | None = None) -> None:
@@ -842,7 +907,7 @@ class UpdateLogger(Logger):
         elif key == "train/actor_loss" and self._pending is not None:
             self._pending["actor_loss"] = float(value)
         elif key == "train/critic_loss" and self._pending is not None:  # recorded last
-            self._pending["critic_loss"] = float(value)
+            self._pending["critic_loss"] = float(value) / self.critics
             if self.on_update is not None:
                 self.on_update(self._pending)
             self._pending = None
@@ -855,7 +920,7 @@ def log_updates(agent: Agent, on_update: UpdateFn) -> UpdateLogger:
     :func:`load_agent`), so metrics that read them are unchanged. Call before learning; SB3
     then keeps this logger (``set_logger`` marks it custom) instead of making its own.
     """
-    logger = UpdateLogger(on_update)
+    logger = UpdateLogger(on_update, critics=int(getattr(agent.critic, "n_critics", 1)))
     old = getattr(agent, "_logger", None)
     if old is not None:
         logger.name_to_value.update(old.name_to_value)
@@ -924,9 +989,10 @@ class MixingCallback(BaseCallback):
             w = action_to_weights(action, self.beta, self.eps)
             out.update({f"mix/weight/{n}": float(x) for n, x in zip(names, w, strict=True)})
         values = self.model.logger.name_to_value
-        for key in ("actor_loss", "critic_loss"):
-            if f"train/{key}" in values:
-                out[f"rl/{key}"] = float(values[f"train/{key}"])
+        critics = int(getattr(self.model.critic, "n_critics", 1))  # type: ignore[attr-defined]
+        for key, per in (("actor_loss", 1), ("critic_loss", critics)):
+            if f"train/{key}" in values:  # SB3 sums the critics' losses: one critic's mean
+                out[f"rl/{key}"] = float(values[f"train/{key}"]) / per
         return out
 
     def _on_rollout_start(self) -> None:

@@ -223,6 +223,68 @@ class MixingPolicy(nn.Module):
         return load_policy(path)
 
 
+class PolicyEnsemble(MixingPolicy):
+    """Several exported actors of one spec acting as one: the mean of their actions.
+
+    For policies trained by the same recipe with different agent seeds (bagging): where they
+    disagree the mean action shrinks towards 0 (with the residual action, the prior), where
+    they agree it keeps their move. The members must agree on everything but their weights
+    (domains and order, observation spec, action mapping, interval, network input and output
+    sizes); anything else is an error naming the field. ``spec`` is the first member's, with
+    ``ensemble`` listing every member's ``spec_sha256``. Load with :func:`load_policies`.
+    """
+
+    _SAME = ("domains", "observation", "action_mapping", "interval")
+
+    def __init__(self, members: Sequence[MixingPolicy]) -> None:
+        nn.Module.__init__(self)
+        if len(members) < 2:
+            raise PolicyError(f"an ensemble needs at least 2 policies, got {len(members)}")
+        first = members[0]
+        for i, m in enumerate(members[1:], start=2):
+            for key in self._SAME:
+                if m.spec.get(key) != first.spec.get(key):
+                    raise PolicyError(
+                        f"policy {i} of the ensemble differs from policy 1 in {key!r}: "
+                        "ensemble only policies trained for the same domains, observation, "
+                        "action mapping and interval"
+                    )
+            if (
+                m.obs_dim != first.obs_dim
+                or m.spec["network"]["output_dim"] != (first.spec["network"]["output_dim"])
+            ):
+                raise PolicyError(f"policy {i} of the ensemble has another network input/output")
+        self.members = nn.ModuleList(members)
+        self.spec = dict(first.spec)
+        self.spec["ensemble"] = [m.spec.get("spec_sha256") for m in members]
+        self.domains = first.domains
+        self.mapping = first.mapping
+        self.beta, self.eps = first.beta, first.eps
+        self.interval = first.interval
+        self.obs_dim = first.obs_dim
+        self.eval()
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """The members' mean action, (B, k) in [-1, 1]."""
+        return torch.stack([m(obs) for m in self.members]).mean(dim=0)
+
+
+ENSEMBLE_SEPARATOR = ";"
+
+
+def load_policies(paths: str | Path | Sequence[str | Path]) -> MixingPolicy:
+    """One policy, or a :class:`PolicyEnsemble` of several: a sequence of paths, or one
+    string of paths joined by ``;`` (``runs/a/policy;runs/b/policy``). Never unpickles."""
+    if isinstance(paths, str | Path):
+        items = [p.strip() for p in str(paths).split(ENSEMBLE_SEPARATOR)]
+    else:
+        items = [str(p).strip() for p in paths]
+    if not items or any(not p for p in items):
+        raise PolicyError(f"empty policy path in {paths!r}; join several with ';'")
+    policies = [load_policy(p) for p in items]
+    return policies[0] if len(policies) == 1 else PolicyEnsemble(policies)
+
+
 # ----------------------------------------------------------------------------- export
 
 

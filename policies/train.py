@@ -778,8 +778,12 @@ def _reward_stats(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def proxy_compute(env: DataMixingEnv, episodes: int, branch_intervals: int = 0) -> dict[str, Any]:
+def proxy_compute(
+    cfg: TrainConfig | DataMixingEnv, episodes: int, branch_intervals: int = 0
+) -> dict[str, Any]:
     """The proxy's training compute, for a study's "proxy compute as a multiple of one target run".
+
+    ``cfg``: the proxy's run config (or an env, whose config is used).
 
     ``tokens``: every episode's full budget (``episodes x steps x tokens per step``) plus one
     interval of K steps for each of ``branch_intervals`` branches (``--branches``);
@@ -792,7 +796,8 @@ def proxy_compute(env: DataMixingEnv, episodes: int, branch_intervals: int = 0) 
     from acodm.data.store import open_store
     from acodm.models import build_model, count_parameters
 
-    cfg = env.config
+    if not isinstance(cfg, TrainConfig):
+        cfg = cfg.config
     steps = int(episodes) * cfg.total_steps() + int(branch_intervals) * cfg.interval
     tokens = steps * cfg.tokens_per_step()
     with torch.device("meta"):  # shapes only: the proxy's model, nothing allocated
@@ -829,7 +834,7 @@ def _export(model: Agent, env: DataMixingEnv, run_dir: Path, run_config: dict[st
         "reward": _reward_stats(run_dir),
         "reward_signal": reward_spec(env),
         "compute": proxy_compute(
-            env, run_config["schedule"]["episodes"], _branch_intervals(run_dir)
+            env.config, run_config["schedule"]["episodes"], _branch_intervals(run_dir)
         ),
     }
     return export_actor(
@@ -904,6 +909,9 @@ def export_from_checkpoint(
             "reward", {"kind": "alignment", "formula": "r = sum_i w_i s_i"}
         ),
     }
+    compute = _recorded_compute(run, config_path.parent)
+    if compute is not None:
+        extra["compute"] = compute
     return write_policy(
         parts,
         out,
@@ -914,6 +922,23 @@ def export_from_checkpoint(
         extra=extra,
         overwrite=overwrite,
     )
+
+
+def _recorded_compute(run: Mapping[str, Any], run_dir: Path) -> dict[str, Any] | None:
+    """The proxy compute of a run from its config (and its metrics' branch count), as the
+    run's own export records it; None, with a warning, if its store cannot be read (the
+    parameter count needs the store's vocabulary)."""
+    try:
+        cfg = TrainConfig.from_dict(dict(run["proxy"]))
+        branches = _branch_intervals(run_dir) if (run_dir / METRICS_FILE).is_file() else 0
+        return proxy_compute(cfg, int(run["schedule"]["episodes"]), branches)
+    except (OSError, KeyError, TypeError, ValueError, AcodmError) as e:
+        warnings.warn(
+            f"the re-export records no proxy compute (extra.compute): {e}; a study then "
+            "reports its proxy compute as unknown",
+            stacklevel=3,
+        )
+        return None
 
 
 def _parts_from_sb3(folder: Path, meta: dict[str, Any]) -> tuple[ActorParts, int]:

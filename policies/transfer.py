@@ -57,7 +57,7 @@ from acodm.dynamics.probe import DynamicsProbe  # its home before the trainer sh
 from acodm.envs.spaces import ActionMapping, ObservationSpec, SpaceError, build_observation
 from acodm.mixers.base import IntervalFeedback, Mixer, MixerContext, MixerError
 from acodm.mixers.spec import register_mixer, require_arg
-from acodm.policies.export import MixingPolicy, PolicyError, check_domains
+from acodm.policies.export import MixingPolicy, PolicyError, check_domains, load_policies
 
 __all__ = ["ActorMixer", "DynamicsProbe", "MixingController"]
 
@@ -157,9 +157,10 @@ class MixingController:
         allow_reorder: bool = False,
         context: MixerContext | None = None,
     ) -> MixingController:
-        """Load ``path`` (export folder or ``policy.json``; never unpickles) for ``domains``."""
+        """Load ``path`` (export folder or ``policy.json``, or several joined by ``;``, an
+        ensemble; never unpickles) for ``domains``."""
         return cls(
-            MixingPolicy.load(path),
+            load_policies(path),
             domains,
             n_layers=n_layers,
             allow_reorder=allow_reorder,
@@ -236,6 +237,10 @@ class MixingController:
 class ActorMixer(Mixer):
     """``actor:PATH``: an exported actor sets the weights from the run's own dynamics.
 
+    ``actor:A;B;C``: several exported actors of one spec act as one, the mean of their actions
+    (:class:`~acodm.policies.export.PolicyEnsemble`: e.g. one recipe trained with several agent
+    seeds).
+
     The policy is loaded at construction (a bad path fails before the model is built);
     :meth:`setup` checks the domains; the observation length (the monitored layer count) is
     checked at the first update, the first place the run's layers are seen. Needs the
@@ -250,7 +255,7 @@ class ActorMixer(Mixer):
         self.path = str(path)
         self.reorder = bool(reorder)
         try:
-            self.policy = MixingPolicy.load(path)
+            self.policy = load_policies(str(path))
             _observation_spec(self.policy)
         except PolicyError as e:
             raise MixerError(str(e)) from e
@@ -314,7 +319,7 @@ _REORDER = {"1": True, "true": True, "0": False, "false": False}
 
 def _factory(arg: str | None) -> Mixer:
     """``actor:PATH`` or ``actor:PATH,reorder=1`` (the option only as the last item, so a
-    path may hold commas)."""
+    path may hold commas); ``PATH`` may be several paths joined by ``;`` (an ensemble)."""
     path = require_arg("actor", arg, "actor:runs/policy")
     head, sep, tail = path.rpartition(",")
     key, eq, value = tail.partition("=")

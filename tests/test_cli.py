@@ -138,6 +138,10 @@ def test_train_policy_export_pretrain_with_actor_compare(tmp_path, capsys):
                 "3",
                 "--gamma",
                 "0.5",
+                "--critics",
+                "3",
+                "--pessimism",
+                "0.5",
                 "--plot",
                 "--quiet",
             ]
@@ -147,15 +151,21 @@ def test_train_policy_export_pretrain_with_actor_compare(tmp_path, capsys):
     assert (proxy / "policy" / "actor.safetensors").is_file()
     agent = json.loads((proxy / "config.json").read_text())["agent"]
     assert (agent["gradient_steps"], agent["gamma"]) == (3, 0.5)
+    assert (agent["critics"], agent["pessimism"]) == (3, 0.5)
     assert (proxy / "learning_curve.png").is_file()
     bad = ["train-policy", "--store", str(store), "--out", str(tmp_path / "bad"), "--quiet"]
     assert main([*bad, "--gradient-steps", "-1"]) == 2
     assert "gradient_steps" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main([*bad, "--gamma", "1.5"]) == 2
     assert "gamma" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main([*bad, "--pessimism", "1"]) == 2  # needs --critics >= 2
+    assert "critics >= 2" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main([*bad, "--steps", "8", "--episode-steps", "6"]) == 2
     assert "not both" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main(["export", str(proxy), "--out", str(tmp_path / "again")]) == 0
+    compute = json.loads((proxy / "policy" / "policy.json").read_text())["extra"]["compute"]
+    again = json.loads((tmp_path / "again" / "policy.json").read_text())["extra"]
+    assert again["compute"] == compute and compute["tokens"] > 0  # a re-export keeps it
     assert main(["export", str(proxy)]) == 2  # README's form: RUN/policy exists already
     assert "pass --overwrite" in capsys.readouterr().err
     assert main(["export", str(proxy), "--overwrite"]) == 0

@@ -24,7 +24,15 @@ from acodm.study import (
     report,
     study,
 )
-from acodm.study_report import RunResult, paired_difference, separation, summarize, t975
+from acodm.study_report import (
+    RunResult,
+    format_summary,
+    paired_difference,
+    recipe_groups,
+    separation,
+    summarize,
+    t975,
+)
 from tests.fixtures import make_text_store
 
 # every run of the integration tests: the micro model, 6 steps of 4 x 32 tokens
@@ -118,6 +126,41 @@ def test_summarize_by_hand() -> None:
     )
     assert sep["separated"] is False
     assert separation({"x": [1.0, 1.01], "y": [2.0, 2.02]})["separated"] is True
+
+
+def test_recipe_rows_by_hand() -> None:
+    """Arms ``ens@0`` / ``ens@1`` / ``ens@2`` (one per agent seed) against uniform, 2 seeds."""
+    dom = {"a": 1.0}
+    finals = {"uniform": [4.0, 4.2], "ens@0": [3.9, 4.1], "ens@1": [4.1, 4.3], "ens@2": [3.8, 4.3]}
+    results = {arm: {s: _run([5.0, v], dom) for s, v in enumerate(f)} for arm, f in finals.items()}
+    assert recipe_groups(["uniform", "ens@0", "ens@1", "ens@2", "solo@0", "x@"]) == {
+        "ens": ["ens@0", "ens@1", "ens@2"]
+    }
+    s = summarize(
+        results,
+        seeds=[0, 1],
+        reference="uniform",
+        baselines=["uniform"],
+        static=["uniform"],
+    )
+    r = s["recipes"]["ens"]
+    assert r["arms"] == ["ens@0", "ens@1", "ens@2"]
+    # per seed, the mean over the 3 arms
+    assert r["final_loss"]["values"] == pytest.approx([11.8 / 3, 12.7 / 3])
+    vs = r["against"]["uniform"]
+    assert vs["over_seeds"]["differences"] == pytest.approx([11.8 / 3 - 4.0, 12.7 / 3 - 4.2])
+    # per arm mean differences -0.1, +0.1, -0.05: mean -1/60, sd sqrt(0.0216667 / 2), t(2)
+    assert vs["per_arm_mean"] == pytest.approx([-0.1, 0.1, -0.05])
+    assert vs["over_arms"]["mean"] == pytest.approx(-1 / 60)
+    sd = math.sqrt(((1 / 12) ** 2 + (7 / 60) ** 2 + (1 / 30) ** 2) / 2)
+    assert vs["over_arms"]["sd"] == pytest.approx(sd)
+    half = 4.3027 * sd / math.sqrt(3)
+    assert vs["over_arms"]["ci95"] == pytest.approx([-1 / 60 - half, -1 / 60 + half])
+    # pairs: ens@0 wins 2; ens@1 loses 2; ens@2 wins seed 0, loses seed 1
+    assert (vs["wins"], vs["losses"], vs["pairs"], vs["arms_better"]) == (3, 3, 6, 2)
+    assert "ens (3 arms)" in format_summary(s)
+    arms = parse_arms("uniform,ens@0=uniform,ens@1=natural")
+    assert [(a.name, a.folder) for a in arms[1:]] == [("ens@0", "ens-0"), ("ens@1", "ens-1")]
 
 
 # -- arms and seeds -------------------------------------------------------------------------

@@ -110,6 +110,17 @@ def test_export_from_checkpoint_reproduces_actor(run: Path, tmp_path: Path) -> N
     assert MixingPolicy.load(out).domains == MixingPolicy.load(run / "policy").domains
     again = export_from_checkpoint(run, tmp_path / "from-run-dir")  # the run folder works too
     assert (again / ACTOR_FILE).read_bytes() == (out / ACTOR_FILE).read_bytes()
+    compute = MixingPolicy.load(run / "policy").spec["extra"]["compute"]
+    assert MixingPolicy.load(out).spec["extra"]["compute"] == compute  # recorded again
+    # a run whose store is gone: exported, with a warning and no compute (not a wrong one)
+    config = json.loads((run / "config.json").read_text())
+    config["proxy"]["store"] = str(tmp_path / "gone")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="no proxy compute"):
+        moved = export_from_checkpoint(
+            run / "agent", tmp_path / "moved", run_config=tmp_path / "config.json"
+        )
+    assert "compute" not in MixingPolicy.load(moved).spec["extra"]
 
 
 def test_resume_after_interruption_reaches_the_same_total(

@@ -38,13 +38,16 @@ def text_store(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def policy_dir(text_store, tmp_path_factory) -> Path:
     """A tiny DDPG actor (untrained: any deterministic map will do) exported SB3-free."""
+    return _export_policy(text_store, tmp_path_factory.mktemp("policy") / "policy", seed=1)
+
+
+def _export_policy(text_store: Path, out: Path, seed: int) -> Path:
     from acodm.envs.data_mixing import DataMixingEnv
     from acodm.policies.agent import make_agent, small
     from acodm.policies.export import export_actor
 
     env = DataMixingEnv(store=str(text_store), interval=K, beta=BETA, eps=EPS)
-    agent = make_agent(env, small(net_arch=(16,), seed=1))
-    out = tmp_path_factory.mktemp("policy") / "policy"
+    agent = make_agent(env, small(net_arch=(16,), seed=seed))
     export_actor(
         agent,
         out,
@@ -116,6 +119,26 @@ def test_actor_mixer_drives_pretrain(text_store, policy_dir, tmp_path):
     np.testing.assert_allclose(resumed.weights(), 1 / 3)
     resumed.load_state_dict(state)  # resume: the last decision, not uniform
     np.testing.assert_allclose(resumed.weights(), mixer.weights())
+
+
+def test_an_ensemble_of_actors_drives_pretrain(text_store, policy_dir, tmp_path):
+    """``actor:A;B``: each interval's weights are the mapping of the two actors' mean action."""
+    from acodm.envs.spaces import action_to_weights
+
+    other = _export_policy(text_store, tmp_path / "other", seed=2)
+    cfg = config(text_store, policy_dir, mixer=f"actor:{policy_dir};{other}")
+    mixer = make_mixer(cfg.mixer)
+    seen = spy(mixer)
+    pretrain(cfg, tmp_path / "run", progress=False, mixer=mixer)
+    a, b = MixingPolicy.load(policy_dir), MixingPolicy.load(other)
+    spec = ObservationSpec.from_dict(a.spec["observation"])
+    weights = logged_weights(tmp_path / "run", list(a.domains))
+    assert len(weights) == 3
+    for dyn, w in zip(seen[:-1], weights[1:], strict=True):
+        obs = build_observation(dyn, spec)
+        assert np.abs(a.act(obs) - b.act(obs)).max() > 1e-3  # the members disagree
+        mean = (a.act(obs).astype(np.float64) + b.act(obs)) / 2
+        np.testing.assert_allclose(w, action_to_weights(mean, BETA, EPS), rtol=1e-5)
 
 
 def test_transfer_to_a_larger_target(text_store, policy_dir, tmp_path):
