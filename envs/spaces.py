@@ -850,7 +850,7 @@ def alignment_reward(weights: np.ndarray, scores: np.ndarray) -> float:
         raise SpaceError(f"weights {w.shape} and scores {s.shape} must be vectors of equal length")
     if not np.all(np.isfinite(s)):
         raise SpaceError(f"the alignment scores must be finite, got {s.tolist()}")
-    return float(w @ s)
+    return float(np.sum(w * s))  # not w @ s: BLAS's dot rounds differently across CPUs
 
 
 #: The main reward terms the env offers: ``alignment`` (the paper's, acodm/DataMixing-v0's
@@ -1076,7 +1076,7 @@ def _console_term(feature: str, agent: str) -> Callable[[np.ndarray, Dynamics], 
             )
         alpha = d.console_alpha
         trust = float(alpha[agent]) / max(float(max(alpha.values())), 1e-12)  # in (0, 1]
-        return trust * float(np.asarray(weights) @ zscore_clip(d.agents[feature]))
+        return trust * float(np.sum(np.asarray(weights) * zscore_clip(d.agents[feature])))
 
     return value
 

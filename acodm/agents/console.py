@@ -215,7 +215,8 @@ class AgentConsole:
         self, labels: Mapping[str, np.ndarray], times_seen: np.ndarray | None = None
     ) -> np.ndarray:
         """``sum_a alpha_a W_a[label_a] / (1 + 0.1 times_seen)`` per item."""
-        s = self.alpha @ self.agent_scores(labels)
+        # a sum of products, not alpha @ scores: BLAS's gemv rounds differently across CPUs
+        s = np.sum(self.alpha[:, None] * self.agent_scores(labels), axis=0)
         if times_seen is not None:
             seen = np.asarray(times_seen, dtype=np.float64).reshape(-1)
             if seen.shape != s.shape or np.any(seen < 0):

@@ -166,6 +166,16 @@ def test_spec_validation_and_round_trip():
 
 
 # -- reward ----------------------------------------------------------------------------
+def test_alignment_reward_rounds_the_same_on_every_cpu():
+    # the golden trace's first step: BLAS's dot (OpenBLAS picks its kernel per CPU) gave
+    # ...6616 on an AMD EPYC where the recording machine gave ...66162; the reward is a plain
+    # sum of exact products in index order, the same on every IEEE machine
+    w = np.array([0.4805083323973059, 0.20837516474197043, 0.3111165028607236])
+    s = np.array([0.2298029929735781, -1.3233686819392072, 1.0935656889656291])
+    in_order = (float(w[0] * s[0]) + float(w[1] * s[1])) + float(w[2] * s[2])
+    assert alignment_reward(w, s) == in_order == 0.17489141861966162
+
+
 def test_alignment_reward_hand_example():
     assert alignment_reward(np.array([0.5, 0.25, 0.25]), np.array([2.0, -1.0, 0.0])) == 0.75
     assert isinstance(alignment_reward(np.ones(2) / 2, np.zeros(2)), float)
