@@ -11,14 +11,14 @@ reward, residual action around a prior, epoch cap, repetition and probe features
 default recipe; v0 is the paper's formulation (alignment reward, softmax around uniform).
 Both are :class:`DataMixingEnv` with other defaults (``ENV_VERSIONS``).
 The MDP is :class:`DataMixingEnv` (its docstring is the spec); the action mapping, the
-observation and the reward are pure functions in :mod:`acodm.envs.spaces`. This package is
+observation and the reward are pure functions in :mod:`acodm.spaces` (also importable as
+``acodm.envs.spaces``, the same module). This package is
 installed as ``acodm.envs`` (never as a top-level ``envs``) so that its import path is stable.
 """
 
 import gymnasium
 
-from .data_mixing import DEFAULT_INTERVAL, DataMixingEnv, EnvError, default_config
-from .spaces import (
+from acodm.spaces import (
     ACTION_KINDS,
     AGENT_FEATURES,
     CONSOLE_FEATURES,
@@ -57,6 +57,9 @@ from .spaces import (
     weights_to_action,
     zscore_clip,
 )
+
+from . import spaces as spaces  # acodm.envs.spaces: the alias of acodm.spaces
+from .data_mixing import DEFAULT_INTERVAL, DataMixingEnv, EnvError, default_config
 
 ENV_ID = "acodm/DataMixing-v0"
 ENV_ID_V1 = "acodm/DataMixing-v1"

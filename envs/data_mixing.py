@@ -1,8 +1,8 @@
 """``acodm/DataMixing-v0``: one LM pretraining run as a Gymnasium episode (METHOD.md).
 
 The MDP reads top to bottom in :class:`DataMixingEnv`; its pure parts (action mapping,
-observation, reward, and :func:`~acodm.envs.spaces.transition`, the one place that turns an
-interval into observation and reward) live in :mod:`acodm.envs.spaces`. The env talks to the LM only through
+observation, reward, and :func:`~acodm.spaces.transition`, the one place that turns an
+interval into observation and reward) live in :mod:`acodm.spaces`. The env talks to the LM only through
 :class:`acodm.trainer.Trainer` (``train_interval(weights) -> IntervalReport``).
 """
 
@@ -23,9 +23,7 @@ from acodm.config import TrainConfig, debug_cpu, resolve_config
 from acodm.data.store import open_store
 from acodm.errors import AcodmError
 from acodm.io import atomic_write_json, read_json
-from acodm.trainer import IntervalReport, Trainer
-
-from .spaces import (
+from acodm.spaces import (
     DEFAULT_FEATURES,
     DEFAULT_PROBE_WINDOWS,
     FEATURES,
@@ -40,6 +38,7 @@ from .spaces import (
     transition,
     with_probe,
 )
+from acodm.trainer import IntervalReport, Trainer
 
 #: ``env.json`` format of :meth:`DataMixingEnv.save_state`.
 ENV_STATE_FORMAT = "acodm-env-state"
@@ -117,16 +116,16 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ``Box(-1, 1, (k,), float32)``, one score per domain in the store's domain order
     (``env.domains``); actions outside [-1, 1] are clipped first. Mapped to the simplex by
-    ``env.action_mapping`` (:class:`acodm.envs.spaces.ActionMapping`, serialised into the
+    ``env.action_mapping`` (:class:`acodm.spaces.ActionMapping`, serialised into the
     exported policy), one of:
 
     * ``action="softmax"`` (the default, the paper's): ``w = (1 - eps) * softmax(beta * a) +
-      eps / k`` (:func:`acodm.envs.spaces.action_to_weights`), centred on uniform.
+      eps / k`` (:func:`acodm.spaces.action_to_weights`), centred on uniform.
     * ``action="residual"``: ``w = project(normalise(prior * exp(beta * a)), caps)``
-      (:func:`acodm.envs.spaces.residual_weights`), a multiplicative change of a *prior*
+      (:func:`acodm.spaces.residual_weights`), a multiplicative change of a *prior*
       mixture: a static rule computed from the run's own budget and store at every reset
       (``prior``, default ``auto``: UniMax with N = ``max_epochs``, or 4 without a cap; see
-      :func:`acodm.envs.spaces.resolve_prior`), held in ``env.prior``. ``a = 0`` is the prior
+      :func:`acodm.spaces.resolve_prior`), held in ``env.prior``. ``a = 0`` is the prior
       exactly, so an actor whose output is zero is the prior.
 
     With an epoch cap (``max_epochs``) the weights of either kind are projected onto the
@@ -201,7 +200,7 @@ class DataMixingEnv(gym.Env[np.ndarray, np.ndarray]):
     only, no hooks), averaged over domains: ``L_t``. ``L_0`` is measured at ``reset``.
     ``r_t = 100 (d_t - b_{t-1}) / L_{t-1}`` with ``d_t = L_{t-1} - L_t`` and ``b`` an EMA
     baseline of ``d`` (rate 0.3, starting at the first ``d``, so ``r_1 = 0``):
-    :func:`acodm.envs.spaces.probe_reward`. The baseline cancels the early-training trend;
+    :func:`acodm.spaces.probe_reward`. The baseline cancels the early-training trend;
     the reward is in percent of the probe loss. A store without a reward split (schema 2, or
     ``--reward-fraction 0``) is refused with an :class:`EnvError`.
 

@@ -5,10 +5,16 @@
   (SB3 DDPG/TD3), expert warm-up with behaviour cloning, ``MixingCallback`` (logging and
   checkpoints), ``save_checkpoint``/``load_agent`` (SB3 pickle: own runs only, checked with
   :mod:`acodm.trust`; ``trust_pickle=True`` for others). Imports SB3.
+* :mod:`acodm.policies.mixing` - ``PolicyMixer`` (the framework-agnostic API: per-domain
+  loss sums and counts in, weights out; no torch), ``MixingController`` (the same from a
+  ``Dynamics``), ``interval_dynamics``.
+* :mod:`acodm.policies.files` - the export's format and checks, ``read_policy``,
+  ``NumpyPolicy`` / ``load_numpy_policies`` (the actor in numpy), ``check_domains``,
+  ``PolicyError``.
 * :mod:`acodm.policies.export` - ``export_actor``/``write_policy`` (``actor.safetensors`` +
   ``policy.json``, hashed spec and weights), ``MixingPolicy`` (a plain torch module, loaded
   without SB3 or pickle), ``check_domains``, ``PolicyError`` (the action <-> weights mapping
-  is :mod:`acodm.envs.spaces`'s, re-exported here).
+  is :mod:`acodm.spaces`'s, re-exported here).
 * :mod:`acodm.policies.train` - ``train_policy`` (proxy training -> exported actor; the
   ``acodm train-policy`` command), ``export_from_checkpoint``. Imports SB3.
 * :mod:`acodm.policies.vector` - ``make_proxy_vec_env`` (several proxies at once, one
@@ -24,72 +30,93 @@
 * :mod:`acodm.policies.quickstart` - ``quickstart`` (the ``acodm quickstart`` command).
 * :mod:`acodm.policies.analytic` - ``TargetMixtureEnv``, an analytic test env.
 
-Installed as ``acodm.policies`` (never a top-level ``policies``). Importing this package does
-not import stable-baselines3; the agent names below load it on first use.
+Installed as ``acodm.policies`` (never a top-level ``policies``). Importing this package imports
+neither torch, gymnasium, stable-baselines3 nor acodm's trainer (numpy and acodm's numpy-only
+parts: ``experiments/bench/import_time.py`` measures it); the torch-based names below load
+their modules on first use.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from acodm.envs.spaces import action_to_weights, weights_to_action
-from acodm.policies.export import (
-    MixingPolicy,
-    PolicyEnsemble,
+from acodm.policies.files import (
+    NumpyPolicy,
     PolicyError,
     check_domains,
-    export_actor,
-    load_policies,
-    load_policy,
+    load_numpy_policies,
+    read_policy,
 )
+from acodm.policies.mixing import MixingController, PolicyMixer, interval_dynamics
+from acodm.spaces import action_to_weights, weights_to_action
 
-_AGENT_NAMES = (
-    "AgentConfig",
-    "MixingCallback",
-    "load_agent",
-    "make_agent",
-    "warmup",
-    "save_checkpoint",
-    "continue_learning",
-    "fill_replay_buffer",
-)
-_TRAIN_NAMES = ("train_policy", "export_from_checkpoint")
-_DDPG_NAMES = ("OnlineDDPGMixer",)
-_TRANSFER_NAMES = ("ActorMixer", "MixingController", "DynamicsProbe")
+if TYPE_CHECKING:  # the lazy names, for type checkers (listed in __all__ through _LAZY)
+    from acodm.policies.agent import (  # noqa: F401
+        AgentConfig,
+        MixingCallback,
+        continue_learning,
+        fill_replay_buffer,
+        load_agent,
+        make_agent,
+        save_checkpoint,
+        warmup,
+    )
+    from acodm.policies.ddpg import OnlineDDPGMixer  # noqa: F401
+    from acodm.policies.export import (  # noqa: F401
+        MixingPolicy,
+        PolicyEnsemble,
+        export_actor,
+        load_policies,
+        load_policy,
+    )
+    from acodm.policies.train import export_from_checkpoint, train_policy  # noqa: F401
+    from acodm.policies.transfer import ActorMixer, DynamicsProbe  # noqa: F401
+
+#: name -> the module that defines it (imported on first use: these import torch or SB3)
+_LAZY: dict[str, str] = {
+    **{
+        n: "acodm.policies.agent"
+        for n in (
+            "AgentConfig",
+            "MixingCallback",
+            "load_agent",
+            "make_agent",
+            "warmup",
+            "save_checkpoint",
+            "continue_learning",
+            "fill_replay_buffer",
+        )
+    },
+    "train_policy": "acodm.policies.train",
+    "export_from_checkpoint": "acodm.policies.train",
+    "OnlineDDPGMixer": "acodm.policies.ddpg",
+    **{
+        n: "acodm.policies.export"
+        for n in ("MixingPolicy", "PolicyEnsemble", "export_actor", "load_policies", "load_policy")
+    },
+    "ActorMixer": "acodm.policies.transfer",
+    "DynamicsProbe": "acodm.policies.transfer",
+}
 
 __all__ = [
-    "MixingPolicy",
-    "PolicyEnsemble",
+    "MixingController",
+    "NumpyPolicy",
     "PolicyError",
+    "PolicyMixer",
     "action_to_weights",
     "check_domains",
-    "export_actor",
-    "load_policies",
-    "load_policy",
+    "interval_dynamics",
+    "load_numpy_policies",
+    "read_policy",
     "weights_to_action",
-    *_AGENT_NAMES,
-    *_TRAIN_NAMES,
-    *_DDPG_NAMES,
-    *_TRANSFER_NAMES,
+    *_LAZY,
 ]
 
 
 def __getattr__(name: str) -> Any:
-    """Lazy access to the SB3-based agent API, so a target run loading a policy needs no SB3."""
-    if name in _AGENT_NAMES:
-        from acodm.policies import agent
+    """The torch / SB3-based names, imported on first use (a loop that only mixes needs none)."""
+    if name in _LAZY:
+        import importlib
 
-        return getattr(agent, name)
-    if name in _TRAIN_NAMES:
-        from acodm.policies import train
-
-        return getattr(train, name)
-    if name in _DDPG_NAMES:
-        from acodm.policies import ddpg
-
-        return getattr(ddpg, name)
-    if name in _TRANSFER_NAMES:
-        from acodm.policies import transfer
-
-        return getattr(transfer, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'acodm.policies' has no attribute {name!r}")

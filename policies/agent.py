@@ -42,10 +42,10 @@ from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.td3.policies import TD3Policy
 
 from acodm import trust
-from acodm.envs.spaces import action_to_weights, weights_to_action
 from acodm.errors import AcodmError
 from acodm.io import atomic_directory, sha256_bytes, sha256_file
 from acodm.policies.export import actor_parts, write_checkpoint_actor
+from acodm.spaces import action_to_weights, weights_to_action
 
 __all__ = [
     "ODM_EXPERT",

@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from acodm.envs.spaces import action_to_weights
+from acodm.spaces import action_to_weights
 
 
 class TargetMixtureEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -20,7 +20,7 @@ class TargetMixtureEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Action space
     ``Box(-1, 1, (k,), float32)``, mapped to weights by METHOD.md's
-    ``w = (1 - eps) * softmax(beta * a) + eps / k`` (:func:`acodm.envs.spaces.action_to_weights`).
+    ``w = (1 - eps) * softmax(beta * a) + eps / k`` (:func:`acodm.spaces.action_to_weights`).
 
     ## Observation space
     ``Box(low, high, (2k + 1,), float32)``:

@@ -2,7 +2,7 @@
 
 :class:`OnlineDDPGMixer` is an acodm :class:`~acodm.mixers.base.Mixer` that owns an SB3 agent:
 after every interval it turns the run's own dynamics into an observation and the reward of the
-weights it chose (:func:`acodm.envs.spaces.transition`, the env's own step), adds the
+weights it chose (:func:`acodm.spaces.transition`, the env's own step), adds the
 transition to the replay buffer and trains, then acts. The warm-up follows the ODM bandit, as
 proxy mode does (:mod:`acodm.policies.train`). Importing this module registers the name
 ``ddpg``; ``make_mixer("ddpg")`` imports it on first use.
@@ -19,21 +19,6 @@ import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.logger import Logger
 
-from acodm.envs.spaces import (
-    CONSOLE_FEATURES,
-    DEFAULT_FEATURES,
-    DEFAULT_PROBE_WINDOWS,
-    REWARDS,
-    ActionMapping,
-    ObservationSpec,
-    ProbeTracker,
-    RewardTerm,
-    SpaceError,
-    build_observation,
-    console_reward_terms,
-    transition,
-    with_probe,
-)
 from acodm.mixers import IntervalFeedback, Mixer, MixerContext, MixerError, make_mixer
 from acodm.mixers.base import format_number
 from acodm.mixers.spec import parse_number, parse_options, register_mixer
@@ -50,6 +35,21 @@ from acodm.policies.agent import (
     residual_agent_defaults,
     small,
     warmup_count,
+)
+from acodm.spaces import (
+    CONSOLE_FEATURES,
+    DEFAULT_FEATURES,
+    DEFAULT_PROBE_WINDOWS,
+    REWARDS,
+    ActionMapping,
+    ObservationSpec,
+    ProbeTracker,
+    RewardTerm,
+    SpaceError,
+    build_observation,
+    console_reward_terms,
+    transition,
+    with_probe,
 )
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ class OnlineDDPGMixer(Mixer):
     probe_windows=N]``: non-proxy mode (METHOD.md), the agent learns on the target run itself.
 
     ``reward``: ``alignment`` (default, the paper's) or ``probe``: the env's probe reward
-    (:func:`~acodm.envs.spaces.probe_reward`) on ``probe_windows`` (default 4) fixed windows
+    (:func:`~acodm.spaces.probe_reward`) on ``probe_windows`` (default 4) fixed windows
     per domain of the store's reward split, which :func:`acodm.pretrain.pretrain` measures
     after every interval for this mixer (:attr:`Mixer.probe_windows`); the store needs a
     reward split (``acodm prepare --reward-fraction``).
@@ -90,13 +90,13 @@ class OnlineDDPGMixer(Mixer):
     run's ``prior``, default ``auto``: UniMax at ``max_epochs``; ``beta`` ln 4; the actor's
     output layer zero-initialised, so the mixer starts at the prior); ``max_epochs``: the
     epoch cap its weights are projected onto (from the run's live epochs and remaining
-    budget), as :class:`~acodm.envs.spaces.ActionMapping` does in the env. A mixer does not
+    budget), as :class:`~acodm.spaces.ActionMapping` does in the env. A mixer does not
     see ``TrainConfig.max_epochs``: with a capped run, give the mixer the same ``max_epochs``,
     so that its reward is of the weights the trainer runs (the trainer's own projection of
     weights already within the caps is then the identity).
 
     After every interval: observation and reward of the weights just used from the run's own
-    dynamics by :func:`~acodm.envs.spaces.transition` (the env's feature spec and reward),
+    dynamics by :func:`~acodm.spaces.transition` (the env's feature spec and reward),
     one transition into the replay buffer, then ``gradient_steps``
     SB3 updates. The first ``warmup`` fraction of the intervals (at least one) follows the ODM
     bandit, then the actor/critic are pre-fitted on those transitions, as in proxy mode.

@@ -81,13 +81,6 @@ from acodm import trust
 from acodm.config import TrainConfig, resolve_config
 from acodm.data.store import open_store
 from acodm.envs import DataMixingEnv
-from acodm.envs.spaces import (
-    CONSOLE_FEATURES,
-    DEFAULT_FEATURES,
-    ActionMapping,
-    console_reward_terms,
-    env_version,
-)
 from acodm.errors import AcodmError
 from acodm.io import atomic_write_json, atomic_write_text
 from acodm.metrics import MetricsLogger, read_metrics
@@ -123,6 +116,13 @@ from acodm.policies.export import (
 )
 from acodm.policies.vector import make_proxy_vec_env, unwrap_proxy
 from acodm.runfolder import TRAIN_POLICY, RunFolder, absolute_store, has_entries
+from acodm.spaces import (
+    CONSOLE_FEATURES,
+    DEFAULT_FEATURES,
+    ActionMapping,
+    console_reward_terms,
+    env_version,
+)
 
 if TYPE_CHECKING:
     from stable_baselines3.common.vec_env import VecEnv
@@ -515,7 +515,7 @@ def train_policy(
     the projection). ``console=True`` (or a proxy
     config with ``console=True``): the proxy run has the agent console (the store must be
     annotated), the observation is ``CONSOLE_FEATURES`` and the reward adds
-    :func:`~acodm.envs.spaces.console_reward_terms`; the exported policy then needs
+    :func:`~acodm.spaces.console_reward_terms`; the exported policy then needs
     ``--console`` on the target run too. ``reward``: the env's reward, ``"alignment"`` (the
     paper's) or ``"probe"`` (the decrease of the loss on the store's reward split; the store
     needs one), recorded in the run config and in the exported policy's ``extra["reward_signal"]``.

@@ -3,7 +3,7 @@
 The actor learned on a proxy run is loaded from ``actor.safetensors`` + ``policy.json``
 (:class:`~acodm.policies.export.MixingPolicy`, no SB3, no pickle). Each interval the target
 measures its *own* dynamics, builds the *same* observation as the proxy's env
-(:func:`acodm.envs.spaces.build_observation` with the exported :class:`ObservationSpec`) and
+(:func:`acodm.spaces.build_observation` with the exported :class:`ObservationSpec`) and
 the actor gives the next weights. No reward, no critic, no replay buffer. As in the env's
 ``reset``, the first interval runs with uniform weights (a residual policy: with its prior).
 
@@ -14,7 +14,7 @@ the target's live caps (its epochs so far and its remaining budget). The control
 run's context for both (``MixingController(..., context=ctx)`` or :meth:`MixingController.setup`;
 :class:`ActorMixer` and the Hugging Face callback give it).
 
-Three ways in:
+Four ways in:
 
 * acodm's own trainer: ``acodm pretrain --mixer actor:PATH`` (:class:`ActorMixer`, registered
   as ``actor``; ``make_mixer`` imports this module on first use of the name).
@@ -36,6 +36,10 @@ Three ways in:
             dyn = probe.interval_end(step, total_steps, epochs=sampler.epochs())
             sampler.set_weights(ctl.observe(dyn))
 
+* Any loop in any framework, without torch: :class:`acodm.policies.mixing.PolicyMixer`
+  (per-domain loss sums and counts, and the other numbers the policy observes, in; weights
+  out).
+
 Size transfer: the observation is size-agnostic (per-domain groups of length ``k``, per-layer
 groups of the monitored-layer *count*, each z-scored), so a policy from a ``tiny`` proxy reads
 a ``14m`` target's vector as long as both monitor the same number of layers (default 3).
@@ -45,190 +49,24 @@ Domains must match by name and order (:func:`~acodm.policies.export.check_domain
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from acodm.data.weights import normalize_weights
-from acodm.dynamics.features import Dynamics, permute_domains
 from acodm.dynamics.probe import DynamicsProbe  # its home before the trainer shared it
-from acodm.envs.spaces import ActionMapping, ObservationSpec, SpaceError, build_observation
 from acodm.mixers.base import IntervalFeedback, Mixer, MixerContext, MixerError
 from acodm.mixers.spec import register_mixer, require_arg
-from acodm.policies.export import MixingPolicy, PolicyError, check_domains, load_policies
+from acodm.policies.export import load_policies
+from acodm.policies.files import PolicyError
+
+# the controller is torch-free (acodm.policies.mixing); re-exported from its old home
+from acodm.policies.mixing import MixingController, observation_spec
+from acodm.spaces import SpaceError
 
 __all__ = ["ActorMixer", "DynamicsProbe", "MixingController"]
-
-
-# ----------------------------------------------------------------------------- controller
-
-
-def _observation_spec(policy: MixingPolicy) -> ObservationSpec:
-    """The exported observation spec, checked against the network's input size."""
-    try:
-        spec = ObservationSpec.from_dict(policy.spec["observation"])
-    except (SpaceError, TypeError, AttributeError) as e:
-        raise PolicyError(f"the policy's observation spec is not an acodm spec: {e}") from e
-    if spec.size != policy.obs_dim:
-        raise PolicyError(
-            f"the policy's observation spec has {spec.size} entries but its network reads "
-            f"{policy.obs_dim}; the export is inconsistent"
-        )
-    if spec.k != len(policy.domains):
-        raise PolicyError(f"observation spec k={spec.k} for {len(policy.domains)} domains")
-    return spec
-
-
-class MixingController:
-    """An exported policy plus the last weights: ``observe(dynamics) -> weights``.
-
-    Sampler-agnostic: it returns ``(k,)`` float64 weights in the run's domain order (which
-    must be the policy's, see :func:`check_domains`); the caller hands them to its sampler.
-    ``weights`` starts uniform (the env's first interval). ``n_layers`` (the run's monitored
-    layer count), when known, is checked at once; else at the first :meth:`observe`.
-    ``allow_reorder``: the run may list the policy's domains in another order; the controller
-    then reads the dynamics in the policy's order (:func:`permute_domains`) and returns the
-    weights in the run's order, so the caller never permutes anything.
-
-    ``context``: the run's :class:`MixerContext` (domains in the run's order, training tokens,
-    budget), or later :meth:`setup`. A residual policy needs it for its prior (computed from
-    the run, ``prior``) and a capped one for its caps, recomputed at every decision from the
-    interval's ``epochs`` and ``step``; ``weights`` then starts at the (capped) prior.
-    """
-
-    def __init__(
-        self,
-        policy: MixingPolicy,
-        domains: Sequence[str],
-        *,
-        n_layers: int | None = None,
-        allow_reorder: bool = False,
-        context: MixerContext | None = None,
-    ) -> None:
-        self.policy = policy
-        self.spec = _observation_spec(policy)
-        # PolicyError naming missing / extra domains; order[i]: run index of policy domain i
-        order = check_domains(policy, list(domains), allow_reorder=allow_reorder)
-        self._order: tuple[int, ...] | None = None if order == tuple(range(len(order))) else order
-        self.domains: tuple[str, ...] = tuple(domains)
-        if n_layers is not None:
-            self._check_layers(n_layers)
-        self.weights: np.ndarray = np.full(self.k, 1.0 / self.k)
-        self.last_observation: np.ndarray | None = None
-        self.context: MixerContext | None = None
-        #: The run's prior weights (run order; None for the softmax mapping).
-        self.prior: np.ndarray | None = None
-        if context is not None:
-            self.setup(context)
-
-    @property
-    def mapping(self) -> ActionMapping:
-        """The policy's action mapping (softmax or residual, with its epoch cap)."""
-        return self.policy.mapping
-
-    @property
-    def needs_context(self) -> bool:
-        """Whether the policy needs the run's context: a residual or a capped mapping."""
-        return self.mapping.residual or self.mapping.max_epochs is not None
-
-    def setup(self, context: MixerContext) -> np.ndarray:
-        """Tie the controller to a run: its prior from the run's own context, and the first
-        interval's weights (uniform, or the prior; within the caps at step 0). Returns them."""
-        if tuple(context.domains) != self.domains:
-            raise PolicyError(
-                f"the context's domains {list(context.domains)} are not the run's "
-                f"{list(self.domains)}"
-            )
-        self.context = context
-        mapping = self.mapping
-        self.prior = mapping.prior_weights(context) if mapping.residual else None
-        self.weights = mapping.initial_weights(context, self.prior)
-        return self.weights.copy()
-
-    @classmethod
-    def load(
-        cls,
-        path: str | Path,
-        domains: Sequence[str],
-        *,
-        n_layers: int | None = None,
-        allow_reorder: bool = False,
-        context: MixerContext | None = None,
-    ) -> MixingController:
-        """Load ``path`` (export folder or ``policy.json``, or several joined by ``;``, an
-        ensemble; never unpickles) for ``domains``."""
-        return cls(
-            load_policies(path),
-            domains,
-            n_layers=n_layers,
-            allow_reorder=allow_reorder,
-            context=context,
-        )
-
-    @property
-    def k(self) -> int:
-        return len(self.domains)
-
-    @property
-    def interval(self) -> int:
-        """The interval K the policy was trained with (optimizer steps per decision)."""
-        return self.policy.interval
-
-    def _check_layers(self, n_layers: int) -> None:
-        if n_layers != self.spec.n_layers:
-            raise PolicyError(
-                f"the run monitors {n_layers} layers but the policy was trained on "
-                f"{self.spec.n_layers}; set monitored_layers={self.spec.n_layers} on the target"
-            )
-
-    def observation(self, dynamics: Dynamics) -> np.ndarray:
-        """The policy's observation vector for one interval's dynamics (float32)."""
-        self._check_layers(int(np.asarray(dynamics.weight_norm).size))
-        if self._order is not None:
-            dynamics = permute_domains(dynamics, self._order)
-        return build_observation(dynamics, self.spec)
-
-    def observe(self, dynamics: Dynamics) -> np.ndarray:
-        """Weights for the next interval (run order) from the interval that just ended; kept.
-
-        A residual or capped policy maps its action with the run's prior and the caps of the
-        run's live epochs and remaining budget (``dynamics.epochs``, ``dynamics.step``).
-        """
-        obs = self.observation(dynamics)
-        self.last_observation = obs
-        if self.needs_context:
-            self.weights = self._mapped(obs, dynamics)
-            return self.weights.copy()
-        w = np.asarray(self.policy.weights(obs), dtype=np.float64)  # the policy's order
-        if self._order is not None:
-            w_run = np.empty_like(w)
-            w_run[list(self._order)] = w
-            w = w_run
-        self.weights = w
-        return self.weights.copy()
-
-    def _mapped(self, obs: np.ndarray, dynamics: Dynamics) -> np.ndarray:
-        """The residual / capped mapping in the run's order (it is order-equivariant)."""
-        ctx = self.context
-        if ctx is None:
-            raise PolicyError(
-                f"this policy's action mapping ({self.mapping.kind}, max_epochs="
-                f"{self.mapping.max_epochs}) needs the run's context: pass "
-                "MixingController(..., context=MixerContext(...)) or call setup(ctx) first"
-            )
-        a = np.asarray(self.policy.act(obs), dtype=np.float64)  # the policy's order
-        if self._order is not None:
-            a_run = np.empty_like(a)
-            a_run[list(self._order)] = a
-            a = a_run
-        caps = self.mapping.caps(ctx, dynamics.epochs, int(dynamics.step))
-        return self.mapping.weights(a, self.prior, caps)
-
-    def weight_dict(self) -> dict[str, float]:
-        """The current weights by domain name."""
-        return {d: float(w) for d, w in zip(self.domains, self.weights, strict=True)}
 
 
 # ----------------------------------------------------------------------------- mixer
@@ -256,7 +94,7 @@ class ActorMixer(Mixer):
         self.reorder = bool(reorder)
         try:
             self.policy = load_policies(str(path))
-            _observation_spec(self.policy)
+            observation_spec(self.policy)
         except PolicyError as e:
             raise MixerError(str(e)) from e
         self.controller: MixingController | None = None

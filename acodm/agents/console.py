@@ -28,6 +28,7 @@ import numpy as np
 
 from acodm.data.scored_sampler import ScoredDomainSampler, weighted_order
 from acodm.dynamics import standardize
+from acodm.dynamics.interval import AGENT_FEATURES  # their home: the Dynamics that carry them
 
 __all__ = [
     "AgentConsole",
@@ -345,16 +346,6 @@ def repetition_rate(times_seen: np.ndarray) -> float:
     """Fraction of drawn items already seen before they were drawn (``times_seen > 0``)."""
     t = np.asarray(times_seen).reshape(-1)
     return float(np.mean(t > 0)) if t.size else 0.0
-
-
-#: The per-domain features :func:`interval_features` computes, in the order the observation
-#: lists them (the env's ``acodm.envs.AGENT_FEATURES`` is this tuple).
-AGENT_FEATURES: tuple[str, ...] = (
-    "mean_quality",
-    "topic_entropy",
-    "topic_coverage",
-    "repetition_rate",
-)
 
 
 def interval_features(

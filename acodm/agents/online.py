@@ -25,7 +25,7 @@ to a live run of :class:`acodm.trainer.Trainer` (``TrainConfig.console=True``):
 * **Features** (:func:`interval_features`): mean quality, topic entropy and coverage and the
   repetition rate of what each domain contributed to the interval; the env's observation can
   include them and its reward can add console-weighted quality and diversity terms
-  (:mod:`acodm.envs.spaces`).
+  (:mod:`acodm.spaces`).
 
 Everything here is deterministic host-side numpy; under DDP :meth:`OnlineConsole.end_interval`
 gathers every rank's items and credits first, so all ranks hold the same console. A run talks

@@ -90,19 +90,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from acodm.dynamics.standardize import zscore
-from acodm.errors import AcodmError
+# the scores (numpy, no torch) live with the Dynamics they feed; re-exported from here
+from acodm.dynamics.interval import (
+    NORM_EPS as NORM_EPS,
+)
+from acodm.dynamics.interval import (
+    SCORE_CLIP as SCORE_CLIP,
+)
+from acodm.dynamics.interval import (
+    AlignmentError,
+    alignment_scores,
+    raw_alignment_scores,
+)
 
 __all__ = ["AlignmentError", "GradientAlignment", "alignment_scores", "raw_alignment_scores"]
-
-#: Added to the mean gradient norm in the score's denominator (METHOD.md).
-NORM_EPS = 1e-6
-#: Scores are z-scored across domains, then clipped to this range (METHOD.md).
-SCORE_CLIP = 3.0
-
-
-class AlignmentError(AcodmError, ValueError):
-    """Invalid use of :class:`GradientAlignment` or invalid input to the alignment scores."""
 
 
 @dataclass
@@ -631,78 +632,3 @@ class GradientAlignment:
 
 
 # ---------------------------------------------------------------------- scores
-
-
-def _mean_gram(
-    gram: Tensor | np.ndarray, counts: Tensor | np.ndarray | Sequence[float] | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(k, k) Gram of MEAN gradients ``gram_ij / (n_i n_j)`` and the (k,) bool active mask.
-
-    Active: ``n_i > 0`` with counts; without counts the Gram is used as is and a domain is
-    active when ``gram_ii > 0``.
-    """
-    g = (
-        gram.detach().cpu().double().numpy()
-        if isinstance(gram, Tensor)
-        else np.asarray(gram, float)
-    )
-    if g.ndim != 2 or g.shape[0] != g.shape[1] or g.shape[0] < 2:
-        raise AlignmentError(f"gram must be a (k, k) matrix with k >= 2, got shape {g.shape}")
-    if not np.isfinite(g).all():
-        raise AlignmentError("gram has non-finite entries")
-    if counts is None:
-        return g, np.diag(g) > 0
-    n = np.asarray(counts.detach().cpu() if isinstance(counts, Tensor) else counts, float)
-    if n.shape != (g.shape[0],) or not np.isfinite(n).all() or (n < 0).any():
-        raise AlignmentError(f"counts must be {g.shape[0]} non-negative numbers, got {n}")
-    active = n > 0
-    inv = np.where(active, 1.0 / np.where(active, n, 1.0), 0.0)  # 1/n_i, 0 for empty domains
-    return g * np.outer(inv, inv), active
-
-
-def raw_alignment_scores(
-    gram: Tensor | np.ndarray, counts: Tensor | np.ndarray | Sequence[float] | None = None
-) -> np.ndarray:
-    """``s_i = sum_{j != i} <g_i, g_j> / (mean_k ||g_k|| + 1e-6)`` before z-scoring (METHOD.md).
-
-    With ``counts`` the ``g_i`` are MEAN gradients: ``<g_i, g_j> = gram_ij / (n_i n_j)``. Sums and
-    the mean norm run over active domains only (see :func:`alignment_scores`); inactive get 0.
-    """
-    g, active = _mean_gram(gram, counts)
-    scores = np.zeros(g.shape[0])
-    if not active.any():
-        return scores
-    a = g[np.ix_(active, active)]  # (m, m) active block
-    norms = np.sqrt(np.clip(np.diag(a), 0.0, None))  # ||g_i||
-    off = a.sum(axis=1) - np.diag(a)  # sum_{j != i} <g_i, g_j>
-    scores[active] = off / (norms.mean() + NORM_EPS)
-    return scores
-
-
-def alignment_scores(
-    gram: Tensor | np.ndarray, counts: Tensor | np.ndarray | Sequence[float] | None = None
-) -> np.ndarray:
-    """Per-domain gradient-alignment scores (METHOD.md, "Reward: gradient alignment").
-
-    ``s_i = sum_{j != i} <g_i, g_j> / (mean_k ||g_k|| + 1e-6)`` with ``g_i`` domain i's MEAN
-    gradient (``gram_ij / (n_i n_j)`` when ``counts`` is given, else the Gram as is), then
-    z-scored across the active domains (population std) and clipped to ``[-3, 3]``.
-
-    - Active domains: ``counts > 0`` (without counts: ``gram_ii > 0``). The others score exactly
-      0 and are left out of the sums, the mean norm, and the z-score's mean and std.
-    - If the active scores are all equal (or fewer than 2 domains are active) every score is 0.
-    - Invariant to a common positive factor of the Gram (loss scaling, accumulation); the
-      division by the mean norm is immaterial too (z-scoring removes any common scale; only the
-      ``1e-6`` could matter, for mean-gradient norms near 1e-6).
-    - With ``m`` active domains ``|z| <= sqrt(m - 1)``, so the clip only acts when ``m >= 11``.
-    - The std is the population std (divides by ``m``). The AC-ODM code uses the sample std
-      (divides by ``m - 1``): unclipped scores here are ``sqrt(m / (m - 1))`` times its scores
-      (1.0235 at ``m = 22``), so the reward is too, and the clip at 3 here is the code's
-      ``3 sqrt((m - 1) / m)`` (2.93 at ``m = 22``). README, "Implementation details".
-
-    Returns a ``(k,)`` float64 array.
-    """
-    s = raw_alignment_scores(gram, counts)
-    _, active = _mean_gram(gram, counts)
-    # all equal up to rounding (relative to the scores' scale, down to 1e-300): no preference
-    return zscore(s, clip=SCORE_CLIP, valid=active, atol=1e-12 * 1e-300)

@@ -11,76 +11,18 @@ learned on a small proxy reads the same vector on a larger target.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from acodm.dynamics.alignment import GradientAlignment, alignment_scores
+from acodm.dynamics.alignment import GradientAlignment
 
+# Dynamics and the loss memory are numpy only (acodm.dynamics.interval); re-exported here
+from acodm.dynamics.interval import Dynamics, LossTracker, alignment_scores, permute_domains
 
-@dataclass(frozen=True)
-class Dynamics:
-    """One interval's training dynamics (raw, not normalised; the env normalises).
-
-    Per domain (length k): ``loss`` (mean training loss in the interval; a domain without
-    samples keeps its last known loss), ``loss_change`` (against the *previous* interval,
-    not the first one as in the AC-ODM code), ``share`` (fraction of the interval's
-    sequences), ``epochs`` (epochs of the domain consumed so far), ``alignment`` (gradient
-    alignment score ``s_i``). Per monitored layer: ``weight_norm`` (||W|| / ||W_0||) and
-    ``weight_distance`` (||W - W_0|| / ||W_0||). ``progress`` in [0, 1] (not 0..100).
-    ``gram``: the k x k Gram matrix of mean per-domain gradients.
-    ``agents``: per-domain features of the agent console (``mean_quality``,
-    ``topic_entropy``, ``topic_coverage``, ``repetition_rate``; length k each) and
-    ``console_alpha`` its agent weights, when the run has a console (``TrainConfig.console``);
-    empty otherwise. ``probe_loss`` / ``probe_delta`` (length k): the loss on the fixed probe
-    windows of the reward split after the interval and its decrease over the interval, where
-    the env measures the probe (:func:`acodm.envs.spaces.with_probe`); None otherwise.
-    """
-
-    step: int
-    progress: float
-    loss: np.ndarray
-    loss_change: np.ndarray
-    share: np.ndarray
-    epochs: np.ndarray
-    alignment: np.ndarray
-    gram: np.ndarray
-    weight_norm: np.ndarray
-    weight_distance: np.ndarray
-    agents: Mapping[str, np.ndarray] = field(default_factory=dict)
-    console_alpha: Mapping[str, float] = field(default_factory=dict)
-    probe_loss: np.ndarray | None = None
-    probe_delta: np.ndarray | None = None
-
-
-def permute_domains(dynamics: Dynamics, order: Sequence[int]) -> Dynamics:
-    """``dynamics`` with its per-domain entries in another domain order.
-
-    Entry ``i`` of the result is entry ``order[i]`` of ``dynamics`` (every length-k vector,
-    the agents' features, both axes of the Gram); per-layer values and progress are unchanged.
-    Lets a policy trained on domains listed in one order read a run that lists them in another.
-    """
-    idx = np.asarray(order, dtype=np.int64)
-    if sorted(idx.tolist()) != list(range(len(dynamics.loss))):
-        raise ValueError(
-            f"order {list(order)} is not a permutation of {len(dynamics.loss)} domains"
-        )
-    return dataclasses.replace(
-        dynamics,
-        loss=dynamics.loss[idx],
-        loss_change=dynamics.loss_change[idx],
-        share=dynamics.share[idx],
-        epochs=dynamics.epochs[idx],
-        alignment=dynamics.alignment[idx],
-        gram=dynamics.gram[np.ix_(idx, idx)],
-        agents={name: np.asarray(v)[idx] for name, v in dynamics.agents.items()},
-        probe_loss=None if dynamics.probe_loss is None else dynamics.probe_loss[idx],
-        probe_delta=None if dynamics.probe_delta is None else dynamics.probe_delta[idx],
-    )
+__all__ = ["Dynamics", "LayerStats", "LossTracker", "measure_interval", "permute_domains"]
 
 
 class LayerStats:
@@ -109,33 +51,6 @@ class LayerStats:
             dists.append(torch.linalg.vector_norm(wf - w0) / n0)
         both = torch.stack([torch.stack(norms), torch.stack(dists)]).cpu().numpy()
         return both[0].astype(np.float64), both[1].astype(np.float64)
-
-
-class LossTracker:
-    """Per-domain interval losses with a memory for domains that got no samples."""
-
-    def __init__(self, k: int) -> None:
-        self.last = np.full(k, np.nan)
-
-    def update(self, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Returns ``(loss, change)``; unseen domains carry their last value (change 0).
-
-        Before a domain was ever seen its loss is the mean of the seen ones (or 0).
-        """
-        filled = np.where(np.isfinite(loss), loss, self.last)
-        if np.any(~np.isfinite(filled)):
-            seen = filled[np.isfinite(filled)]
-            filled = np.where(np.isfinite(filled), filled, seen.mean() if seen.size else 0.0)
-        prev = np.where(np.isfinite(self.last), self.last, filled)
-        change = filled - prev
-        self.last = filled.copy()
-        return filled, change
-
-    def state_dict(self) -> list[float | None]:
-        return [None if not np.isfinite(x) else float(x) for x in self.last]
-
-    def load_state_dict(self, state: list[float | None]) -> None:
-        self.last = np.array([np.nan if x is None else x for x in state], dtype=np.float64)
 
 
 def measure_interval(

@@ -1,7 +1,7 @@
 """The one z-score of acodm: observation groups, alignment scores and the agents' feedback.
 
 METHOD.md z-scores in three places: each per-domain / per-layer group of the observation
-(:func:`acodm.envs.spaces.build_observation`), the gradient-alignment scores across the active
+(:func:`acodm.spaces.build_observation`), the gradient-alignment scores across the active
 domains (:func:`acodm.dynamics.alignment.alignment_scores`) and the agents' per-group feedback
 and correlations (:mod:`acodm.agents.console`). All three call :func:`zscore`; they differ
 only in the arguments they pass (a clip, which entries count, how small a spread is "none").

@@ -42,9 +42,9 @@ from common import machine
 from acodm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from acodm.config import preset
 from acodm.envs.data_mixing import check_reward_split
-from acodm.envs.spaces import DEFAULT_PROBE_WINDOWS, alignment_reward, env_version
 from acodm.io import atomic_write_json
 from acodm.mixers import make_mixer
+from acodm.spaces import DEFAULT_PROBE_WINDOWS, alignment_reward, env_version
 from acodm.trainer import Trainer
 
 DEFAULT_OUT = Path("experiments/results/reward_validity_cpu.json")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
@@ -77,8 +79,11 @@ def test_the_alignment_scores_get_their_old_numbers(k, scale):
 
 def test_alignment_scores_call_the_one_zscore(monkeypatch):
     calls = []
-    real = alignment.zscore
-    monkeypatch.setattr(alignment, "zscore", lambda *a, **k: calls.append(k) or real(*a, **k))
+    # alignment_scores lives in the numpy-only acodm.dynamics.interval (alignment re-exports it)
+    home = importlib.import_module(alignment.alignment_scores.__module__)
+    assert home.__name__ == "acodm.dynamics.interval"
+    real = home.zscore
+    monkeypatch.setattr(home, "zscore", lambda *a, **k: calls.append(k) or real(*a, **k))
     g = np.array([[2.0, 1.0, 0.0], [1.0, 2.0, 0.5], [0.0, 0.5, 1.0]])
     alignment.alignment_scores(g, np.ones(3))
     assert calls and calls[0]["clip"] == alignment.SCORE_CLIP

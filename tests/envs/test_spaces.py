@@ -248,3 +248,13 @@ def test_console_reward_terms_hand_example():
         check_reward_terms(console_reward_terms(0.4))
     with pytest.raises(SpaceError, match="--console"):
         total_reward(w, dyn(), (quality,))
+
+
+def test_acodm_envs_spaces_is_the_numpy_only_acodm_spaces():
+    import acodm.envs
+    import acodm.envs.spaces
+    import acodm.spaces
+
+    assert acodm.envs.spaces is acodm.spaces and acodm.envs.spaces.ObservationSpec.__module__ == (
+        "acodm.spaces"
+    )

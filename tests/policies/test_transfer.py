@@ -277,6 +277,13 @@ def test_load_path_never_unpickles(policy_dir, monkeypatch):
     assert isinstance(make_mixer(f"actor:{policy_dir}"), ActorMixer)
 
 
+def seq_losses(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Per-sequence mean next-token losses ``(B,)`` of a plain forward (what a user's loop has)."""
+    logits = model(input_ids=tokens[:, :-1]).logits
+    tok = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
+    return tok.view(tokens.shape[0], -1).mean(dim=1)
+
+
 def test_plain_torch_loop(text_store, policy_dir):
     """The module docstring's loop: controller + probe around a hand-written step."""
     store = TokenStore(text_store)
@@ -291,9 +298,7 @@ def test_plain_torch_loop(text_store, policy_dir):
         batch = sampler.next_batch()
         tokens = torch.from_numpy(batch.tokens)
         probe.set_domains(batch.domains)
-        logits = model(input_ids=tokens[:, :-1]).logits
-        tok = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
-        seq_loss = tok.view(tokens.shape[0], -1).mean(dim=1)
+        seq_loss = seq_losses(model, tokens)
         seq_loss.mean().backward()
         opt.step()
         opt.zero_grad()
