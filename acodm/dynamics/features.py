@@ -25,18 +25,37 @@ from acodm.dynamics.interval import Dynamics, LossTracker, alignment_scores, per
 __all__ = ["Dynamics", "LayerStats", "LossTracker", "measure_interval", "permute_domains"]
 
 
-class LayerStats:
-    """Norm and distance from initialisation of monitored weight matrices, relative to ||W_0||."""
+def _is_sharded(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a DTensor (a parameter sharded by FSDP2 or tensor parallelism)."""
+    return hasattr(t, "device_mesh") and hasattr(t, "to_local")
 
-    def __init__(self, modules: Sequence[tuple[str, nn.Linear]]) -> None:
+
+class LayerStats:
+    """Norm and distance from initialisation of monitored weight matrices, relative to ||W_0||.
+
+    Reads each module's *current* ``weight`` at every call (FSDP2's ``fully_shard`` replaces a
+    module's parameters with sharded ones: a tensor captured before would be stale). A
+    sharded weight (a DTensor) is reduced over its mesh: its norms are those of the full
+    matrix, the same on every rank, without gathering it. ``W_0`` is taken at construction
+    in the weight's own layout, so build the probe after sharding the model (a weight whose
+    layout changed since is a clear error).
+    """
+
+    def __init__(self, modules: Sequence[tuple[str, nn.Module]]) -> None:
         self.names = [n for n, _ in modules]
-        self._weights: list[torch.Tensor] = [m.weight for _, m in modules]
-        self.initial = [w.detach().float().clone() for w in self._weights]
+        self._modules = [m for _, m in modules]
+        self.initial = [self._weight(i).detach().float().clone() for i in range(len(self.names))]
+
+    def _weight(self, i: int) -> torch.Tensor:
+        w = getattr(self._modules[i], "weight", None)
+        if not isinstance(w, torch.Tensor) or w.dim() != 2:
+            raise ValueError(f"monitored module {self.names[i]!r} has no 2-D weight")
+        return w
 
     def load_initial(self, tensors: dict[str, torch.Tensor]) -> None:
         """Restore initial weights saved in a checkpoint (``initial/<name>`` keys)."""
         for i, n in enumerate(self.names):
-            self.initial[i] = tensors[f"initial/{n}"].to(self._weights[i].device).float()
+            self.initial[i] = tensors[f"initial/{n}"].to(self._weight(i).device).float()
 
     def initial_tensors(self) -> dict[str, torch.Tensor]:
         return {f"initial/{n}": t for n, t in zip(self.names, self.initial, strict=True)}
@@ -44,11 +63,22 @@ class LayerStats:
     @torch.no_grad()
     def __call__(self) -> tuple[np.ndarray, np.ndarray]:
         norms, dists = [], []
-        for w, w0 in zip(self._weights, self.initial, strict=True):
-            n0 = torch.linalg.vector_norm(w0).clamp_min(1e-12)
-            wf = w.detach().float()
-            norms.append(torch.linalg.vector_norm(wf) / n0)
-            dists.append(torch.linalg.vector_norm(wf - w0) / n0)
+        for i, w0 in enumerate(self.initial):
+            wf = self._weight(i).detach().float()
+            if _is_sharded(wf) != _is_sharded(w0):
+                raise ValueError(
+                    f"monitored weight {self.names[i]!r} was "
+                    f"{'sharded' if _is_sharded(w0) else 'unsharded'} when the probe was built "
+                    "and is not now: build the DynamicsProbe after fully_shard / parallelize"
+                )
+            n0, n, d = (
+                torch.linalg.vector_norm(x) for x in (w0, wf, wf - w0)
+            )  # DTensors: reduced over the mesh
+            if _is_sharded(wf):
+                n0, n, d = (x.full_tensor() for x in (n0, n, d))
+            n0 = n0.clamp_min(1e-12)
+            norms.append(n / n0)
+            dists.append(d / n0)
         both = torch.stack([torch.stack(norms), torch.stack(dists)]).cpu().numpy()
         return both[0].astype(np.float64), both[1].astype(np.float64)
 
