@@ -190,7 +190,7 @@ class Trainer:
 
     # -- the probe's parts, by their old names ------------------------------------------
     @property
-    def monitored(self) -> list[tuple[str, nn.Linear]]:
+    def monitored(self) -> list[tuple[str, nn.Module]]:
         return self.probe.monitored
 
     @property

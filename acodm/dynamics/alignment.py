@@ -2,7 +2,8 @@
 
 What is computed
 ----------------
-For a few monitored weight matrices ``W_m`` (``nn.Linear`` layers; the paper uses the MLP output
+For a few monitored weight matrices ``W_m`` (linear maps: ``nn.Linear`` or any module with a 2-D
+weight, :func:`acodm.dynamics.layers.weight_io`; the paper uses the MLP output
 projections of 3 upper layers), domain ``i``'s weight gradient over an interval is
 
     G_i^m = sum_{t in domain i} d_t x_t^T                      (out, in)
@@ -90,7 +91,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# the scores (numpy, no torch) live with the Dynamics they feed; re-exported from here
 from acodm.dynamics.interval import (
     NORM_EPS as NORM_EPS,
 )
@@ -103,15 +103,21 @@ from acodm.dynamics.interval import (
     raw_alignment_scores,
 )
 
+# the scores (numpy, no torch) live with the Dynamics they feed; re-exported from here
+from acodm.dynamics.layers import weight_io
+
 __all__ = ["AlignmentError", "GradientAlignment", "alignment_scores", "raw_alignment_scores"]
 
 
 @dataclass
 class _Monitored:
-    """One monitored ``nn.Linear`` with its projections and accumulator."""
+    """One monitored linear map (a module with a 2-D weight) with its projections and
+    accumulator."""
 
     name: str
-    module: nn.Linear
+    module: nn.Module
+    n_in: int  # the input's last dimension (layers.weight_io)
+    n_out: int  # the output's
     p_in: Tensor | None  # (r, in) fp32, None on the exact path
     p_out: Tensor | None  # (r, out) fp32
     acc: Tensor  # (k, r, r) projected, or (k, out, in) exact; fp32
@@ -180,10 +186,15 @@ def _tokens_per_sequence(x: Tensor, batch: int) -> int:
 
 
 class GradientAlignment:
-    """Accumulate per-domain weight gradients of monitored Linear layers; return their Gram.
+    """Accumulate per-domain weight gradients of monitored linear maps; return their Gram.
 
     Args:
-        modules: ``(name, nn.Linear)`` pairs to monitor (e.g. MLP output projections).
+        modules: ``(name, module)`` pairs to monitor (e.g. MLP output projections): an
+            ``nn.Linear`` or any module with a 2-D weight that maps its input's last
+            dimension to its output's (:func:`acodm.dynamics.layers.weight_io`: an ``(out,
+            in)`` weight as tensor-parallel linear layers keep per rank, or transformers'
+            ``Conv1D``). Under tensor parallelism each rank measures its shard; the Gram is
+            then a sum over the shards (reduce it over the tensor-parallel group).
         num_domains: ``k >= 2``.
         rank: projection rank ``r`` on both sides (``(k, r, r)`` fp32 per module); ``None``
             keeps exact ``(k, out, in)`` fp32 accumulators (small models, tests).
@@ -203,7 +214,7 @@ class GradientAlignment:
 
     def __init__(
         self,
-        modules: Sequence[tuple[str, nn.Linear]],
+        modules: Sequence[tuple[str, nn.Module]],
         num_domains: int,
         *,
         rank: int | None = 128,
@@ -216,7 +227,7 @@ class GradientAlignment:
         if rank is not None and rank < 1:
             raise AlignmentError(f"rank must be >= 1 or None (exact), got {rank}")
         if not modules:
-            raise AlignmentError("no modules to monitor: pass at least one (name, nn.Linear)")
+            raise AlignmentError("no modules to monitor: pass at least one (name, module)")
         names = [n for n, _ in modules]
         if len(set(names)) != len(names):
             raise AlignmentError(f"monitored module names must be unique, got {names}")
@@ -240,21 +251,26 @@ class GradientAlignment:
         fwd = _eager(type(self)._forward_hook)
         self._mods: list[_Monitored] = []
         for index, (name, module) in enumerate(modules):
-            if not isinstance(module, nn.Linear):
+            io = weight_io(module)
+            if io is None:
                 raise AlignmentError(
-                    f"monitored module {name!r} is a {type(module).__name__}, not an nn.Linear"
+                    f"monitored module {name!r} is a {type(module).__name__} without a 2-D "
+                    "weight; monitor linear maps (nn.Linear, a parallel linear layer, "
+                    "transformers' Conv1D)"
                 )
-            dev = torch.device(device) if device is not None else module.weight.device
+            n_in, n_out = io
+            weight = module.weight
+            assert isinstance(weight, Tensor)
+            dev = torch.device(device) if device is not None else weight.device
             if dev.type == "meta":  # deferred init: move to the activations' device on first use
                 dev = torch.device("cpu")
-            n_in, n_out = module.in_features, module.out_features
             p_in = p_out = None
             if rank is None:
                 acc = torch.zeros(num_domains, n_out, n_in, device=dev)
             else:
                 p_in, p_out = (p.to(dev) for p in _projection(seed, index, rank, n_in, n_out))
                 acc = torch.zeros(num_domains, rank, rank, device=dev)
-            mon = _Monitored(name, module, p_in, p_out, acc)
+            mon = _Monitored(name, module, n_in, n_out, p_in, p_out, acc)
             hook = functools.partial(fwd, self, mon)
             mon.handle = module.register_forward_hook(hook, with_kwargs=True)
             self._mods.append(mon)
@@ -336,8 +352,8 @@ class GradientAlignment:
                     self.seed,
                     index,
                     self.rank,
-                    m.module.in_features,
-                    m.module.out_features,
+                    m.n_in,
+                    m.n_out,
                     self._interval,
                 )
                 m.p_in, m.p_out = p_in.to(m.acc.device), p_out.to(m.acc.device)
@@ -546,9 +562,16 @@ class GradientAlignment:
         x: Tensor = args[0] if args else kwargs["input"]
         self._to_device(m, x.device)
         ids = self._ids.to(x.device, non_blocking=True)
+        if x.shape[-1] != m.n_in or output.shape[-1] != m.n_out:
+            raise AlignmentError(
+                f"monitored layer {m.name!r} maps {x.shape[-1]} to {output.shape[-1]} features "
+                f"but its weight reads as {m.n_in} -> {m.n_out}; monitor modules whose weight "
+                "is (out, in) like nn.Linear (or (in, out) like transformers' Conv1D), as the "
+                "rank computes with it"
+            )
         t = _tokens_per_sequence(x, ids.numel())
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-            flat = x.detach().reshape(-1, m.module.in_features)  # (N, in)
+            flat = x.detach().reshape(-1, m.n_in)  # (N, in)
             saved = flat if self.rank is None else self._project(m, flat, "in")  # (N, in|r)
         pending = _Pending(saved, ids, t, self._version, self._loss_scale)
         output.register_hook(functools.partial(_eager(type(self)._grad_hook), self, m, pending))
@@ -559,7 +582,7 @@ class GradientAlignment:
             return
         ids, t = pending.ids, pending.tokens_per_seq
         with torch.no_grad(), torch.autocast(grad.device.type, enabled=False):
-            d = grad.reshape(-1, m.module.out_features)  # (N, out)
+            d = grad.reshape(-1, m.n_out)  # (N, out)
             if self.rank is None:
                 finite, dot = self._accumulate_exact(m, saved, d, ids, t, pending.loss_scale)
             else:

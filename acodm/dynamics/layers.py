@@ -21,6 +21,7 @@ import fnmatch
 import math
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from acodm.errors import ModelError
@@ -112,9 +113,9 @@ def select_depths(
     return [first + (2 * j * span + gaps) // (2 * gaps) for j in range(count)]
 
 
-def distinct_layers(layers: Sequence[tuple[str, nn.Linear]]) -> list[tuple[str, nn.Linear]]:
+def distinct_layers(layers: Sequence[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
     """``layers`` without repeats (first occurrence kept): what the gradient hooks watch."""
-    out: dict[str, nn.Linear] = {}
+    out: dict[str, nn.Module] = {}
     for name, module in layers:
         out.setdefault(name, module)
     return list(out.items())
@@ -179,8 +180,29 @@ def mlp_output_projection(block: nn.Module) -> tuple[str, nn.Linear]:
     return found
 
 
+def weight_io(module: nn.Module) -> tuple[int, int] | None:
+    """``(in, out)`` widths of a module whose 2-D ``weight`` maps its input's last dimension
+    to its output's, or None for a module without one.
+
+    ``nn.Linear`` and any module with an ``(out, in)`` weight (``y = x W^T``: the tensor- and
+    sequence-parallel linear layers of Megatron-style frameworks, whose local shard is what
+    the rank computes with); transformers' ``Conv1D`` (GPT-2) keeps ``(in, out)`` (``y = x W``,
+    recognised by its ``nf`` attribute, the output width). The monitoring hooks check the
+    widths against the activations at the first forward.
+    """
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    w = getattr(module, "weight", None)
+    if not isinstance(w, torch.Tensor) or w.dim() != 2:
+        return None
+    if getattr(module, "nf", None) == w.shape[1]:  # transformers.pytorch_utils.Conv1D
+        return int(w.shape[0]), int(w.shape[1])
+    return int(w.shape[1]), int(w.shape[0])
+
+
 def _match_patterns(model: nn.Module, patterns: Sequence[str]) -> list[tuple[str, nn.Linear]]:
-    """The Linear modules whose names match any glob, in module order, each once."""
+    """The modules with a 2-D weight (:func:`weight_io`) whose names match any glob, in module
+    order, each once."""
     if isinstance(patterns, str) or not patterns:
         raise ModelError(f"patterns must be a non-empty list of globs, got {patterns!r}")
     named = list(model.named_modules())
@@ -190,10 +212,11 @@ def _match_patterns(model: nn.Module, patterns: Sequence[str]) -> list[tuple[str
         if not hits:
             raise ModelError(f"layer pattern {pattern!r} matches no module of the model")
         for name, module in hits:
-            if not isinstance(module, nn.Linear):
+            if weight_io(module) is None:
                 raise ModelError(
-                    f"layer pattern {pattern!r} matches {name!r}, a {type(module).__name__}; "
-                    f"monitored layers must be nn.Linear"
+                    f"layer pattern {pattern!r} matches {name!r}, a {type(module).__name__} "
+                    "without a 2-D weight; monitored layers are linear maps (nn.Linear, a "
+                    "parallel linear layer, transformers' Conv1D)"
                 )
             chosen[name] = module
     order = {n: i for i, (n, _) in enumerate(named)}

@@ -34,6 +34,7 @@ from torch import nn
 from acodm import distributed as dist
 from acodm.dynamics.alignment import AlignmentError, GradientAlignment
 from acodm.dynamics.features import Dynamics, LayerStats, LossTracker, measure_interval
+from acodm.dynamics.layers import weight_io
 from acodm.mixers.base import IntervalFeedback
 
 __all__ = ["DynamicsProbe", "effective_rank", "sequence_losses", "window_losses"]
@@ -76,7 +77,7 @@ def window_losses(model: nn.Module, tokens: torch.Tensor, *, bf16: bool = False)
     return sequence_losses(logits, tokens[:, 1:])
 
 
-def effective_rank(rank: int | None, modules: Sequence[tuple[str, nn.Linear]]) -> int | None:
+def effective_rank(rank: int | None, modules: Sequence[tuple[str, nn.Module]]) -> int | None:
     """The projection rank, or None (exact) where projecting would cost more than exact.
 
     A rank-r projection costs about ``r (in + out + r)`` per token and layer against
@@ -84,10 +85,8 @@ def effective_rank(rank: int | None, modules: Sequence[tuple[str, nn.Linear]]) -
     """
     if rank is None:
         return None
-    if all(
-        rank * (m.in_features + m.out_features + rank) >= m.in_features * m.out_features
-        for _, m in modules
-    ):
+    widths = [weight_io(m) or (0, 0) for _, m in modules]
+    if all(rank * (n_in + n_out + rank) >= n_in * n_out for n_in, n_out in widths):
         return None
     return rank
 
@@ -112,7 +111,8 @@ class DynamicsProbe:
         domains: the run's domain names (their order gives the domain ids).
         count: monitored layers chosen by relative depth (:func:`acodm.dynamics.layers.monitored_layers`).
         patterns: name patterns for the monitored layers instead of ``count``.
-        monitored: ``(name, nn.Linear)`` pairs, instead of ``count`` / ``patterns``.
+        monitored: ``(name, module)`` pairs, instead of ``count`` / ``patterns`` (any module
+            with a 2-D weight: :func:`acodm.dynamics.layers.weight_io`).
         rank: projection rank of the alignment (exact where cheaper: :func:`effective_rank`).
         seed: seeds the alignment's projections.
         device: where the alignment's buffers live (default: each layer's weight device).
@@ -126,7 +126,7 @@ class DynamicsProbe:
         *,
         count: int = 3,
         patterns: Sequence[str] | None = None,
-        monitored: Sequence[tuple[str, nn.Linear]] | None = None,
+        monitored: Sequence[tuple[str, nn.Module]] | None = None,
         rank: int | None = 256,
         seed: int = 0,
         device: torch.device | str | None = None,
@@ -136,10 +136,11 @@ class DynamicsProbe:
 
         self.domains = tuple(domains)
         self.k = len(self.domains)
-        if monitored is not None:
-            mods = list(monitored)
-        else:
-            mods = monitored_layers(model, count=count, patterns=list(patterns or []) or None)
+        mods: list[tuple[str, nn.Module]] = (
+            list(monitored)
+            if monitored is not None
+            else list(monitored_layers(model, count=count, patterns=list(patterns or []) or None))
+        )
         self.monitored = mods
         hooked = distinct_layers(mods)  # a small model lists a layer twice
         self.alignment: GradientAlignment | None = (

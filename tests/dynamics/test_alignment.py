@@ -631,3 +631,54 @@ def test_credits_sum_to_the_interval_gradient_along_the_reference(rank: int | No
         ga.set_reference([r[:1] for r in ref])
     with pytest.raises(AlignmentError, match="reference domains"):
         ga.reference_gradient([3])
+
+
+# ---------------------------------------------------------------------- any 2-D weight
+
+
+class _RowSharded(nn.Module):
+    """A named fake of a tensor-parallel linear layer (no nn.Linear): an (out, in) weight
+    used as ``F.linear``, the layout Megatron-style parallel layers keep per rank."""
+
+    def __init__(self, weight: Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight)
+
+
+@pytest.mark.parametrize("rank", [None, 3])
+def test_any_module_with_a_2d_weight_is_monitored_like_a_linear(rank):
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    lin = nn.Linear(5, 4, bias=False)
+    conv = Conv1D(4, 5)  # GPT-2's layer: weight (in, out), y = x W + b
+    with torch.no_grad():
+        conv.weight.copy_(lin.weight.T)
+        conv.bias.zero_()
+    custom = _RowSharded(lin.weight.detach())
+    x = torch.randn(6, 3, 5)
+    domains = torch.tensor([0, 1, 2, 0, 1, 1])
+    grams = []
+    for module in (lin, conv, custom):
+        ga = GradientAlignment([("m", module)], 3, rank=rank, seed=1)
+        ga.set_domains(domains)
+        module(x).pow(2).sum().backward()
+        grams.append(ga.gram())
+        ga.remove()
+    assert grams[0].abs().sum() > 0
+    for g in grams[1:]:
+        torch.testing.assert_close(g, grams[0], rtol=1e-5, atol=1e-7)
+
+
+def test_a_module_without_a_2d_weight_or_with_other_widths_is_refused():
+    with pytest.raises(AlignmentError, match="without a 2-D weight"):
+        GradientAlignment([("norm", nn.LayerNorm(4))], 3)
+    square = _RowSharded(torch.randn(4, 4))
+    ga = GradientAlignment([("m", square)], 3, rank=None)
+    square.weight = nn.Parameter(torch.randn(4, 6))  # the layer now maps 6 -> 4
+    ga.set_domains(torch.tensor([0, 1]))
+    with pytest.raises(AlignmentError, match="maps 6 to 4 features but its weight reads as 4 -> 4"):
+        square(torch.randn(2, 3, 6)).sum().backward()

@@ -82,7 +82,7 @@ def test_patterns_override(tiny_model: PreTrainedModel) -> None:
     assert [n for n, _ in got] == expected
     with pytest.raises(ModelError, match="matches no module"):
         monitored_layers(tiny_model, patterns=["*.mlp.down_proj"])
-    with pytest.raises(ModelError, match=r"must be nn\.Linear"):
+    with pytest.raises(ModelError, match=r"without a 2-D weight; monitored layers are linear maps"):
         monitored_layers(tiny_model, patterns=["gpt_neox.layers.0.mlp"])
 
 
