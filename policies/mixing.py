@@ -31,6 +31,7 @@ from acodm.dynamics.interval import (
     Dynamics,
     LossTracker,
     alignment_scores,
+    host_array,
     permute_domains,
 )
 from acodm.mixers.base import MixerContext
@@ -242,9 +243,7 @@ class MixingController:
 
 def _vector(name: str, x: Any, n: int) -> np.ndarray:
     """``x`` as a finite float64 ``(n,)`` array (a torch tensor is read on the host)."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().double().numpy()
-    v = np.asarray(x, dtype=np.float64)
+    v = host_array(x)
     if v.shape != (n,):
         raise PolicyError(f"{name} must have shape ({n},), got {v.shape}")
     if not np.all(np.isfinite(v)):
@@ -297,7 +296,7 @@ def interval_dynamics(
     loss, change = tracker.update(raw)
     zeros_layers = np.zeros(n_layers)
     if gram is not None:
-        g = np.asarray(gram.detach().cpu().double().numpy() if hasattr(gram, "detach") else gram)
+        g = host_array(gram)
         if g.shape != (k, k):
             raise PolicyError(f"gram must have shape ({k}, {k}), got {g.shape}")
         gc = n if grad_counts is None else _vector("grad_counts", grad_counts, k)

@@ -43,7 +43,7 @@ class AlignmentError(AcodmError, ValueError):
     """Bad input to the gradient-alignment measurement (shapes, domain ids, a non-finite Gram)."""
 
 
-def _host(x: ArrayLike) -> np.ndarray:
+def host_array(x: ArrayLike) -> np.ndarray:
     """``x`` as a float64 numpy array (a torch tensor is detached and copied to the host)."""
     if hasattr(x, "detach"):  # a torch tensor, read without importing torch here
         x = x.detach().cpu().double().numpy()
@@ -157,14 +157,14 @@ def _mean_gram(
     Active: ``n_i > 0`` with counts; without counts the Gram is used as is and a domain is
     active when ``gram_ii > 0``.
     """
-    g = _host(gram)
+    g = host_array(gram)
     if g.ndim != 2 or g.shape[0] != g.shape[1] or g.shape[0] < 2:
         raise AlignmentError(f"gram must be a (k, k) matrix with k >= 2, got shape {g.shape}")
     if not np.isfinite(g).all():
         raise AlignmentError("gram has non-finite entries")
     if counts is None:
         return g, np.diag(g) > 0
-    n = _host(counts)
+    n = host_array(counts)
     if n.shape != (g.shape[0],) or not np.isfinite(n).all() or (n < 0).any():
         raise AlignmentError(f"counts must be {g.shape[0]} non-negative numbers, got {n}")
     active = n > 0
