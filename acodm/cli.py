@@ -184,6 +184,21 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--keep-last", "keep_last", int, "checkpoints kept"),
     ("--device", "device", str, "auto | cpu | cuda[:N]"),
     ("--precision", "precision", str, "auto (bf16 on GPU) | fp32 | bf16"),
+    (
+        "--parallel",
+        "parallel",
+        str,
+        "under torchrun: ddp (a full model per rank, default) | fsdp (FSDP2: parameters, "
+        "gradients and AdamW state sharded; sharded checkpoints that resume on any number of "
+        "ranks)",
+    ),
+    (
+        "--param-dtype",
+        "param_dtype",
+        str,
+        "with --parallel fsdp: fp32 (default) | bf16 (bf16 compute copy, fp32 gradient "
+        "reduction and master weights)",
+    ),
     ("--alignment-rank", "alignment_rank", int, "projection rank of the gradient alignment"),
     ("--max-bad-steps", "max_bad_steps", int, "stop after this many NaN/inf steps in a row"),
     (
@@ -230,6 +245,12 @@ def _add_pretrain_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute each transformer block's activations in the backward pass (less "
+        "memory, about a third more compute)",
+    )
+    p.add_argument(
         "--console",
         action="store_true",
         help="order documents inside each domain by the agent console (run `acodm annotate` "
@@ -271,6 +292,8 @@ def _train_config(args: argparse.Namespace) -> Any:
         base["alignment_rank"] = None
     if args.compile:
         base["compile"] = True
+    if args.activation_checkpointing:
+        base["activation_checkpointing"] = True
     if args.console:
         base["console"] = True
     if args.console_reference is not None:

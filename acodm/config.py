@@ -33,6 +33,14 @@ class TrainConfig:
     ``console_reference`` the reference-quality domains of its feedback (empty: those the
     annotations were trained with).
 
+    ``parallel``: how several processes (``torchrun``) share the model: ``"ddp"`` (a full copy
+    per rank, the default for small models) or ``"fsdp"`` (FSDP2: parameters, gradients and
+    AdamW state sharded over the ranks, one ``fully_shard`` per transformer block; checkpoints
+    then go through ``torch.distributed.checkpoint``, every rank writing its shard).
+    ``param_dtype="bf16"`` (fsdp only) computes with bf16 parameters and reduces gradients in
+    fp32 (the sharded master copy stays fp32). ``activation_checkpointing`` recomputes each
+    block's activations in the backward pass (less memory, about a third more compute).
+
     ``max_epochs``: cap every domain at this many epochs of its training tokens, whatever the
     mixer (None, the default: no cap). Before each interval the trainer projects the mixer's
     weights onto the capped simplex of the run's live epochs and remaining budget
@@ -65,6 +73,9 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    parallel: str = "ddp"
+    param_dtype: str = "fp32"
+    activation_checkpointing: bool = False
     dynamics: bool = True
     alignment_rank: int | None = 256
     monitored_layers: int = 3
@@ -110,6 +121,19 @@ class TrainConfig:
         need(
             self.precision in ("auto", "fp32", "bf16"),
             f"precision must be auto, fp32 or bf16, got {self.precision!r}",
+        )
+        need(
+            self.parallel in ("ddp", "fsdp"),
+            f"parallel must be ddp or fsdp, got {self.parallel!r}",
+        )
+        need(
+            self.param_dtype in ("fp32", "bf16"),
+            f"param_dtype must be fp32 or bf16, got {self.param_dtype!r}",
+        )
+        need(
+            self.param_dtype == "fp32" or self.parallel == "fsdp",
+            "param_dtype=bf16 needs parallel=fsdp (DDP keeps fp32 weights; use precision=bf16 "
+            "for bf16 compute)",
         )
         need(
             self.alignment_rank is None or self.alignment_rank >= 1,
@@ -175,6 +199,13 @@ class TrainConfig:
 # the learning-rate schedule (and UniMax's budget), so changing it would change the numbers.
 RESUMABLE_CHANGES = frozenset(
     {"eval_every", "checkpoint_every", "keep_last", "wandb", "device", "compile", "extra"}
+)
+# How the same global batch is laid out over processes and memory. A resume may change these
+# (on another number of GPUs, say) as long as micro_batch_size * grad_accum * world_size, the
+# sequences of one optimizer step, stays the same: the trainer checks it against the
+# checkpoint and re-deals the sampler (acodm.data.sampler.reshard_states).
+LAYOUT_CHANGES = frozenset(
+    {"micro_batch_size", "grad_accum", "parallel", "activation_checkpointing"}
 )
 
 

@@ -334,6 +334,20 @@ def build_model(
     return lm
 
 
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's repeated blocks (what FSDP shards one by one, and activation checkpointing
+    recomputes): the modules whose class a ``transformers`` model names in
+    ``_no_split_modules`` (``GPTNeoXLayer``, ``LlamaDecoderLayer``, ...), in module order."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise ModelError(
+            f"cannot find the transformer blocks of {type(model).__name__}: it names none in "
+            "_no_split_modules; use a transformers causal LM, or --parallel ddp"
+        )
+    return blocks
+
+
 # -- accounting -------------------------------------------------------------------------------
 def _embedding_params(model: nn.Module) -> set[int]:
     """Ids of the input embedding and output head parameters (the vocab-sized matrices)."""

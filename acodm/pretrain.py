@@ -22,8 +22,13 @@ import torch
 
 from acodm import __version__
 from acodm import distributed as dist
-from acodm.checkpoint import latest_intact_checkpoint, list_checkpoints, save_checkpoint
-from acodm.config import RESUMABLE_CHANGES, ConfigError, TrainConfig
+from acodm.checkpoint import (
+    latest_intact_checkpoint,
+    list_checkpoints,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
+from acodm.config import LAYOUT_CHANGES, RESUMABLE_CHANGES, ConfigError, TrainConfig
 from acodm.errors import AcodmError
 from acodm.io import atomic_write_json, atomic_write_text, read_json
 from acodm.metrics import MetricsLogger, read_metrics
@@ -58,7 +63,7 @@ def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
     changed = sorted(
         k
         for k in set(saved) | set(now)
-        if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES
+        if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES | LAYOUT_CHANGES
     )
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
@@ -187,8 +192,12 @@ def _save(trainer: Trainer, mixer: Mixer, run_dir: Path) -> None:
     payload = trainer.checkpoint_payload()
     payload["state"]["mixer"] = mixer.state_dict()
     payload["extra"].update({MIXER_TENSORS + k: t for k, t in mixer.tensor_state().items()})
-    if trainer.dist.is_main:
-        save_checkpoint(run_dir, trainer.step, **payload, keep_last=trainer.config.keep_last)
+    keep = trainer.config.keep_last
+    if "sharded" in payload:  # every rank writes its shard
+        tensors = payload.pop("sharded")
+        save_sharded_checkpoint(run_dir, trainer.step, tensors=tensors, **payload, keep_last=keep)
+    elif trainer.dist.is_main:
+        save_checkpoint(run_dir, trainer.step, **payload, keep_last=keep)
     dist.barrier()
 
 

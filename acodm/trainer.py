@@ -37,12 +37,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from acodm import distributed as dist
-from acodm.checkpoint import Checkpoint, CheckpointError
+from acodm.checkpoint import Checkpoint, CheckpointError, load_sharded
 from acodm.config import TrainConfig
-from acodm.data.sampler import DomainSampler
+from acodm.data.sampler import DomainSampler, reshard_states
 from acodm.data.scored_sampler import ScoredDomainSampler
 from acodm.data.store import TokenStore, open_store
 from acodm.data.weights import feasible_caps, project_capped
@@ -143,6 +144,17 @@ class Trainer:
             cfg.model, self.store.vocab_size, max_seq_len=cfg.seq_len, seed=cfg.seed
         )
         self.model.to(self.device)  # type: ignore[arg-type]  # transformers' typed wrapper
+        if cfg.activation_checkpointing:
+            # non-reentrant: the monitoring hooks see the first forward; the recompute's own
+            # (never back-propagated) outputs leave the statistics untouched
+            self.model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False}
+            )
+        #: FSDP2 shards the model over the ranks (one process: nothing to shard, but the
+        #: checkpoints keep the sharded layout, so the run resumes on any number of ranks)
+        self.sharded = cfg.parallel == "fsdp" and self.dist.world_size > 1
+        if self.sharded:
+            _fully_shard(self.model, cfg)
         # The one meter (as the HF and torch-loop paths use): losses, alignment hooks, layer
         # statistics. Without dynamics (static baselines, the overhead benchmark's reference)
         # no hooks.
@@ -158,7 +170,7 @@ class Trainer:
         )
         self.optimizer = _make_optimizer(self.model, cfg, self.device)
         self.train_model: nn.Module = self.model
-        if self.dist.world_size > 1:
+        if self.dist.world_size > 1 and not self.sharded:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
         if cfg.compile:
@@ -260,6 +272,8 @@ class Trainer:
             # step leaves the interval's Gram untouched.
             # host ids: set_domains validates them, which would sync on a device tensor
             self.probe.set_domains(host_domains)
+            if self.sharded:  # reduce-scatter the gradients after the last micro-batch only
+                self.model.set_requires_gradient_sync(last)  # type: ignore[operator]
             sync = (
                 contextlib.nullcontext()
                 if last or not isinstance(self.train_model, DistributedDataParallel)
@@ -271,6 +285,8 @@ class Trainer:
             self.probe.record(seq_loss, domains)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf  # inf: measure only
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if isinstance(grad_norm, DTensor):  # FSDP: the global norm, replicated on every rank
+            grad_norm = grad_norm.full_tensor()
         bad = self.probe.end_step(grad_norm)  # the step's losses, summed over ranks, or dropped
         self.optimizer.found_inf = bad.float()  # type: ignore[attr-defined]  # fused AdamW skips
         self.optimizer.step()
@@ -425,12 +441,21 @@ class Trainer:
         Shared by :meth:`evaluate` (validation split) and :meth:`reward_losses` (reward split).
         """
         self.model.eval()
+        mb = self.config.micro_batch_size
         sums = torch.zeros(2, self.k, device=self.device, dtype=torch.float64)
+        chunks = [-(-w.shape[0] // mb) for w in windows]
+        if self.sharded:  # every rank runs as many forwards (each gathers the shards)
+            most = torch.tensor(chunks, device=self.device, dtype=torch.int64)
+            chunks = dist.all_reduce_max(most).tolist()
         with self.probe.disabled():
             for i, win in enumerate(windows):
-                for s in range(0, win.shape[0], self.config.micro_batch_size):
-                    chunk = win[s : s + self.config.micro_batch_size].to(self.device)
-                    seq_loss = self._forward_losses(self.model, chunk)
+                for c in range(chunks[i]):
+                    chunk = win[c * mb : (c + 1) * mb]
+                    if chunk.shape[0] == 0:  # this rank's share is done: a forward to discard
+                        filler = windows[i][:1] if windows[i].shape[0] else windows[0][:1]
+                        self._forward_losses(self.model, filler.to(self.device))
+                        continue
+                    seq_loss = self._forward_losses(self.model, chunk.to(self.device))
                     sums[0, i] += seq_loss.double().sum()
                     sums[1, i] += seq_loss.numel()
         self.model.train()
@@ -468,7 +493,9 @@ class Trainer:
     def checkpoint_payload(self) -> dict[str, Any]:
         """Everything to continue bit-for-bit, gathered on every rank (rank 0 writes it)."""
         samplers = dist.all_gather_object(self.sampler.state_dict())
-        extra = dict(self.layer_stats.initial_tensors())
+        sharded = self.config.parallel == "fsdp"
+        # the monitored layers' initial weights: sharded like the weights under FSDP
+        extra = {} if sharded else dict(self.layer_stats.initial_tensors())
         extra["rng/torch_cpu"] = torch.get_rng_state()
         if self.device.type == "cuda":
             extra["rng/torch_cuda"] = torch.cuda.get_rng_state(self.device)
@@ -484,11 +511,14 @@ class Trainer:
                 "bad_total": self.bad_total,
                 "loss_tracker": self.loss_tracker.state_dict(),
                 "world_size": self.dist.world_size,
+                "sequences_per_step": self._sequences_per_step(),
             },
             "sampler": samplers,
         }
         if console_state is not None:
             state["console"] = console_state
+        if sharded:
+            return {"sharded": self._sharded_tensors(), "extra": extra, "state": state}
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -496,23 +526,77 @@ class Trainer:
             "state": state,
         }
 
+    def _sequences_per_step(self) -> int:
+        cfg = self.config
+        return cfg.micro_batch_size * cfg.grad_accum * self.dist.world_size
+
+    def _state_dicts(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Model and optimizer state by parameter name (FSDP: this rank's shards, DTensors)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        opts = StateDictOptions(flatten_optimizer_state_dict=True)
+        return get_state_dict(self.model, self.optimizer, options=opts)
+
+    def _sharded_tensors(self) -> dict[str, torch.Tensor]:
+        """What a sharded checkpoint holds: ``model/<name>``, the optimizer's tensors
+        ``optim/state.<name>.<key>`` (its hyper-parameters come from the config) and the
+        monitored layers' initial weights ``initial/<name>``."""
+        return self._sharded_views(*self._state_dicts())
+
+    def _sharded_views(self, model: dict[str, Any], optim: dict[str, Any]) -> dict[str, Any]:
+        out = {f"model/{k}": v for k, v in model.items()}
+        out.update({f"optim/{k}": v for k, v in optim.items() if isinstance(v, torch.Tensor)})
+        out.update(self.layer_stats.initial_tensors())
+        return out
+
+    def _load_sharded(self, ckpt: Checkpoint) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        model, optim = self._state_dicts()  # templates: the live layout to read into
+        tensors = self._sharded_views(model, optim)
+        load_sharded(ckpt, tensors)  # in place, the initial weights' included
+        self.layer_stats.load_initial(
+            {k: v for k, v in tensors.items() if k.startswith("initial/")}
+        )
+        optim.update({k[len("optim/") :]: v for k, v in tensors.items() if k.startswith("optim/")})
+        set_state_dict(
+            self.model,
+            self.optimizer,
+            model_state_dict={
+                k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")
+            },
+            optim_state_dict=optim,
+            options=StateDictOptions(flatten_optimizer_state_dict=True),
+        )
+
     def load_checkpoint(self, ckpt: Checkpoint) -> None:
+        """Continue from ``ckpt``: bit for bit with the same processes and batch layout.
+
+        On another number of ranks (or micro-batch size / gradient accumulation) the global
+        batch must be the same; the sampler is then re-dealt
+        (:func:`~acodm.data.sampler.reshard_states`) and the run continues with the same
+        weights, optimizer state, schedule and mixer, not with the identical data stream.
+        """
         st = ckpt.state.get("trainer", {})
-        if st.get("world_size") != self.dist.world_size:
+        samplers = self._sampler_states(ckpt, st)
+        if ckpt.shards is None and self.config.parallel == "fsdp":
             raise CheckpointError(
-                f"checkpoint {ckpt.path} was written by {st.get('world_size')} ranks; resume "
-                f"with the same number of processes (this run has {self.dist.world_size})"
+                f"checkpoint {ckpt.path} holds one full copy of the model (a --parallel ddp "
+                "run); resume it with --parallel ddp"
             )
         try:
-            self.model.load_state_dict(ckpt.model, strict=True)
-            self.optimizer.load_state_dict(ckpt.optimizer)
-            self.layer_stats.load_initial(ckpt.extra)
+            if ckpt.shards is not None:
+                self._load_sharded(ckpt)
+            else:
+                self.model.load_state_dict(ckpt.model, strict=True)
+                self.optimizer.load_state_dict(ckpt.optimizer)
+                self.layer_stats.load_initial(ckpt.extra)
         except (RuntimeError, KeyError, ValueError) as e:
             raise CheckpointError(
                 f"checkpoint {ckpt.path} does not fit this model/optimizer ({e}); was it "
                 "written with another --model or store?"
             ) from e
-        self.sampler.load_state_dict(ckpt.state["sampler"][self.dist.rank])
+        self.sampler.load_state_dict(samplers[self.dist.rank])
         if self.console is not None:
             self.console.load(ckpt, self._hooks())
         torch.set_rng_state(ckpt.extra["rng/torch_cpu"])
@@ -524,9 +608,63 @@ class Trainer:
         self.bad_total = int(st["bad_total"])
         self.loss_tracker.load_state_dict(st["loss_tracker"])
 
+    def _sampler_states(self, ckpt: Checkpoint, st: dict[str, Any]) -> list[dict[str, Any]]:
+        """The checkpoint's sampler state of every rank of this run (re-dealt when the number
+        of ranks or the micro-batch size changed)."""
+        saved: list[dict[str, Any]] = ckpt.state["sampler"]
+        world, mb = self.dist.world_size, self.config.micro_batch_size
+        if st.get("world_size") == world and all(s.get("batch_size") == mb for s in saved):
+            return saved
+        was = f"{st.get('world_size')} ranks x {saved[0].get('batch_size')} sequences"
+        now = f"{world} ranks x {mb}"
+        if st.get("sequences_per_step") is None:
+            raise CheckpointError(
+                f"checkpoint {ckpt.path} was written by {was} per micro-batch by an older "
+                f"acodm; resume it with the same processes and --micro-batch-size (this run: "
+                f"{now})"
+            )
+        if st["sequences_per_step"] != self._sequences_per_step():
+            raise CheckpointError(
+                f"checkpoint {ckpt.path} trained on {st['sequences_per_step']} sequences per "
+                f"optimizer step ({was} per micro-batch); this run would take "
+                f"{self._sequences_per_step()} ({now}, grad_accum {self.config.grad_accum}): "
+                "choose --grad-accum / --micro-batch-size so that micro_batch_size x grad_accum "
+                "x processes is the same (the schedule and the optimizer state depend on it)"
+            )
+        if self.console is not None:
+            raise CheckpointError(
+                f"checkpoint {ckpt.path} of a --console run was written by {was}: the console "
+                f"keeps each rank's window order, so resume it with that layout (this run: {now})"
+            )
+        if self.dist.is_main:
+            warnings.warn(
+                f"resuming {ckpt.path} on {now} per micro-batch (it was written by {was}): the "
+                "same global batch, weights, optimizer and mixer; the sampler deals the rest "
+                "of each domain's epoch out over the new ranks, so the data order differs from "
+                "an uninterrupted run",
+                stacklevel=3,
+            )
+        return reshard_states(saved, world_size=world, batch_size=mb)
+
     def close(self) -> None:
         if self.alignment is not None:
             self.alignment.remove()
+
+
+def _fully_shard(model: nn.Module, cfg: TrainConfig) -> None:
+    """FSDP2: one ``fully_shard`` per transformer block, then the root (embeddings, head)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from acodm.models import transformer_blocks
+
+    policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if cfg.param_dtype == "bf16"
+        else MixedPrecisionPolicy()
+    )
+    for block in transformer_blocks(model):
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
 
 
 def run_dir_config_path(run_dir: str | Path) -> Path:

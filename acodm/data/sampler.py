@@ -16,7 +16,10 @@ How a batch is drawn (deterministic from ``(seed, rank, step)`` and the sampler'
    epoch's permutation, so ranks read disjoint windows with the same weights.
 
 ``state_dict()`` / ``load_state_dict()`` hold the step and each domain's (epoch, cursor), so a
-restarted run continues with exactly the same stream. Validation windows are fixed: ``n``
+restarted run continues with exactly the same stream. A run resumed on another number of ranks
+(or another micro-batch size) gets each new rank's state from all old ranks' states through
+:func:`reshard_states`: the windows of each domain's current epoch that no old rank drew are
+dealt out again over the new ranks, so the epoch still draws no window twice (rule below). Validation windows are fixed: ``n``
 non-overlapping windows at evenly spaced starts over the whole of each domain's held-out
 split (so they cover many documents, not the first few), the same at every evaluation.
 Reward windows (the env's probe reward) are chosen the same way from the reward split.
@@ -108,6 +111,9 @@ class DomainSampler:
         self._epoch = np.zeros(k, dtype=np.int64)
         self._cursor = np.zeros(k, dtype=np.int64)
         self._order: list[tuple[int, np.ndarray] | None] = [None] * k
+        # Per domain, None or the re-dealing of one epoch after a change of world size:
+        # {"epoch": E, "layers": [[world_size, [cursor of each old rank]], ...]}
+        self._splits: list[dict[str, Any] | None] = [None] * k
         self._weights = np.full(k, 1.0 / k)
         if weights is not None:
             self.set_weights(weights)
@@ -136,7 +142,18 @@ class DomainSampler:
         """
         rng = np.random.default_rng([self.seed, _domain_key(self.domains[i]), epoch])
         perm = rng.permutation(int(self._n_windows[i]))
+        split = self._splits[i]
+        if split is not None and split["epoch"] == epoch:
+            perm = undrawn(perm, split["layers"])
         return perm[self.rank :: self.world_size]
+
+    def _shard_size(self, i: int) -> int:
+        """How many windows of domain ``i``'s current epoch this rank draws."""
+        split = self._splits[i]
+        n = int(self._n_windows[i])
+        if split is not None and split["epoch"] == int(self._epoch[i]):
+            n = undrawn_count(n, split["layers"])
+        return len(range(self.rank, n, self.world_size))
 
     def _take(self, i: int) -> int:
         """Next window index of domain ``i`` for this rank (advancing epochs as needed)."""
@@ -149,9 +166,13 @@ class DomainSampler:
         window = int(order[self._cursor[i]])
         self._cursor[i] += 1
         if self._cursor[i] == order.size:
-            self._epoch[i] += 1
-            self._cursor[i] = 0
+            self._next_epoch(i)
         return window
+
+    def _next_epoch(self, i: int) -> None:
+        self._epoch[i] += 1
+        self._cursor[i] = 0
+        self._splits[i] = None  # a re-dealt epoch is over; the next is a plain permutation
 
     def draw_domains(self) -> np.ndarray:
         """The domain of each sequence of the next batch (does not advance the sampler)."""
@@ -197,12 +218,27 @@ class DomainSampler:
             yield self.next_batch()
 
     def epochs(self) -> np.ndarray:
-        """Epochs of each domain consumed so far by this rank (fractional)."""
-        sizes = np.array(
+        """Epochs of each domain consumed so far by this rank (fractional).
+
+        In an epoch re-dealt after a change of world size the fraction counts the windows the
+        old ranks drew as well (``(drawn before + world_size * cursor) / windows``), so the
+        mean over ranks goes on from where the old ranks' mean was.
+        """
+        out = self._epoch + self._cursor / np.maximum(self._plain_sizes(), 1)
+        for i, split in enumerate(self._splits):
+            if split is not None and split["epoch"] == int(self._epoch[i]):
+                n = int(self._n_windows[i])
+                drawn = n - undrawn_count(n, split["layers"])
+                out[i] = self._epoch[i] + min(
+                    (drawn + self.world_size * int(self._cursor[i])) / n, 1.0
+                )
+        return out
+
+    def _plain_sizes(self) -> np.ndarray:
+        return np.array(
             [len(range(self.rank, int(n), self.world_size)) for n in self._n_windows],
             dtype=np.float64,
         )
-        return self._epoch + self._cursor / sizes
 
     def num_windows(self) -> np.ndarray:
         """Training windows per domain (all ranks together)."""
@@ -222,6 +258,7 @@ class DomainSampler:
             "step": self.step,
             "epoch": self._epoch.tolist(),
             "cursor": self._cursor.tolist(),
+            "splits": [None if sp is None else dict(sp) for sp in self._splits],
             "weights": self._weights.tolist(),
         }
 
@@ -239,11 +276,21 @@ class DomainSampler:
                 )
         epoch = np.asarray(state["epoch"], dtype=np.int64)
         cursor = np.asarray(state["cursor"], dtype=np.int64)
-        sizes = np.array([len(range(self.rank, int(n), self.world_size)) for n in self._n_windows])
-        if epoch.shape != self._epoch.shape or np.any(cursor < 0) or np.any(cursor >= sizes):
+        splits = _checked_splits(state.get("splits"), len(self.domains))
+        if epoch.shape != self._epoch.shape:
+            raise SamplerError("sampler state does not fit this store's windows (was it rebuilt?)")
+        old = (self._epoch, self._cursor, self._splits)
+        self._epoch, self._splits = epoch.copy(), splits
+        for i in range(len(self.domains)):
+            # a re-dealt epoch can leave this rank nothing to draw: it starts the next one
+            if self._splits[i] is not None and cursor[i] == 0 and self._shard_size(i) == 0:
+                self._epoch[i] += 1
+                self._splits[i] = None
+        sizes = np.array([self._shard_size(i) for i in range(len(self.domains))])
+        if np.any(cursor < 0) or np.any(cursor >= sizes):
+            self._epoch, self._cursor, self._splits = old
             raise SamplerError("sampler state does not fit this store's windows (was it rebuilt?)")
         self.step = int(state["step"])
-        self._epoch = epoch
         self._cursor = cursor
         self._order = [None] * len(self.domains)
         self.set_weights(state["weights"])
@@ -310,3 +357,138 @@ class DomainSampler:
                 chunk = win[s : s + self.batch_size]
                 out.append(Batch(chunk, np.full(chunk.shape[0], i, dtype=np.int64), step=-1))
         return out
+
+
+# -- a change of world size --------------------------------------------------------------
+
+
+def undrawn(perm: np.ndarray, layers: Sequence[Sequence[Any]]) -> np.ndarray:
+    """The windows of an epoch's permutation ``perm`` that no earlier layout drew, in order.
+
+    ``layers`` are the epoch's earlier layouts, oldest first: ``[world_size, cursors]``, where
+    rank ``r`` of that layout drew the first ``cursors[r]`` of ``remaining[r::world_size]``
+    (``remaining``: what the layouts before it left). What is left is dealt out again.
+    """
+    left = np.asarray(perm)
+    for world, cursors in layers:
+        pos = np.arange(left.size)
+        taken = pos // int(world) < np.asarray(cursors, dtype=np.int64)[pos % int(world)]
+        left = left[~taken]
+    return left
+
+
+def undrawn_count(n: int, layers: Sequence[Sequence[Any]]) -> int:
+    """``undrawn(perm, layers).size`` for a permutation of ``n`` windows, without building it."""
+    for world, cursors in layers:
+        n -= sum(min(int(c), len(range(r, n, int(world)))) for r, c in enumerate(cursors))
+    return n
+
+
+def _checked_splits(raw: Any, k: int) -> list[dict[str, Any] | None]:
+    if raw is None:
+        return [None] * k
+    if not isinstance(raw, list) or len(raw) != k:
+        raise SamplerError(
+            "sampler state has a damaged 'splits' entry; resume from another checkpoint"
+        )
+    out: list[dict[str, Any] | None] = []
+    for sp in raw:
+        if sp is None:
+            out.append(None)
+            continue
+        ok = (
+            isinstance(sp, dict)
+            and isinstance(sp.get("epoch"), int)
+            and isinstance(sp.get("layers"), list)
+            and all(
+                isinstance(w, int) and w >= 1 and isinstance(c, list) and len(c) == w
+                for w, c in sp["layers"]
+            )
+        )
+        if not ok:
+            raise SamplerError(
+                "sampler state has a damaged 'splits' entry; resume from another checkpoint"
+            )
+        out.append({"epoch": sp["epoch"], "layers": [[w, list(c)] for w, c in sp["layers"]]})
+    return out
+
+
+def reshard_states(
+    states: Sequence[Mapping[str, Any]], *, world_size: int, batch_size: int
+) -> list[dict[str, Any]]:
+    """The sampler states of ``world_size`` new ranks from those of all old ranks.
+
+    For the resume of a run on another number of ranks (or with another micro-batch size:
+    the domains of a batch are drawn per rank and step, so any change of layout is one).
+    The rule, per domain (deterministic from the old states alone):
+
+    - the current epoch is the latest one any old rank had reached, ``E``;
+    - the windows of epoch ``E`` the old ranks drew are known from their cursors (the first
+      ``cursor[r]`` of rank ``r``'s share); the rest, in the order of ``E``'s permutation, are
+      dealt out again to the new ranks (new rank ``r`` takes every ``world_size``-th), so no
+      window is drawn twice within ``E`` and the new ranks' shards stay disjoint;
+    - an old rank still in an earlier epoch leaves the rest of that epoch undrawn (ranks draw
+      domains independently, so they drift by a few windows at most);
+    - later epochs are plain permutations, dealt out over the new ranks as usual.
+
+    The step counter (which keys each rank's draw of domains), the weights and the epoch
+    counts carry over; repeated changes within one epoch stack (``splits`` keeps each layout).
+    """
+    if not states:
+        raise SamplerError("no sampler states to re-shard")
+    first = states[0]
+    old_world = len(states)
+    for r, st in enumerate(states):
+        if st.get("version") != SAMPLER_STATE_VERSION:
+            raise SamplerError(
+                f"sampler state version {st.get('version')!r} is not {SAMPLER_STATE_VERSION}"
+            )
+        if st.get("rank") != r or st.get("world_size") != old_world:
+            raise SamplerError(
+                f"sampler states do not come from ranks 0..{old_world - 1} of one run "
+                f"(state {r} says rank {st.get('rank')} of {st.get('world_size')})"
+            )
+        for key in ("domains", "seed", "seq_len", "step"):
+            if st[key] != first[key]:
+                raise SamplerError(f"sampler states of one run disagree on {key!r}")
+    if world_size < 1 or batch_size < 1:
+        raise SamplerError(
+            f"world_size and batch_size must be >= 1, got {world_size}, {batch_size}"
+        )
+    k = len(first["domains"])
+    epochs = np.array([st["epoch"] for st in states], dtype=np.int64)  # (old_world, k)
+    cursors = np.array([st["cursor"] for st in states], dtype=np.int64)
+    old_splits = [_checked_splits(st.get("splits"), k) for st in states]
+    new_epoch = epochs.max(axis=0)
+    splits: list[dict[str, Any] | None] = []
+    for i in range(k):
+        e = int(new_epoch[i])
+        at = [r for r in range(old_world) if epochs[r, i] == e]
+        prior = next(
+            (sp for r in at if (sp := old_splits[r][i]) is not None and sp["epoch"] == e), None
+        )
+        layer = [
+            old_world,
+            [int(cursors[r, i]) if epochs[r, i] == e else 0 for r in range(old_world)],
+        ]
+        layers = [*(prior["layers"] if prior else []), layer]
+        splits.append({"epoch": e, "layers": layers})
+    out = []
+    for rank in range(world_size):
+        out.append(
+            {
+                "version": SAMPLER_STATE_VERSION,
+                "domains": list(first["domains"]),
+                "seed": first["seed"],
+                "seq_len": first["seq_len"],
+                "batch_size": int(batch_size),
+                "rank": rank,
+                "world_size": int(world_size),
+                "step": first["step"],
+                "epoch": new_epoch.tolist(),
+                "cursor": [0] * k,
+                "splits": [dict(sp) if sp is not None else None for sp in splits],
+                "weights": list(first["weights"]),
+            }
+        )
+    return out

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from acodm.data.sampler import DomainSampler
+from acodm.data.sampler import DomainSampler, _domain_key, reshard_states, undrawn, undrawn_count
 from acodm.errors import SamplerError
 from tests.fixtures import make_position_store
 
@@ -210,3 +210,115 @@ def test_incompatible_state_is_rejected(store):
         s.load_state_dict({**state, "version": 99})
     with pytest.raises(SamplerError, match="does not fit"):
         s.load_state_dict({**state, "cursor": [1000, 0, 0]})
+
+
+# -- a change of world size (resume on another number of ranks) ---------------------------
+
+
+def _ranks(store, world, batch, seed=5, weights=(1.0, 0.0, 0.0)):
+    return [
+        DomainSampler(
+            store, seq_len=L, batch_size=batch, seed=seed, rank=r, world_size=world, weights=weights
+        )
+        for r in range(world)
+    ]
+
+
+def _resharded(store, old, world, batch):
+    states = reshard_states([s.state_dict() for s in old], world_size=world, batch_size=batch)
+    new = _ranks(store, world, batch)
+    for s, st in zip(new, states, strict=True):
+        s.load_state_dict(json.loads(json.dumps(st)))  # through JSON, as a checkpoint holds it
+    return new
+
+
+def _drawn_in_epoch(samplers, domain, epoch, drawn):
+    """Draw lock-step until every rank has left ``epoch`` of ``domain``; append its windows."""
+    while any(int(s._epoch[domain]) == epoch for s in samplers):
+        for s in samplers:
+            if int(s._epoch[domain]) == epoch:
+                drawn.extend(starts(s.next_batch()))
+
+
+def test_reshard_deals_out_the_rest_of_the_epoch_exactly_once(store):
+    # domain a: 40 windows; 2 ranks draw 3 batches of 2 (12 windows), then 3 ranks, then 1
+    old = _ranks(store, 2, 2)
+    drawn: list[int] = []
+    for _ in range(3):
+        for s in old:
+            drawn.extend(starts(s.next_batch()))
+    mid = _resharded(store, old, 3, 4)
+    for _ in range(1):
+        for s in mid:
+            drawn.extend(starts(s.next_batch()))
+    assert len(drawn) == 12 + 12
+    new = _resharded(store, mid, 1, 3)
+    assert new[0].state_dict()["splits"][0]["layers"] == [[2, [6, 6]], [3, [4, 4, 4]]]
+    _drawn_in_epoch(new, 0, 0, drawn)
+    epoch0 = [w for w in drawn][:40]
+    assert sorted(w // L for w in epoch0) == list(range(40))  # every window once, none twice
+    assert int(new[0]._epoch[0]) == 1 and new[0].state_dict()["splits"][0] is None
+
+
+def test_reshard_keeps_the_epoch_count_and_is_deterministic(store):
+    old = _ranks(store, 2, 4)
+    for _ in range(3):
+        for s in old:
+            s.next_batch()
+    before = np.mean([s.epochs() for s in old], axis=0)
+    a = _resharded(store, old, 4, 2)
+    b = _resharded(store, old, 4, 2)
+    np.testing.assert_allclose(np.mean([s.epochs() for s in a], axis=0), before)
+    seen = []
+    for x, y in zip(a, b, strict=True):
+        first = starts(x.next_batch())
+        assert first == starts(y.next_batch())
+        seen.append(set(first) | set(starts(x.next_batch())))
+    # 16 windows of epoch 0 were left: the 4 new ranks drew 4 each, disjoint, all of them
+    assert all(not (seen[i] & seen[j]) for i in range(4) for j in range(i + 1, 4))
+    assert len(set().union(*seen)) == 16 and all(int(s._epoch[0]) == 1 for s in a)
+
+
+def test_reshard_with_drifting_ranks_never_repeats_a_window_in_the_epoch(store):
+    # domain c (10 windows) under mixed weights: the ranks reach different epochs and cursors
+    old = _ranks(store, 3, 5, weights=(0.4, 0.3, 0.3))
+    for _ in range(4):
+        for s in old:
+            s.next_batch()
+    epochs = [int(s._epoch[2]) for s in old]
+    e = max(epochs)
+    plain = np.random.default_rng([5, _domain_key("c"), e]).permutation(10)
+    taken = [
+        int(w)
+        for r, s in enumerate(old)
+        if int(s._epoch[2]) == e
+        for w in plain[r::3][: int(s._cursor[2])]
+    ]
+    new = _resharded(store, old, 2, 5)
+    left = []
+    for s in new:
+        if int(s._epoch[2]) == e:
+            left.extend(int(w) for w in s._epoch_order(2, e))
+    assert sorted(taken + left) == list(range(10))
+
+
+def test_reshard_refuses_states_of_different_runs(store):
+    a, b = _ranks(store, 2, 2)
+    st = [a.state_dict(), b.state_dict()]
+    st[1]["seed"] = 99
+    with pytest.raises(SamplerError, match="disagree on 'seed'"):
+        reshard_states(st, world_size=1, batch_size=2)
+    with pytest.raises(SamplerError, match=r"ranks 0\.\.0"):
+        reshard_states([b.state_dict()], world_size=1, batch_size=2)
+    bad = a.state_dict()
+    bad["splits"] = [{"epoch": 0, "layers": [[2, [1]]]}, None, None]
+    with pytest.raises(SamplerError, match="damaged 'splits'"):
+        a.load_state_dict(bad)
+
+
+def test_undrawn_count_matches_undrawn():
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(23)
+    layers = [[2, [4, 3]], [3, [1, 2, 0]], [1, [5]]]
+    assert undrawn(perm, layers).size == undrawn_count(23, layers) == 23 - 7 - 3 - 5
+    assert set(undrawn(perm, layers)) <= set(perm)
