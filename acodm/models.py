@@ -50,6 +50,8 @@ __all__ = [
     "pythia_160m",
     "pythia_410m",
     "tiny",
+    "training_state_bytes",
+    "transformer_blocks",
 ]
 
 
@@ -367,6 +369,38 @@ def count_parameters(model: nn.Module, *, non_embedding: bool = False) -> int:
     """
     skip = _embedding_params(model) if non_embedding else set()
     return sum(p.numel() for p in model.parameters() if id(p) not in skip)
+
+
+def training_state_bytes(
+    model: nn.Module, *, world_size: int = 1, parallel: str = "ddp", param_dtype: str = "fp32"
+) -> dict[str, int]:
+    """Bytes per GPU of the training state of ``model`` under acodm's loop, before
+    activations: arithmetic on the parameter counts (works on the meta device), not a
+    measurement.
+
+    fp32 weights, fp32 gradients and AdamW's two fp32 moments are 16 bytes per parameter.
+    ``"ddp"`` holds all of them on every rank plus DDP's fp32 gradient buckets (4 bytes per
+    parameter). ``"fsdp"`` (FSDP2, one ``fully_shard`` per block) holds ``1 / world_size`` of
+    them plus, while a block runs, its gathered parameters and unsharded gradients: counted
+    as two blocks' worth (the running one and the prefetched one) of the largest sharded unit
+    (a block, or the root's embeddings and head) at 4 bytes (``param_dtype="bf16"``: 2) for
+    the parameters and 4 for the gradients. Returns ``{"state", "transient", "total"}``.
+    """
+    if world_size < 1:
+        raise ModelError(f"world_size must be >= 1, got {world_size}")
+    params = count_parameters(model)
+    if parallel == "ddp":
+        state, transient = 16 * params, 4 * params
+    elif parallel == "fsdp":
+        blocks = transformer_blocks(model)
+        in_blocks = {id(p) for b in blocks for p in b.parameters()}
+        root = sum(p.numel() for p in model.parameters() if id(p) not in in_blocks)
+        unit = max([root, *(count_parameters(b) for b in blocks)])
+        state = -(-16 * params // world_size)
+        transient = 2 * unit * ((2 if param_dtype == "bf16" else 4) + 4)
+    else:
+        raise ModelError(f"parallel must be ddp or fsdp, got {parallel!r}")
+    return {"state": state, "transient": transient, "total": state + transient}
 
 
 def model_summary(model: PreTrainedModel, *, preset: str | None = None) -> dict[str, Any]:

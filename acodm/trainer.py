@@ -17,6 +17,11 @@ One optimizer step, shapes annotated (B = micro-batch, L = seq_len, V = vocab, k
     clip; all-reduce domain sums, drop them and skip the step if a loss or the grad norm is not
     finite [probe.end_step]; AdamW step
 
+Under ``torchrun`` the model is replicated (DDP, the default) or sharded (``parallel="fsdp"``:
+FSDP2 ``fully_shard`` per transformer block; checkpoints then go through
+``torch.distributed.checkpoint``, and a resume may change the number of ranks, the sampler
+re-dealt by :func:`~acodm.data.sampler.reshard_states`).
+
 Every measurement goes through the trainer's :class:`~acodm.dynamics.probe.DynamicsProbe`, the
 same meter a Hugging Face ``Trainer`` or a plain torch loop uses; the agent console is one
 plug-in (:class:`~acodm.agents.online.OnlineConsole`: ``on_batch``, ``end_interval``,

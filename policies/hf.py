@@ -25,11 +25,32 @@ Usage::
                             callbacks=[MixingCallback(ds, probe, ctl)])
     trainer.train()
 
-Notes. ``remove_unused_columns=False`` keeps the ``domain`` column (the trainer pops it
-before the forward). ``dataloader_num_workers=0``: the weights live in the dataset object of
-the main process; a worker would hold a stale copy, so iterating in a worker is an error.
-The data loader fetches one batch ahead, so new weights take effect one batch late.
-Single process (the probe's per-domain losses are not reduced over ranks).
+No subclass needed: with the ``Trainer`` you already have (or a subclass of it, e.g. TRL's),
+pass the loss-function hook :class:`SequenceLoss` instead of using :class:`MixingTrainer`::
+
+    loss = SequenceLoss(probe).attach(model)   # before the Trainer wraps the model
+    trainer = Trainer(model=model, args=args, train_dataset=ds, compute_loss_func=loss,
+                      callbacks=[MixingCallback(ds, probe, ctl)])
+
+It takes the ``domain`` column off the model's inputs (a forward pre-hook) and computes the
+per-sequence losses from the outputs' logits: the same numbers and gradients as
+:class:`MixingTrainer`. The weights and the interval's statistics are logged through the
+Trainer's ``report_to`` integrations (``mix/weight/<domain>``, ``train/loss/<domain>``,
+``dyn/alignment/<domain>`` at each decision).
+
+Several processes (``torchrun``, DDP): the callback sums the probe's per-domain losses and
+counts over the ranks after every optimizer step, the alignment at each decision, reads the
+epochs from rank 0, and every rank sets rank 0's weights (broadcast), so all ranks mix alike.
+Both of accelerate's ways of reading an iterable dataset work: batch dispatching (its default:
+rank 0 reads the global batch and sends each rank its slice) and
+``accelerator_config={"dispatch_batches": False}`` (every rank reads the same stream and keeps
+its slice). Either way the global stream is the one a single process with the global batch
+reads, and the statistics match it (tested on 2 gloo processes under ``torchrun``).
+
+Notes. ``remove_unused_columns=False`` keeps the ``domain`` column. ``dataloader_num_workers=0``:
+the weights live in the dataset object of the main process; a worker would hold a stale copy,
+so iterating in a worker is an error. The data loader fetches one batch ahead, so new weights
+take effect one batch late.
 """
 
 from __future__ import annotations
@@ -45,6 +66,7 @@ from torch import nn
 from torch.utils.data import IterableDataset, get_worker_info
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from acodm import distributed as dist
 from acodm.data.sampler import DomainSampler
 from acodm.data.store import TokenStore, open_store
 from acodm.dynamics.probe import DynamicsProbe, sequence_losses
@@ -52,13 +74,29 @@ from acodm.errors import AcodmError
 from acodm.mixers.base import Mixer, MixerContext, MixerError
 from acodm.policies.transfer import MixingController
 
-__all__ = ["MixingCallback", "MixingTrainer", "MixtureDataset", "per_sequence_loss"]
+__all__ = [
+    "MixingCallback",
+    "MixingTrainer",
+    "MixtureDataset",
+    "SequenceLoss",
+    "per_sequence_loss",
+]
 
 IGNORE_INDEX = -100
 
 
 class HFMixingError(AcodmError):
     """The Hugging Face mixing path was set up or used incorrectly."""
+
+
+def _broadcast(values: np.ndarray) -> np.ndarray:
+    """Rank 0's float64 array on every rank (itself outside a process group)."""
+    if not dist.active():
+        return values
+    backend = torch.distributed.get_backend()
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else None
+    t = torch.as_tensor(values, dtype=torch.float64, device=device)
+    return dist.broadcast(t).cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -142,6 +180,71 @@ def per_sequence_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return sequence_losses(logits[:, :-1], labels[:, 1:], ignore_index=IGNORE_INDEX)
 
 
+class SequenceLoss:
+    """The Trainer's loss-function hook (``compute_loss_func``) that feeds a probe.
+
+    :meth:`attach` registers a forward pre-hook on the model that removes the batch's
+    ``domain`` column from the model's keyword arguments and, for a training forward (the
+    model in train mode, gradients on), hands the domains to ``probe.set_domains``. Called by
+    the Trainer with ``(outputs, labels, num_items_in_batch)``, the hook computes each
+    sequence's mean next-token loss from ``outputs.logits``, records it with those domains and
+    returns the token-weighted loss the Trainer expects from a loss function (summed over the
+    batch's label tokens, divided by ``num_items_in_batch``: the Trainer's own causal-LM loss).
+    """
+
+    def __init__(self, probe: DynamicsProbe) -> None:
+        self.probe = probe
+        self._domains: torch.Tensor | None = None
+        self._handle: Any = None
+
+    def attach(self, model: nn.Module) -> SequenceLoss:
+        """Hook ``model`` (the unwrapped model, before the Trainer wraps it); returns self."""
+        if self._handle is not None:
+            raise HFMixingError("this SequenceLoss is attached to a model already")
+        self._handle = model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+        return self
+
+    def detach(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def _pre_forward(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        kwargs = dict(kwargs)
+        domains = kwargs.pop("domain", None)
+        training = module.training and torch.is_grad_enabled()
+        if training:
+            if domains is None:
+                raise HFMixingError(
+                    "the batch has no 'domain' column: train on a MixtureDataset (or any data "
+                    "with a per-sequence 'domain' id) with remove_unused_columns=False"
+                )
+            self.probe.set_domains(domains)
+        self._domains = domains if training else None
+        return args, kwargs
+
+    def __call__(
+        self, outputs: Any, labels: torch.Tensor | None, num_items_in_batch: Any = None
+    ) -> torch.Tensor:
+        if labels is None:
+            raise HFMixingError(
+                "the loss function got no labels: keep the dataset's 'labels' column "
+                "(MixtureDataset yields it)"
+            )
+        logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs.logits
+        seq_loss = per_sequence_loss(logits, labels)
+        if self._domains is not None:
+            self.probe.record(seq_loss.detach(), self._domains)
+            self._domains = None
+        tokens = (labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
+        total = (seq_loss * tokens).sum()
+        if num_items_in_batch is None:  # the Trainer did not count: this batch's tokens
+            return total / tokens.sum().clamp_min(1)
+        return total / torch.as_tensor(num_items_in_batch, device=total.device)
+
+
 class MixingTrainer(Trainer):
     """A ``Trainer`` whose training forward also yields per-sequence losses for a probe.
 
@@ -213,6 +316,7 @@ class MixingCallback(TrainerCallback):
             raise HFMixingError(f"probe domains {probe.domains} != dataset's {dataset.domains}")
         self.interval = int(interval)
         self.history: list[tuple[int, np.ndarray]] = []
+        self._log: dict[str, float] = {}
 
     def _context(self, args: TrainingArguments, state: TrainerState) -> MixerContext:
         """The run as acodm's mixers see it: domains, tokens, budget, interval, seed."""
@@ -234,8 +338,14 @@ class MixingCallback(TrainerCallback):
         mixer.setup(self._context(args, state))
 
     def _set(self, step: int, weights: np.ndarray) -> None:
+        # rank 0's decision on every rank (each decided from the same reduced numbers; the
+        # broadcast makes them equal to the bit)
+        weights = _broadcast(np.asarray(weights, dtype=np.float64))
         self.dataset.set_weights(weights)
-        self.history.append((step, np.asarray(weights, dtype=np.float64).copy()))
+        self.history.append((step, weights.copy()))
+        self._log = {
+            f"mix/weight/{d}": float(w) for d, w in zip(self.dataset.domains, weights, strict=True)
+        }
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -251,12 +361,33 @@ class MixingCallback(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        # the step's per-domain losses, summed over ranks (a step with a non-finite loss is
+        # left out of the interval, as acodm's loop does)
+        self.probe.end_step()
         step = int(state.global_step)
         if step % self.interval:
             return
-        feedback = self.probe.interval_feedback(step, int(state.max_steps), self.dataset.epochs())
+        epochs = _broadcast(np.asarray(self.dataset.epochs(), dtype=np.float64))
+        feedback = self.probe.interval_feedback(step, int(state.max_steps), epochs)
         if isinstance(self.policy, Mixer):
             self.policy.update(feedback)
             self._set(step, self.policy.weights())
         else:
             self._set(step, self.policy.observe(feedback.need_dynamics("the policy")))
+        dyn = feedback.need_dynamics("the log")
+        for i, d in enumerate(self.dataset.domains):
+            self._log[f"train/loss/{d}"] = float(feedback.loss[i])
+            self._log[f"dyn/alignment/{d}"] = float(dyn.alignment[i])
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Add the latest decision's weights and statistics to the Trainer's log (and so to
+        its ``report_to`` integrations: wandb, TensorBoard, ...)."""
+        if logs is not None:
+            logs.update(self._log)

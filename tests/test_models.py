@@ -221,3 +221,22 @@ def test_a_two_block_model_is_monitored_with_the_default_count(tmp_path: Path) -
     assert probe.n_layers == 3 and probe.alignment.names == names[:2]
     probe.close()
     tr.close()
+
+
+def test_training_state_bytes_by_layout():
+    from acodm.models import training_state_bytes, transformer_blocks
+
+    with torch.device("meta"):
+        model = build_model("tiny", 512)
+    p = count_parameters(model)
+    assert training_state_bytes(model) == {"state": 16 * p, "transient": 4 * p, "total": 20 * p}
+    blocks = transformer_blocks(model)
+    assert len(blocks) == 4 and all(type(b).__name__ == "GPTNeoXLayer" for b in blocks)
+    block = count_parameters(blocks[0])
+    root = p - 4 * block  # embeddings, final norm and head
+    unit = max(block, root)
+    got = training_state_bytes(model, world_size=4, parallel="fsdp", param_dtype="bf16")
+    assert got["state"] == -(-16 * p // 4) and got["transient"] == 2 * unit * (2 + 4)
+    assert training_state_bytes(model, world_size=4, parallel="fsdp")["transient"] == 16 * unit
+    with pytest.raises(ModelError, match="parallel must be"):
+        training_state_bytes(model, parallel="zero")

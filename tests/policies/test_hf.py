@@ -123,3 +123,99 @@ def test_mixing_callback_with_an_acodm_mixer(text_store, tmp_path):  # noqa: F81
     tokens = np.array([ds.store.num_tokens(d) for d in ds.domains], dtype=np.float64)
     assert [s for s, _ in cb.history] == [0, 1, 2]
     np.testing.assert_allclose(ds.weights, tokens / tokens.sum())
+
+
+@needs_accelerate
+def test_a_plain_trainer_with_the_loss_hook_equals_the_mixing_trainer(text_store, tmp_path):  # noqa: F811
+    from transformers import Trainer
+
+    from acodm.policies.hf import SequenceLoss
+
+    results = []
+    for hook in (False, True):
+        ds = MixtureDataset(text_store, seq_len=SEQ, seed=0)
+        model = build_model("tiny", ds.vocab_size, max_seq_len=SEQ + 1, seed=0)
+        probe = DynamicsProbe(model, ds.domains)
+        seen: list = []
+        mixer = make_mixer("odm:warmup=0")
+        update = mixer.update
+        mixer.update = lambda fb, update=update, seen=seen: (seen.append(fb), update(fb))[1]
+        cb = MixingCallback(ds, probe, mixer, interval=1)
+        if hook:
+            loss = SequenceLoss(probe).attach(model)
+            trainer = Trainer(
+                model=model,
+                args=args(tmp_path, 3),
+                train_dataset=ds,
+                compute_loss_func=loss,
+                callbacks=[cb],
+            )
+        else:
+            trainer = MixingTrainer(
+                model=model, args=args(tmp_path, 3), train_dataset=ds, probe=probe, callbacks=[cb]
+            )
+        trainer.train()
+        probe.close()
+        results.append((seen, cb.history, {k: v.clone() for k, v in model.state_dict().items()}))
+    (a_seen, a_hist, a_model), (b_seen, b_hist, b_model) = results
+    assert len(a_seen) == len(b_seen) == 3
+    for x, y in zip(a_seen, b_seen, strict=True):
+        np.testing.assert_array_equal(x.counts, y.counts)
+        np.testing.assert_allclose(x.loss, y.loss, rtol=1e-6)
+        np.testing.assert_allclose(x.dynamics.gram, y.dynamics.gram, rtol=1e-4, atol=1e-12)
+    for (_, u), (_, v) in zip(a_hist, b_hist, strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-6)
+    for name, t in a_model.items():
+        torch.testing.assert_close(b_model[name], t, rtol=1e-4, atol=1e-5)
+
+
+@needs_accelerate
+@pytest.mark.parametrize("dispatch", [True, False], ids=["dispatch", "no-dispatch"])
+def test_two_processes_under_torchrun_match_one_process(text_store, tmp_path, dispatch):  # noqa: F811
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.fixtures import free_port
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    worker = [str(text_store)]
+    subprocess.run(
+        [sys.executable, "-m", "tests.policies.hf_worker", *worker, str(one), "8", "1"],
+        check=True,
+        env=env,
+        timeout=600,
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(free_port()),
+            "-m",
+            "tests.policies.hf_worker",
+            *worker,
+            str(two),
+            "4",
+            "1" if dispatch else "0",
+        ],
+        check=True,
+        env=env,
+        timeout=600,
+    )
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert len(a["seen"]) == len(b["seen"]) == 4
+    for x, y in zip(a["seen"], b["seen"], strict=True):
+        assert x["counts"] == y["counts"]  # the same global stream, all ranks' sequences
+        np.testing.assert_allclose(y["loss"], x["loss"], rtol=1e-5)
+        np.testing.assert_allclose(y["epochs"], x["epochs"], rtol=1e-12)
+        # each rank's loss is its own batch's mean: per-domain gradients twice one process's
+        np.testing.assert_allclose(y["gram"], 4 * np.asarray(x["gram"]), rtol=1e-3, atol=1e-9)
+    np.testing.assert_allclose(b["history"], a["history"], rtol=1e-5)
+    for name, v in a["model"].items():
+        assert b["model"][name] == pytest.approx(v, rel=1e-3, abs=1e-3), name
