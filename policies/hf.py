@@ -55,6 +55,7 @@ take effect one batch late.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -62,6 +63,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
 from torch import nn
 from torch.utils.data import IterableDataset, get_worker_info
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -71,6 +74,7 @@ from acodm.data.sampler import DomainSampler
 from acodm.data.store import TokenStore, open_store
 from acodm.dynamics.probe import DynamicsProbe, sequence_losses
 from acodm.errors import AcodmError
+from acodm.io import atomic_write_bytes, atomic_write_json, read_json
 from acodm.mixers.base import Mixer, MixerContext, MixerError
 from acodm.policies.transfer import MixingController
 
@@ -87,6 +91,23 @@ IGNORE_INDEX = -100
 
 class HFMixingError(AcodmError):
     """The Hugging Face mixing path was set up or used incorrectly."""
+
+
+MIXING_STATE = "acodm_mixing.json"
+MIXING_TENSORS = "acodm_mixing.safetensors"
+MIXING_STATE_FORMAT = "acodm-hf-mixing-1"
+
+
+def _global_batch(args: TrainingArguments) -> int:
+    """Items of the mixture stream one optimizer step reads (every rank's, all together)."""
+    return int(
+        args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    )
+
+
+def _host(t: torch.Tensor) -> torch.Tensor:
+    full = t.full_tensor() if hasattr(t, "full_tensor") else t  # an FSDP-sharded weight
+    return full.detach().cpu().contiguous()
 
 
 def _broadcast(values: np.ndarray) -> np.ndarray:
@@ -125,6 +146,16 @@ class MixtureDataset(IterableDataset[dict[str, torch.Tensor]]):
         self.sampler = DomainSampler(
             self.store, seq_len=seq_len, batch_size=1, seed=seed, weights=weights
         )
+        # Exact resume under a data loader that reads ahead: items drawn so far, the sampler's
+        # state at the last few multiples of ``snapshot_every`` items (a training step's
+        # worth), and the weight changes by the item they took effect at.
+        self.drawn = 0
+        self.snapshot_every = 0
+        self._snapshots: collections.deque[tuple[int, dict[str, Any]]] = collections.deque(
+            maxlen=16
+        )
+        self._changes: list[tuple[int, list[float]]] = []
+        self._pending: list[tuple[int, list[float]]] = []
 
     @property
     def domains(self) -> list[str]:
@@ -142,16 +173,62 @@ class MixtureDataset(IterableDataset[dict[str, torch.Tensor]]):
     def set_weights(self, weights: Sequence[float] | Mapping[str, float] | np.ndarray) -> None:
         """Use ``weights`` from the next item on."""
         self.sampler.set_weights(weights)
+        self._changes.append((self.drawn, self.sampler.weights.tolist()))
+        del self._changes[:-64]  # only those after the oldest snapshot can matter
 
     def epochs(self) -> np.ndarray:
         """Epochs of each domain consumed so far."""
         return self.sampler.epochs()
 
     def state_dict(self) -> dict[str, Any]:
+        """The sampler's state now (after every item drawn so far, read-ahead included)."""
         return self.sampler.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.sampler.load_state_dict(state)
+
+    def stream_state(self, consumed: int) -> dict[str, Any]:
+        """The stream as it was after the first ``consumed`` items, with the weight changes
+        made later (while the loader read ahead) and the item each took effect at: what a
+        resume needs to draw exactly the items an uninterrupted run draws next.
+
+        ``consumed`` must be a multiple of ``snapshot_every`` among the last few reached.
+        """
+        for count, state in self._snapshots:
+            if count == consumed:
+                later = [[i, w] for i, w in self._changes if i > consumed]
+                return {"drawn": consumed, "sampler": state, "changes": later}
+        raise HFMixingError(
+            f"the dataset has no record of its state after {consumed} items (it keeps the "
+            f"last {self._snapshots.maxlen} multiples of {self.snapshot_every}); save "
+            "checkpoints at optimizer steps of the run that reads it"
+        )
+
+    def load_stream_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`stream_state`: the weight changes it holds are applied again
+        at the items they took effect at."""
+        self.sampler.load_state_dict(state["sampler"])
+        self.drawn = int(state["drawn"])
+        self._pending = [(int(i), list(w)) for i, w in state["changes"]]
+        self._changes = []
+        self._snapshots.clear()
+
+    def _next_item(self) -> dict[str, torch.Tensor]:
+        while self._pending and self._pending[0][0] <= self.drawn:  # a resumed run's
+            at, w = self._pending.pop(0)
+            self.sampler.set_weights(w)
+            self._changes.append((at, w))
+        every = self.snapshot_every
+        if every and self.drawn % every == 0:  # after every change made at or before it
+            self._snapshots.append((self.drawn, self.sampler.state_dict()))
+        batch = self.sampler.next_batch()
+        self.drawn += 1
+        window = torch.from_numpy(batch.tokens[0])
+        return {
+            "input_ids": window,
+            "labels": window.clone(),
+            "domain": torch.tensor(int(batch.domains[0])),
+        }
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if get_worker_info() is not None:
@@ -160,13 +237,7 @@ class MixtureDataset(IterableDataset[dict[str, torch.Tensor]]):
                 "during training): set dataloader_num_workers=0"
             )
         while True:
-            batch = self.sampler.next_batch()
-            window = torch.from_numpy(batch.tokens[0])
-            yield {
-                "input_ids": window,
-                "labels": window.clone(),
-                "domain": torch.tensor(int(batch.domains[0])),
-            }
+            yield self._next_item()
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -306,8 +377,12 @@ class MixingCallback(TrainerCallback):
         policy: MixingController | Mixer,
         *,
         interval: int | None = None,
+        resume_from: str | Path | None = None,
     ) -> None:
         self.dataset, self.probe, self.policy = dataset, probe, policy
+        #: where a resumed run's mixing state is (default: the Trainer's
+        #: ``output_dir/checkpoint-<step>``, where ``resume_from_checkpoint=True`` resumes)
+        self.resume_from = resume_from
         if interval is None and isinstance(policy, MixingController):
             interval = policy.interval
         if interval is None or interval < 1:
@@ -350,13 +425,101 @@ class MixingCallback(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        self.dataset.snapshot_every = _global_batch(args)
+        save_steps = args.save_steps
+        if (
+            str(args.save_strategy).endswith("steps")
+            and isinstance(save_steps, int)
+            and save_steps >= 1
+            and save_steps % self.interval
+        ):
+            raise HFMixingError(
+                f"save_steps={save_steps} is not a multiple of the mixing interval "
+                f"{self.interval}: a checkpoint inside an interval cannot resume it exactly; "
+                "choose save_steps as a multiple of the interval"
+            )
         if isinstance(self.policy, Mixer):
             self._setup_mixer(self.policy, args, state)
-            self._set(state.global_step, self.policy.weights())
+        elif self.policy.context is None:  # its prior and caps are this run's
+            self.policy.setup(self._context(args, state))
+        if state.global_step > 0:  # resume_from_checkpoint: continue the mixture exactly
+            self._resume(args, state)
+            return
+        first = self.policy.weights() if isinstance(self.policy, Mixer) else self.policy.weights
+        self._set(state.global_step, first)
+
+    # -- checkpoints: the Trainer's folders carry the mixture's state ------------------------
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Write the mixture's state into the Trainer's new ``checkpoint-<step>`` folder:
+        ``acodm_mixing.json`` (the stream, the mixer, the loss memory, the decisions) and
+        ``acodm_mixing.safetensors`` (the monitored layers' initial weights, the mixer's
+        tensors); each atomically, by the main process."""
+        step = int(state.global_step)
+        consumed = step * _global_batch(args)
+        stream = self.dataset.stream_state(consumed)
+        tensors = dict(self.probe.layer_stats.initial_tensors())
+        if isinstance(self.policy, Mixer):
+            policy_state: dict[str, Any] = {"kind": "mixer", "state": self.policy.state_dict()}
+            tensors.update({f"mixer/{k}": v for k, v in self.policy.tensor_state().items()})
         else:
-            if self.policy.context is None:  # its prior and caps are this run's
-                self.policy.setup(self._context(args, state))
-            self._set(state.global_step, self.policy.weights)
+            policy_state = {"kind": "actor", "weights": self.policy.weights.tolist()}
+        if not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{step}"
+        data = {
+            "format": MIXING_STATE_FORMAT,
+            "step": step,
+            "interval": self.interval,
+            "dataset": stream,
+            "policy": policy_state,
+            "loss_tracker": self.probe.loss_tracker.state_dict(),
+            "history": [[s, w.tolist()] for s, w in self.history],
+        }
+        tensors = {k: _host(v) for k, v in tensors.items()}
+        atomic_write_bytes(folder / MIXING_TENSORS, safetensors_save(tensors))
+        atomic_write_json(folder / MIXING_STATE, data)
+
+    def _resume(self, args: TrainingArguments, state: TrainerState) -> None:
+        step = int(state.global_step)
+        folder = Path(self.resume_from or Path(args.output_dir) / f"checkpoint-{step}")
+        path = folder / MIXING_STATE
+        if not path.is_file():
+            raise HFMixingError(
+                f"resuming at step {step}, but {path} does not exist: the checkpoint was not "
+                "written with a MixingCallback, or it is elsewhere (pass "
+                "MixingCallback(..., resume_from=CHECKPOINT_FOLDER))"
+            )
+        if not args.ignore_data_skip:
+            raise HFMixingError(
+                "set TrainingArguments(ignore_data_skip=True) to resume a mixture: the dataset "
+                "continues its own stream (replaying it to skip batches would draw them twice)"
+            )
+        data = read_json(path, "mixing state")
+        if data.get("format") != MIXING_STATE_FORMAT or data.get("step") != step:
+            raise HFMixingError(
+                f"{path} is not the mixing state of step {step} (format "
+                f"{data.get('format')!r}, step {data.get('step')!r})"
+            )
+        if data.get("interval") != self.interval:
+            raise HFMixingError(
+                f"{path} was written with interval {data.get('interval')}; this callback has "
+                f"{self.interval}"
+            )
+        tensors = safetensors_load((folder / MIXING_TENSORS).read_bytes())
+        self.dataset.load_stream_state(data["dataset"])
+        self.probe.loss_tracker.load_state_dict(data["loss_tracker"])
+        self.probe.layer_stats.load_initial(tensors)
+        policy = data["policy"]
+        if isinstance(self.policy, Mixer):
+            self.policy.load_state_dict(policy["state"])
+            self.policy.load_tensor_state(
+                {k[len("mixer/") :]: v for k, v in tensors.items() if k.startswith("mixer/")}
+            )
+        else:
+            self.policy.weights = np.asarray(policy["weights"], dtype=np.float64)
+        self.history = [(int(s), np.asarray(w, dtype=np.float64)) for s, w in data["history"]]
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

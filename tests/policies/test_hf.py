@@ -219,3 +219,83 @@ def test_two_processes_under_torchrun_match_one_process(text_store, tmp_path, di
     np.testing.assert_allclose(b["history"], a["history"], rtol=1e-5)
     for name, v in a["model"].items():
         assert b["model"][name] == pytest.approx(v, rel=1e-3, abs=1e-3), name
+
+
+class _Crash(RuntimeError):
+    """A named fake failure that interrupts a Trainer run (test only)."""
+
+
+@needs_accelerate
+def test_resume_from_a_trainer_checkpoint_continues_the_mixture_exactly(text_store, tmp_path):  # noqa: F811
+    from transformers import Trainer, TrainerCallback
+
+    from acodm.policies.hf import SequenceLoss
+
+    class CrashAt(TrainerCallback):
+        def __init__(self, step: int) -> None:
+            self.step = step
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == self.step:
+                raise _Crash(f"simulated crash at step {self.step}")
+
+    # A Llama shape: transformers 5's Trainer resumes a GPT-NeoX checkpoint without its output
+    # head (it saves "embed_out.weight" and loads into "lm_head.weight"), which is not ours
+    from transformers import LlamaConfig
+
+    shape = tmp_path / "llama"
+    LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
+    ).save_pretrained(shape)
+
+    def run(out, *, crash=None, resume=False):
+        ds = MixtureDataset(text_store, seq_len=SEQ, seed=0)
+        model = build_model(shape, ds.vocab_size, max_seq_len=SEQ + 1, seed=0)
+        probe = DynamicsProbe(model, ds.domains)
+        cb = MixingCallback(ds, probe, make_mixer("odm:warmup=0"), interval=2)
+        a = args(out, 8)
+        a.save_strategy, a.save_steps, a.ignore_data_skip = "steps", 2, True
+        a.gradient_accumulation_steps = 2
+        callbacks = [cb] + ([CrashAt(crash)] if crash else [])
+        trainer = Trainer(
+            model=model,
+            args=a,
+            train_dataset=ds,
+            compute_loss_func=SequenceLoss(probe).attach(model),
+            callbacks=callbacks,
+        )
+        try:
+            trainer.train(resume_from_checkpoint=True if resume else None)
+        except _Crash:
+            pass
+        finally:
+            probe.close()
+        return cb, {k: v.clone() for k, v in model.state_dict().items()}, ds
+
+    full_cb, full_model, full_ds = run(tmp_path / "full")
+    run(tmp_path / "cut", crash=5)
+    assert (tmp_path / "cut" / "hf" / "checkpoint-4" / "acodm_mixing.json").is_file()
+    cut_cb, cut_model, cut_ds = run(tmp_path / "cut", resume=True)
+    assert [s for s, _ in cut_cb.history] == [s for s, _ in full_cb.history] == [0, 2, 4, 6, 8]
+    for (_, u), (_, v) in zip(cut_cb.history, full_cb.history, strict=True):
+        np.testing.assert_array_equal(u, v)
+    assert cut_ds.drawn == full_ds.drawn
+    assert cut_ds.state_dict() == full_ds.state_dict()
+    for name, t in full_model.items():
+        assert torch.equal(cut_model[name], t), name
+
+
+@needs_accelerate
+def test_resume_rules_of_the_mixing_callback(text_store, tmp_path):  # noqa: F811
+    ds = MixtureDataset(text_store, seq_len=SEQ, seed=0)
+    model = build_model("tiny", ds.vocab_size, max_seq_len=SEQ + 1, seed=0)
+    probe = DynamicsProbe(model, ds.domains)
+    a = args(tmp_path, 4)
+    a.save_strategy, a.save_steps = "steps", 3
+    cb = MixingCallback(ds, probe, make_mixer("uniform"), interval=2)
+    trainer = MixingTrainer(model=model, args=a, train_dataset=ds, probe=probe, callbacks=[cb])
+    with pytest.raises(HFMixingError, match="not a multiple of the mixing interval"):
+        trainer.train()
+    with pytest.raises(HFMixingError, match="no record of its state"):
+        ds.stream_state(12345)
+    probe.close()
