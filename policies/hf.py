@@ -105,6 +105,12 @@ def _global_batch(args: TrainingArguments) -> int:
     )
 
 
+def _output_dir(args: TrainingArguments) -> Path:
+    if args.output_dir is None:
+        raise HFMixingError("TrainingArguments.output_dir is not set: the checkpoints go there")
+    return Path(args.output_dir)
+
+
 def _host(t: torch.Tensor) -> torch.Tensor:
     full = t.full_tensor() if hasattr(t, "full_tensor") else t  # an FSDP-sharded weight
     return full.detach().cpu().contiguous()
@@ -467,7 +473,7 @@ class MixingCallback(TrainerCallback):
             policy_state = {"kind": "actor", "weights": self.policy.weights.tolist()}
         if not state.is_world_process_zero:
             return
-        folder = Path(args.output_dir) / f"checkpoint-{step}"
+        folder = _output_dir(args) / f"checkpoint-{step}"
         data = {
             "format": MIXING_STATE_FORMAT,
             "step": step,
@@ -483,7 +489,7 @@ class MixingCallback(TrainerCallback):
 
     def _resume(self, args: TrainingArguments, state: TrainerState) -> None:
         step = int(state.global_step)
-        folder = Path(self.resume_from or Path(args.output_dir) / f"checkpoint-{step}")
+        folder = Path(self.resume_from or _output_dir(args) / f"checkpoint-{step}")
         path = folder / MIXING_STATE
         if not path.is_file():
             raise HFMixingError(
