@@ -25,8 +25,11 @@
   on the target run itself). Imports SB3.
 * :mod:`acodm.policies.transfer` - ``ActorMixer`` (mixer ``actor:PATH``), ``MixingController``
   and ``DynamicsProbe`` (the small API for any torch loop).
-* :mod:`acodm.policies.hf` - ``MixtureDataset``, ``MixingTrainer``, ``MixingCallback``: the
-  Hugging Face ``Trainer`` path.
+* :mod:`acodm.policies.hf` - ``MixtureDataset``, ``MixingTrainer``, ``MixingCallback``,
+  ``SequenceLoss`` (the loss-function hook, no subclass): the Hugging Face ``Trainer`` path,
+  multi-process and resumable.
+* :mod:`acodm.policies.hf_datasets` - ``DatasetsMixture``: a dict of Hugging Face datasets
+  (one per domain, streaming allowed) mixed by changing weights, for the same path.
 * :mod:`acodm.policies.quickstart` - ``quickstart`` (the ``acodm quickstart`` command).
 * :mod:`acodm.policies.analytic` - ``TargetMixtureEnv``, an analytic test env.
 

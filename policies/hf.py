@@ -129,7 +129,119 @@ def _broadcast(values: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- dataset
 
 
-class MixtureDataset(IterableDataset[dict[str, torch.Tensor]]):
+class MixtureStream(IterableDataset[dict[str, torch.Tensor]]):
+    """The part every mixture dataset shares: weights that change during training, and a
+    stream that resumes exactly although the data loader reads ahead of training.
+
+    A subclass draws one item (:meth:`_draw`), keeps its weights (:meth:`_apply_weights`,
+    :attr:`weights`) and its position (:meth:`_position`, :meth:`_load_position`). This class
+    counts the items drawn, records the position at the last few multiples of
+    ``snapshot_every`` items (one optimizer step's worth; the callback sets it) and the weight
+    changes by the item they took effect at, so :meth:`stream_state` can give the stream as
+    it was after the items training consumed, and :meth:`load_stream_state` replays the later
+    weight changes at the same items.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drawn = 0
+        self.snapshot_every = 0
+        self._snapshots: collections.deque[tuple[int, dict[str, Any]]] = collections.deque(
+            maxlen=16
+        )
+        self._changes: list[tuple[int, list[float]]] = []
+        self._pending: list[tuple[int, list[float]]] = []
+
+    # -- what a subclass provides ----------------------------------------------------------
+    domains: list[str]
+    seq_len: int
+
+    @property
+    def weights(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def _apply_weights(self, weights: Sequence[float] | Mapping[str, float] | np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _draw(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _position(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _load_position(self, state: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    def epochs(self) -> np.ndarray:
+        """Epochs of each domain consumed so far (``domains`` order)."""
+        raise NotImplementedError
+
+    def domain_tokens(self) -> np.ndarray:
+        """Training tokens of each domain (what token-count mixers and priors use)."""
+        raise NotImplementedError
+
+    # -- shared ----------------------------------------------------------------------------
+    def set_weights(self, weights: Sequence[float] | Mapping[str, float] | np.ndarray) -> None:
+        """Use ``weights`` from the next item on."""
+        self._apply_weights(weights)
+        self._changes.append((self.drawn, self.weights.tolist()))
+        del self._changes[:-64]  # only those after the oldest snapshot can matter
+
+    def stream_state(self, consumed: int) -> dict[str, Any]:
+        """The stream as it was after the first ``consumed`` items, with the weight changes
+        made later (while the loader read ahead) and the item each took effect at: what a
+        resume needs to draw exactly the items an uninterrupted run draws next.
+
+        ``consumed`` must be a multiple of ``snapshot_every`` among the last few reached.
+        """
+        for count, state in self._snapshots:
+            if count == consumed:
+                later = [[i, w] for i, w in self._changes if i > consumed]
+                return {"drawn": consumed, "sampler": state, "changes": later}
+        raise HFMixingError(
+            f"the dataset has no record of its state after {consumed} items (it keeps the "
+            f"last {self._snapshots.maxlen} multiples of {self.snapshot_every}); save "
+            "checkpoints at optimizer steps of the run that reads it"
+        )
+
+    def load_stream_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`stream_state`: the weight changes it holds are applied again
+        at the items they took effect at."""
+        self._load_position(state["sampler"])
+        self.drawn = int(state["drawn"])
+        self._pending = [(int(i), list(w)) for i, w in state["changes"]]
+        self._changes = []
+        self._snapshots.clear()
+
+    def _next_item(self) -> dict[str, torch.Tensor]:
+        while self._pending and self._pending[0][0] <= self.drawn:  # a resumed run's
+            at, w = self._pending.pop(0)
+            self._apply_weights(w)
+            self._changes.append((at, w))
+        every = self.snapshot_every
+        if every and self.drawn % every == 0:  # after every change made at or before it
+            self._snapshots.append((self.drawn, self._position()))
+        item = self._draw()
+        self.drawn += 1
+        return item
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        if get_worker_info() is not None:
+            raise HFMixingError(
+                f"{type(self).__name__} must be iterated in the main process (its weights "
+                "change during training): set dataloader_num_workers=0"
+            )
+        while True:
+            yield self._next_item()
+
+
+def window_item(window: torch.Tensor, domain: int) -> dict[str, torch.Tensor]:
+    """One training item: ``input_ids`` and ``labels`` (the same ``seq_len + 1`` tokens) and
+    the ``domain`` id."""
+    return {"input_ids": window, "labels": window.clone(), "domain": torch.tensor(int(domain))}
+
+
+class MixtureDataset(MixtureStream):
     """An endless, deterministic stream of ``seq_len + 1``-token windows drawn by domain weights.
 
     Each item: ``input_ids`` and ``labels`` (the same window of ``seq_len + 1`` tokens; HF
@@ -152,20 +264,8 @@ class MixtureDataset(IterableDataset[dict[str, torch.Tensor]]):
         self.sampler = DomainSampler(
             self.store, seq_len=seq_len, batch_size=1, seed=seed, weights=weights
         )
-        # Exact resume under a data loader that reads ahead: items drawn so far, the sampler's
-        # state at the last few multiples of ``snapshot_every`` items (a training step's
-        # worth), and the weight changes by the item they took effect at.
-        self.drawn = 0
-        self.snapshot_every = 0
-        self._snapshots: collections.deque[tuple[int, dict[str, Any]]] = collections.deque(
-            maxlen=16
-        )
-        self._changes: list[tuple[int, list[float]]] = []
-        self._pending: list[tuple[int, list[float]]] = []
-
-    @property
-    def domains(self) -> list[str]:
-        return list(self.sampler.domains)
+        self.domains = list(self.sampler.domains)
+        self.seq_len = int(seq_len)
 
     @property
     def vocab_size(self) -> int:
@@ -176,15 +276,15 @@ class MixtureDataset(IterableDataset[dict[str, torch.Tensor]]):
         """The current weights (a copy), ``domains`` order."""
         return self.sampler.weights
 
-    def set_weights(self, weights: Sequence[float] | Mapping[str, float] | np.ndarray) -> None:
-        """Use ``weights`` from the next item on."""
+    def _apply_weights(self, weights: Sequence[float] | Mapping[str, float] | np.ndarray) -> None:
         self.sampler.set_weights(weights)
-        self._changes.append((self.drawn, self.sampler.weights.tolist()))
-        del self._changes[:-64]  # only those after the oldest snapshot can matter
 
     def epochs(self) -> np.ndarray:
         """Epochs of each domain consumed so far."""
         return self.sampler.epochs()
+
+    def domain_tokens(self) -> np.ndarray:
+        return np.array([self.store.num_tokens(d) for d in self.domains], dtype=np.int64)
 
     def state_dict(self) -> dict[str, Any]:
         """The sampler's state now (after every item drawn so far, read-ahead included)."""
@@ -193,57 +293,15 @@ class MixtureDataset(IterableDataset[dict[str, torch.Tensor]]):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.sampler.load_state_dict(state)
 
-    def stream_state(self, consumed: int) -> dict[str, Any]:
-        """The stream as it was after the first ``consumed`` items, with the weight changes
-        made later (while the loader read ahead) and the item each took effect at: what a
-        resume needs to draw exactly the items an uninterrupted run draws next.
+    def _position(self) -> dict[str, Any]:
+        return self.sampler.state_dict()
 
-        ``consumed`` must be a multiple of ``snapshot_every`` among the last few reached.
-        """
-        for count, state in self._snapshots:
-            if count == consumed:
-                later = [[i, w] for i, w in self._changes if i > consumed]
-                return {"drawn": consumed, "sampler": state, "changes": later}
-        raise HFMixingError(
-            f"the dataset has no record of its state after {consumed} items (it keeps the "
-            f"last {self._snapshots.maxlen} multiples of {self.snapshot_every}); save "
-            "checkpoints at optimizer steps of the run that reads it"
-        )
+    def _load_position(self, state: Mapping[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
 
-    def load_stream_state(self, state: Mapping[str, Any]) -> None:
-        """Continue from :meth:`stream_state`: the weight changes it holds are applied again
-        at the items they took effect at."""
-        self.sampler.load_state_dict(state["sampler"])
-        self.drawn = int(state["drawn"])
-        self._pending = [(int(i), list(w)) for i, w in state["changes"]]
-        self._changes = []
-        self._snapshots.clear()
-
-    def _next_item(self) -> dict[str, torch.Tensor]:
-        while self._pending and self._pending[0][0] <= self.drawn:  # a resumed run's
-            at, w = self._pending.pop(0)
-            self.sampler.set_weights(w)
-            self._changes.append((at, w))
-        every = self.snapshot_every
-        if every and self.drawn % every == 0:  # after every change made at or before it
-            self._snapshots.append((self.drawn, self.sampler.state_dict()))
+    def _draw(self) -> dict[str, torch.Tensor]:
         batch = self.sampler.next_batch()
-        self.drawn += 1
-        window = torch.from_numpy(batch.tokens[0])
-        return {
-            "input_ids": window,
-            "labels": window.clone(),
-            "domain": torch.tensor(int(batch.domains[0])),
-        }
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        if get_worker_info() is not None:
-            raise HFMixingError(
-                "MixtureDataset must be iterated in the main process (its weights change "
-                "during training): set dataloader_num_workers=0"
-            )
-        while True:
-            yield self._next_item()
+        return window_item(torch.from_numpy(batch.tokens[0]), int(batch.domains[0]))
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -378,7 +436,7 @@ class MixingCallback(TrainerCallback):
 
     def __init__(
         self,
-        dataset: MixtureDataset,
+        dataset: MixtureStream,
         probe: DynamicsProbe,
         policy: MixingController | Mixer,
         *,
@@ -401,13 +459,12 @@ class MixingCallback(TrainerCallback):
 
     def _context(self, args: TrainingArguments, state: TrainerState) -> MixerContext:
         """The run as acodm's mixers see it: domains, tokens, budget, interval, seed."""
-        store = self.dataset.store
         batch = args.per_device_train_batch_size * args.gradient_accumulation_steps
         return MixerContext(
             domains=tuple(self.dataset.domains),
-            domain_tokens=np.array([store.num_tokens(d) for d in self.dataset.domains]),
+            domain_tokens=self.dataset.domain_tokens(),
             total_steps=max(int(state.max_steps), 1),
-            tokens_per_step=self.dataset.sampler.seq_len * batch * args.world_size,
+            tokens_per_step=self.dataset.seq_len * batch * args.world_size,
             interval=self.interval,
             seed=int(args.seed),
         )
