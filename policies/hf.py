@@ -520,16 +520,16 @@ class MixingCallback(TrainerCallback):
         ``acodm_mixing.safetensors`` (the monitored layers' initial weights, the mixer's
         tensors); each atomically, by the main process."""
         step = int(state.global_step)
-        consumed = step * _global_batch(args)
-        stream = self.dataset.stream_state(consumed)
         tensors = dict(self.probe.layer_stats.initial_tensors())
         if isinstance(self.policy, Mixer):
             policy_state: dict[str, Any] = {"kind": "mixer", "state": self.policy.state_dict()}
             tensors.update({f"mixer/{k}": v for k, v in self.policy.tensor_state().items()})
         else:
             policy_state = {"kind": "actor", "weights": self.policy.weights.tolist()}
+        tensors = {k: _host(v) for k, v in tensors.items()}  # every rank (FSDP gathers)
         if not state.is_world_process_zero:
-            return
+            return  # rank 0's stream is the run's (the one read, or one of identical copies)
+        stream = self.dataset.stream_state(step * _global_batch(args))
         folder = _output_dir(args) / f"checkpoint-{step}"
         data = {
             "format": MIXING_STATE_FORMAT,
@@ -540,7 +540,6 @@ class MixingCallback(TrainerCallback):
             "loss_tracker": self.probe.loss_tracker.state_dict(),
             "history": [[s, w.tolist()] for s, w in self.history],
         }
-        tensors = {k: _host(v) for k, v in tensors.items()}
         atomic_write_bytes(folder / MIXING_TENSORS, safetensors_save(tensors))
         atomic_write_json(folder / MIXING_STATE, data)
 

@@ -169,45 +169,31 @@ def test_a_plain_trainer_with_the_loss_hook_equals_the_mixing_trainer(text_store
         torch.testing.assert_close(b_model[name], t, rtol=1e-4, atol=1e-5)
 
 
-@needs_accelerate
-@pytest.mark.parametrize("dispatch", [True, False], ids=["dispatch", "no-dispatch"])
-def test_two_processes_under_torchrun_match_one_process(text_store, tmp_path, dispatch):  # noqa: F811
-    import json
+def _worker(*argv: str, procs: int = 1) -> None:
+    """tests.policies.hf_worker as one process or under torchrun with ``procs`` processes."""
     import os
     import subprocess
     import sys
 
     from tests.fixtures import free_port
 
+    launch = [sys.executable]
+    if procs > 1:
+        launch += ["-m", "torch.distributed.run", "--nproc-per-node", str(procs)]
+        launch += ["--master-port", str(free_port())]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [*launch, "-m", "tests.policies.hf_worker", *argv]
+    subprocess.run(cmd, check=True, env=env, timeout=600)
+
+
+@needs_accelerate
+@pytest.mark.parametrize("dispatch", [True, False], ids=["dispatch", "no-dispatch"])
+def test_two_processes_under_torchrun_match_one_process(text_store, tmp_path, dispatch):  # noqa: F811
+    import json
+
     one, two = tmp_path / "one.json", tmp_path / "two.json"
-    worker = [str(text_store)]
-    subprocess.run(
-        [sys.executable, "-m", "tests.policies.hf_worker", *worker, str(one), "8", "1"],
-        check=True,
-        env=env,
-        timeout=600,
-    )
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            "2",
-            "--master-port",
-            str(free_port()),
-            "-m",
-            "tests.policies.hf_worker",
-            *worker,
-            str(two),
-            "4",
-            "1" if dispatch else "0",
-        ],
-        check=True,
-        env=env,
-        timeout=600,
-    )
+    _worker(str(text_store), str(one), "8", "1")
+    _worker(str(text_store), str(two), "4", "1" if dispatch else "0", procs=2)
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert len(a["seen"]) == len(b["seen"]) == 4
     for x, y in zip(a["seen"], b["seen"], strict=True):
@@ -299,3 +285,20 @@ def test_resume_rules_of_the_mixing_callback(text_store, tmp_path):  # noqa: F81
     with pytest.raises(HFMixingError, match="no record of its state"):
         ds.stream_state(12345)
     probe.close()
+
+
+@needs_accelerate
+def test_a_resumed_trainer_under_torchrun_continues_exactly(text_store, tmp_path):  # noqa: F811
+    import json
+
+    out = {}
+    for phase, run in (("full", "full"), ("crash", "cut"), ("resume", "cut")):
+        path = tmp_path / f"{phase}.json"
+        _worker(str(text_store), str(path), "4", "1", phase, str(tmp_path / run), procs=2)
+        out[phase] = json.loads(path.read_text())
+    full, resumed = out["full"], out["resume"]
+    assert len(out["crash"]["history"]) == 6  # start, then steps 1-4 ... crashed in step 5
+    assert resumed["history"] == full["history"]  # the restored decisions, then the new ones
+    assert resumed["drawn"] == full["drawn"]
+    assert resumed["model"] == full["model"]
+    assert resumed["seen"] == full["seen"][4:]  # the decisions after the checkpoint
