@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -251,7 +250,7 @@ def test_the_controller_maps_a_trained_actor_around_the_prior_within_live_caps(
     np.testing.assert_allclose(other.observe(permute_domains(dyn, order)), w[order], rtol=1e-12)
 
 
-def test_the_hf_callback_gives_a_residual_controller_its_run(zero_capped, store):
+def test_the_hf_callback_gives_a_residual_controller_its_run(zero_capped, store, tmp_path):
     from acodm.dynamics.probe import DynamicsProbe
     from acodm.models import build_model
     from acodm.policies.hf import MixingCallback, MixtureDataset
@@ -261,11 +260,17 @@ def test_the_hf_callback_gives_a_residual_controller_its_run(zero_capped, store)
     probe = DynamicsProbe(model, ds.domains)
     ctl = MixingController.load(zero_capped, ds.domains)
     cb = MixingCallback(ds, probe, ctl)
-    args = SimpleNamespace(
-        per_device_train_batch_size=4, gradient_accumulation_steps=1, world_size=1, seed=0
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "hf"),
+        per_device_train_batch_size=4,
+        use_cpu=True,
+        report_to="none",
+        seed=0,
     )
-    state = SimpleNamespace(max_steps=12, global_step=0)
-    cb.on_train_begin(args, state, None)  # type: ignore[arg-type]
+    state = TrainerState(max_steps=12, global_step=0)
+    cb.on_train_begin(args, state, TrainerControl())
     ctx = ctl.context
     assert ctx is not None and ctx.total_tokens == 12 * 4 * 32
     prior = prior_weights(f"unimax:{CAP}", ctx)
